@@ -1,0 +1,158 @@
+"""The ASGI application: `/v1/*` goes straight to the pure-ASGI proxy, the rest (health,
+readiness, metrics, admin) through Starlette. Lifespan opens and drains the services."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import logging
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from proxy.audit_store import audit_page
+from proxy.config import DEV_KEY, Config
+from proxy.gateway import Gateway
+from proxy.handler import ProxyHandler
+from proxy.metrics import CONTENT_TYPE
+from proxy.openai_api import OpenAIError
+from proxy.tenancy import bearer_token
+
+log = logging.getLogger("proxy")
+
+
+def _error(exc: OpenAIError) -> Response:
+    return Response(exc.body(), status_code=exc.status, media_type="application/json")
+
+
+class AdminAuth:
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self._digests = tuple(hashlib.sha256(k.encode()).digest() for k in keys)
+
+    def check(self, request: Request) -> Response | None:
+        """None when the request carries an admin key, else the error response."""
+        if not self._digests:
+            return _error(
+                OpenAIError(
+                    404, "Admin endpoints are disabled (no admin keys).", code="admin_disabled"
+                )
+            )
+        token = bearer_token(request.headers.get("authorization", "").encode("latin-1"))
+        digest = hashlib.sha256((token or "").encode()).digest()
+        ok = False
+        for expected in self._digests:
+            ok |= hmac.compare_digest(digest, expected)
+        if not ok:
+            return _error(OpenAIError(401, "An admin key is required.", code="invalid_admin_key"))
+        return None
+
+
+def build_app(config: Config, **gateway_options: Any) -> Any:
+    gateway = Gateway(config, **gateway_options)
+    proxy = ProxyHandler(gateway)
+    admin = AdminAuth(config.admin_keys)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        ok, checks = await gateway.ready()
+        return JSONResponse(
+            {"status": "ready" if ok else "not_ready", "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    async def metrics(request: Request) -> Response:
+        if not gateway.metrics.exposed:
+            return _error(OpenAIError(404, "Metrics are disabled.", code="not_found"))
+        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def reload(request: Request) -> Response:
+        if denied := admin.check(request):
+            return denied
+        ok, detail = gateway.reload_policies()
+        return JSONResponse(
+            {
+                "reloaded": ok,
+                "detail": detail,
+                "policies": {p.id: p.version for p in gateway.policies.values()},
+            },
+            status_code=200 if ok else 422,
+        )
+
+    async def audit(request: Request) -> Response:
+        if denied := admin.check(request):
+            return denied
+        try:
+            page = await audit_page(config.audit.path, dict(request.query_params))
+        except ValueError as exc:
+            return _error(OpenAIError(400, str(exc), code="invalid_query"))
+        except FileNotFoundError:
+            page = {"object": "list", "data": [], "has_more": False, "next_offset": None}
+        return JSONResponse(page)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        if config.uses_dev_key:
+            log.warning("!" * 78)
+            log.warning(
+                "RUNNING WITH THE BUILT-IN DEVELOPMENT KEY %r. Anyone who can reach this", DEV_KEY
+            )
+            log.warning("port can use it. Set real tenant keys before exposing the gateway.")
+            log.warning("!" * 78)
+        if gateway.uses_classifier:
+            ok, detail = await gateway.classifier.ready()
+            if not ok:
+                log.warning(
+                    "classifier (gpt-oss-safeguard) at %s is not ready: %s; guarded routes "
+                    "answer per their fail mode until it is (see /readyz)",
+                    config.classifier.base_url,
+                    detail,
+                )
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            import asyncio
+
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reload_policies)
+        try:
+            yield
+        finally:
+            await gateway.aclose()
+
+    ops = Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+            Route("/admin/reload", reload, methods=["POST"]),
+            Route("/admin/audit", audit),
+        ],
+        lifespan=lifespan,
+    )
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            await proxy(scope, receive, send)
+        else:
+            await ops(scope, receive, send)
+
+    app.gateway = gateway  # type: ignore[attr-defined]
+    return app
+
+
+CONFIG_ENV = "SAFEGUARD_GATEWAY_CONFIG"
+
+
+def app_from_env() -> Any:
+    """Factory for `uvicorn --factory` and multi-worker serving: config path from the env."""
+    import os
+
+    from proxy.config import load_config
+
+    return build_app(load_config(os.environ.get(CONFIG_ENV, "config/gateway.yaml")))

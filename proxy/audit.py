@@ -1,0 +1,273 @@
+"""The audit writer: one record per request, stored off the request path, never dropped.
+
+`AuditLog.submit` applies the retention setting and queues the record (microseconds, never
+raises). A dedicated thread owns the SQLite connection and writes batches, one transaction
+each. When the queue is full or the store fails, records are appended as JSON lines to the
+spill file instead, and `health()` reports degraded until writes succeed again.
+Reading the store (CLI, admin API) lives in proxy.audit_store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import hashlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from proxy.audit_store import encode, insert_records, open_store
+from proxy.config import Audit
+
+log = logging.getLogger("proxy.audit")
+
+RETENTION_MODES = ("full", "redacted", "hash", "none")
+_STOP = object()  # queued by close(): everything before it is written, then the writer exits
+_LOG_EVERY_S = 30.0
+
+
+def apply_retention(record: Mapping[str, Any], mode: str) -> dict:
+    """The record as stored: `content` reduced to {retention, input, output} per `mode`.
+
+    full: the originals; redacted: the *_redacted texts (a missing one means nothing was
+    redacted, so the original); hash: "sha256:<hex>" of the originals; none: no content.
+    """
+    content = record.get("content") or {}
+    if mode == "full":
+        kept = content.get("input"), content.get("output")
+    elif mode == "redacted":
+        kept = tuple(
+            content.get(f"{side}_redacted")
+            if content.get(f"{side}_redacted") is not None
+            else content.get(side)
+            for side in ("input", "output")
+        )
+    elif mode == "hash":
+        kept = _digest(content.get("input")), _digest(content.get("output"))
+    elif mode == "none":
+        kept = None, None
+    else:
+        raise ValueError(f"audit.content: unknown retention mode {mode!r}")
+    stored = dict(record)
+    stored["content"] = {"retention": mode, "input": kept[0], "output": kept[1]}
+    return stored
+
+
+def _digest(text: Any) -> str | None:
+    if text is None:
+        return None
+    data = text.encode() if isinstance(text, str) else encode(text)
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class AuditLog:
+    """Queue + background SQLite writer with a JSON-lines spill file."""
+
+    def __init__(self, cfg: Audit, *, reopen_after_s: float = 5.0) -> None:
+        if cfg.content not in RETENTION_MODES:
+            raise ValueError(f"audit.content: unknown retention mode {cfg.content!r}")
+        self.cfg = cfg
+        self.path = cfg.path
+        self.spill_path = cfg.spill_path or f"{cfg.path}.spill.jsonl"
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, cfg.queue_size))
+        self._batch_size = max(1, cfg.batch_size)
+        self._reopen_after_s = reopen_after_s
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._closed = False
+        self._conn: sqlite3.Connection | None = None  # touched only by the writer thread
+        self._reopen_at = 0.0
+        self._spill_lock = threading.Lock()
+        self._spill_file: IO[bytes] | None = None
+        self._degraded: str | None = None
+        self._logged: tuple[str, float] = ("", 0.0)
+        self._written = self._spilled = self._errors = self._dropped = self._batches = 0
+
+    # -- event-loop side -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer; it opens (creating) the store. A store that cannot be opened
+        leaves the log degraded (records spill, the writer retries), not the gateway down."""
+        if not self.cfg.enabled or self._thread is not None or self._closed:
+            return
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self._stop_writer)
+        await asyncio.to_thread(self._ready.wait)
+
+    def submit(self, record: Mapping[str, Any]) -> None:
+        """Record one request. Cheap, synchronous, never raises."""
+        if not self.cfg.enabled:
+            return
+        try:
+            stored = apply_retention(record, self.cfg.content)
+        except Exception as exc:  # not a mapping: nothing we may safely keep
+            self._errors += 1
+            self._warn(f"audit record rejected ({type(exc).__name__})")
+            return
+        if self._closed:
+            self._spill([stored], "audit log closed")
+            return
+        try:
+            self._queue.put_nowait(stored)
+        except queue.Full:
+            self._spill([stored], f"audit queue full ({self._queue.maxsize})")
+
+    async def close(self) -> None:
+        """Write everything queued, then stop. Records submitted afterwards are spilled."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._stop_writer)
+        atexit.unregister(self._stop_writer)
+
+    def health(self) -> tuple[bool, str]:
+        if not self.cfg.enabled:
+            return True, "audit disabled"
+        spilled = f"; {self._spilled} records spilled to {self.spill_path}" if self._spilled else ""
+        if self._degraded:
+            return False, f"audit degraded: {self._degraded}{spilled}"
+        if self._thread is None or not self._thread.is_alive():
+            return False, "audit writer not running"
+        return True, f"audit ok{spilled}"
+
+    def stats(self) -> dict:
+        return {
+            "queued": self._queue.qsize(),
+            "written": self._written,
+            "batches": self._batches,
+            "spilled": self._spilled,
+            "errors": self._errors,
+            "dropped": self._dropped,  # spill file unwritable too: truly lost
+            "degraded": self._degraded is not None,
+        }
+
+    # -- writer thread ---------------------------------------------------------------------
+
+    def _stop_writer(self) -> None:
+        self._closed = True
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(_STOP)  # blocks while full; the writer is draining it
+            self._thread.join()
+        leftovers = []
+        while True:  # raced in after _STOP, or queued without a writer
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                leftovers.append(item)
+        if leftovers:
+            self._spill(leftovers, "audit log closed")
+        with self._spill_lock:
+            if self._spill_file is not None:
+                self._spill_file.close()
+                self._spill_file = None
+
+    def _run(self) -> None:
+        self._open()
+        self._ready.set()
+        stopping = False
+        while not stopping:
+            batch, stopping = self._take()
+            if batch:
+                try:
+                    self._write(batch)
+                except Exception as exc:  # a bug must not kill the writer or lose the batch
+                    self._errors += 1
+                    self._spill(batch, f"audit writer error ({type(exc).__name__})")
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _take(self) -> tuple[list[dict], bool]:
+        """Block for one record, then gather up to batch_size within flush_interval_s."""
+        first = self._queue.get()
+        if first is _STOP:
+            return [], True
+        batch = [first]
+        deadline = time.monotonic() + self.cfg.flush_interval_s
+        while len(batch) < self._batch_size:
+            wait = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _open(self) -> sqlite3.Connection | None:
+        if self._conn is None and time.monotonic() >= self._reopen_at:
+            try:
+                self._conn = open_store(self.path)
+            except (sqlite3.Error, OSError) as exc:
+                self._errors += 1
+                self._reopen_at = time.monotonic() + self._reopen_after_s
+                self._degrade(f"cannot open audit store {self.path} ({_describe(exc)})")
+        return self._conn
+
+    def _write(self, batch: list[dict]) -> None:
+        conn = self._open()
+        if conn is None:
+            self._spill(batch, self._degraded or "audit store unavailable")
+            return
+        try:
+            insert_records(conn, batch)
+        except (sqlite3.Error, OSError) as exc:
+            self._errors += 1
+            self._conn = None  # reopened for the next batch (a replaced file, a freed disk)
+            conn.close()
+            self._spill(batch, f"audit store write failed ({_describe(exc)})")
+            return
+        self._written += len(batch)
+        self._batches += 1
+        if self._degraded and self._queue.qsize() <= self._queue.maxsize // 2:
+            self._degraded = None
+            log.warning(
+                "audit store healthy again (%d written, %d spilled)", self._written, self._spilled
+            )
+
+    # -- spill (either thread) -------------------------------------------------------------
+
+    def _spill(self, records: list[dict], reason: str) -> None:
+        with self._spill_lock:
+            try:
+                if self._spill_file is None:
+                    Path(self.spill_path).parent.mkdir(parents=True, exist_ok=True)
+                    self._spill_file = open(self.spill_path, "ab")  # noqa: SIM115 (kept open)
+                self._spill_file.write(b"".join(encode(r) + b"\n" for r in records))
+                self._spill_file.flush()
+                self._spilled += len(records)
+            except (OSError, TypeError) as exc:
+                self._dropped += len(records)
+                self._errors += 1
+                self._spill_file = None
+                reason = f"{reason}; spill to {self.spill_path} failed ({_describe(exc)})"
+        self._degrade(reason)
+
+    def _degrade(self, reason: str) -> None:
+        self._degraded = reason
+        self._warn(
+            f"{reason}; spilling to {self.spill_path} "
+            f"(spilled={self._spilled}, dropped={self._dropped})"
+        )
+
+    def _warn(self, message: str) -> None:
+        """Rate-limited warning; messages carry counts and paths, never record content."""
+        head = message.split(";")[0]
+        now = time.monotonic()
+        last_head, last_at = self._logged
+        if head != last_head or now - last_at >= _LOG_EVERY_S:
+            self._logged = (head, now)
+            log.warning("%s", message)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,151 @@
+"""The gateway's long-lived state: config, tenancy, policies, and one seam per service.
+
+Policies are swapped atomically: a request takes `gateway.policies` once and keeps that
+mapping to the end, so a reload never mixes two policy sets in one decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from proxy.audit import AuditLog
+from proxy.config import Config, ConfigError
+from proxy.guard.cache import VerdictCache
+from proxy.guard.detectors import MAX_SPAN_CHARS
+from proxy.guard.engine import Guard
+from proxy.guard.safeguard import SafeguardClient
+from proxy.metrics import Metrics
+from proxy.policies import Policy, PolicyError, load_policies
+from proxy.telemetry import Telemetry
+from proxy.tenancy import Tenancy
+from proxy.upstream import UpstreamPool
+
+log = logging.getLogger("proxy")
+
+
+def check_policies(config: Config, policies: Mapping[str, Policy]) -> None:
+    """Every route names loaded policies, and parallel input never meets a redacting one."""
+    for route in config.routes.values():
+        for side_name, side in (("input", route.input), ("output", route.output)):
+            for ref in side.policies + side.shadow:
+                key = f"routes.{route.name}.{side_name}"
+                if ref.id not in policies:
+                    raise ConfigError(f"{key}.policies", f"no policy {ref.id!r} in policies_dir")
+            if side_name == "input" and side.mode == "parallel":
+                for ref in side.policies:
+                    if (ref.action or policies[ref.id].action) == "redact":
+                        raise ConfigError(
+                            f"{key}.mode",
+                            f"policy {ref.id!r} redacts, which needs mode: sequential",
+                        )
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        span_exporter: Any = None,
+        classifier: SafeguardClient | None = None,
+    ) -> None:
+        self.config = config
+        self.tenancy = Tenancy(config)
+        self.policies: Mapping[str, Policy] = load_policies(config.policies_dir)
+        check_policies(config, self.policies)
+        self.upstreams = UpstreamPool(config.upstreams)
+        c = config.classifier
+        self.classifier = classifier or SafeguardClient(
+            c.base_url,
+            c.model,
+            reasoning_effort=c.reasoning_effort,
+            timeout_s=c.timeout_s,
+            api_key=c.api_key or None,
+        )
+        self.telemetry = Telemetry(
+            config.telemetry, exporter=span_exporter, classifier_url=c.base_url
+        )
+        self.metrics = Metrics(config.telemetry)
+        self.cache = VerdictCache(ttl_s=c.cache_ttl_s, size=c.cache_size)
+        self.guard = Guard(self.classifier, self.cache, self.telemetry, self.metrics)
+        self.audit = AuditLog(config.audit)
+        self._background: set[asyncio.Task[Any]] = set()
+        self.metrics.registry.callback(
+            "safeguard_audit_spilled_total",
+            "counter",
+            "Audit records spilled to the JSON-lines file",
+            lambda: float(self.audit.stats().get("spilled", 0)),
+        )
+        self.uses_classifier = any(
+            route.input.policies
+            or route.input.shadow
+            or route.output.policies
+            or route.output.shadow
+            for route in config.routes.values()
+        )
+
+    def detector_hold(self, policies: Mapping[str, Policy], refs: Any) -> int:
+        """Characters a stream window keeps back so detector patterns are never cut."""
+        return MAX_SPAN_CHARS if any(policies[r.id].detectors for r in refs) else 0
+
+    def reload_policies(self) -> tuple[bool, str]:
+        """Load policies_dir anew; on any error keep the current set and say why."""
+        try:
+            policies = load_policies(self.config.policies_dir)
+            check_policies(self.config, policies)
+        except (PolicyError, ConfigError) as exc:
+            log.error("policy reload failed, keeping the previous policies: %s", exc)
+            return False, str(exc)
+        changed = sorted(
+            pid
+            for pid in set(policies) | set(self.policies)
+            if (self.policies.get(pid) or _absent).version != (policies.get(pid) or _absent).version
+        )
+        self.policies = policies
+        log.info(
+            "policies reloaded: %d loaded, changed: %s", len(policies), ", ".join(changed) or "none"
+        )
+        return True, f"{len(policies)} policies loaded; changed: {', '.join(changed) or 'none'}"
+
+    async def start(self) -> None:
+        await self.audit.start()
+        self.metrics.start()
+
+    async def ready(self) -> tuple[bool, dict[str, Any]]:
+        upstreams = await self.upstreams.ready()
+        checks: dict[str, Any] = {"upstreams": upstreams}
+        ok = all(v == "ok" for v in upstreams.values())
+        if self.uses_classifier:
+            classifier_ok, detail = await self.classifier.ready()
+            where = self.config.classifier.base_url
+            checks["classifier"] = (
+                detail if classifier_ok else f"{detail}: gpt-oss-safeguard not reachable at {where}"
+            )
+            ok = ok and classifier_ok
+        audit_ok, audit_detail = self.audit.health()
+        checks["audit"] = audit_detail
+        return ok and audit_ok, checks
+
+    def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run work that must finish before shutdown but not before the response."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def aclose(self) -> None:
+        if self._background:
+            await asyncio.wait(self._background, timeout=self.config.classifier.timeout_s + 1)
+        await self.audit.close()
+        await self.upstreams.aclose()
+        await self.classifier.aclose()
+        self.metrics.shutdown()
+        self.telemetry.shutdown()
+
+
+class _Absent:
+    version = None
+
+
+_absent = _Absent()

@@ -1,0 +1,72 @@
+"""Verdict cache: (policy version, content digest) -> Verdict, with in-flight coalescing.
+
+Only real verdicts are cached; a classifier error is retried by the next request. Two
+requests classifying the same content under the same policy version share one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from cachetools import TTLCache
+
+from proxy.guard.safeguard import Verdict
+from proxy.policies import Policy
+
+Key = tuple[str, str, bytes]
+
+
+def cache_key(policy: Policy, content: str) -> Key:
+    return policy.id, policy.version, hashlib.blake2b(content.encode(), digest_size=16).digest()
+
+
+class VerdictCache:
+    def __init__(self, *, ttl_s: float, size: int) -> None:
+        self._verdicts: TTLCache[Key, Verdict] = TTLCache(maxsize=max(size, 1), ttl=ttl_s)
+        self._enabled = size > 0 and ttl_s > 0
+        self._in_flight: dict[Key, asyncio.Future[Verdict]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    async def get_or_classify(
+        self, policy: Policy, content: str, classify: Callable[[], Awaitable[Verdict]]
+    ) -> Verdict:
+        key = cache_key(policy, content)
+        if self._enabled and (cached := self._verdicts.get(key)) is not None:
+            self.hits += 1
+            return replace(cached, cache_hit=True, latency_ms=0.0)
+        if (pending := self._in_flight.get(key)) is not None:
+            try:
+                verdict = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise
+            else:
+                self.hits += 1
+                return replace(verdict, cache_hit=True)
+            # The request that started this classification went away: run our own.
+        self.misses += 1
+        future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            verdict = await classify()
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters (if any) re-raise it themselves
+            raise
+        finally:
+            if self._in_flight.get(key) is future:
+                del self._in_flight[key]
+        future.set_result(verdict)
+        if self._enabled:
+            self._verdicts[key] = verdict
+        return verdict
+
+    def clear(self) -> None:
+        self._verdicts.clear()

@@ -1,0 +1,468 @@
+"""PII and secret pattern detectors: pure, precompiled, bounded.
+
+Each detector yields `Span`s (code-point offsets into the text, end exclusive) for
+one kind of data. They feed redaction (`[REDACTED:<LABEL>]`) and cheap triage, and
+they run on every request's text and on every streamed window, so every pattern is
+precompiled, ASCII-only in its classes (`re.ASCII`: `\\d` is 0-9, `\\w` is [A-Za-z0-9_])
+and bounded in length: no pattern but the PEM block can match more than
+`MAX_SPAN_CHARS` characters, which keeps scans linear and lets the streaming hold-back
+catch a match split across windows.
+
+Checksums (Luhn, IBAN mod-97, IP octets) and context checks run only on regex
+candidates. Stdlib only: `ipaddress` validates addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+MAX_SPAN_CHARS = 1024
+"""Upper bound on the length of one regex match (context words like `password:`
+included) for every pattern except PEM private-key blocks, which run from BEGIN to END.
+A stream scanner that keeps the last MAX_SPAN_CHARS characters of released text as
+overlap (or holds them back) sees every such match whole. Tokens longer than this
+(very long JWTs or bearer tokens) are redacted for their first MAX_SPAN_CHARS
+characters only."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Span:
+    start: int
+    end: int
+    label: str
+
+
+class Detector(Protocol):
+    @property
+    def label(self) -> str: ...
+
+    def find(self, text: str) -> Iterator[Span]: ...
+
+
+# A check sees a regex candidate and returns the (start, end) to report, or None.
+Check = Callable[[re.Match[str]], "tuple[int, int] | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class PatternDetector:
+    """Regex candidates filtered by checks. `find` yields spans in rule order; spans
+    may overlap (find_spans resolves that). `needle`, when set, must occur in the text
+    for any rule to match, so a text without it costs one substring search."""
+
+    name: str
+    label: str
+    rules: tuple[tuple[re.Pattern[str], Check], ...]
+    needle: str = ""
+
+    def find(self, text: str) -> Iterator[Span]:
+        if self.needle and self.needle not in text:
+            return
+        for pattern, check in self.rules:
+            for m in pattern.finditer(text):
+                hit = check(m)
+                if hit is not None and hit[0] < hit[1]:
+                    yield Span(hit[0], hit[1], self.label)
+
+
+def _compile(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    return re.compile(pattern, re.ASCII | re.VERBOSE | flags)
+
+
+def _whole(valid: Callable[[str], bool]) -> Check:
+    return lambda m: m.span() if valid(m.group()) else None
+
+
+def _value(valid: Callable[[str], bool], *groups: str) -> Check:
+    """Report the first participating named group (a value after its context word)."""
+
+    def check(m: re.Match[str]) -> tuple[int, int] | None:
+        for g in groups:
+            if m.start(g) >= 0:
+                return m.span(g) if valid(m.group(g)) else None
+        return None
+
+    return check
+
+
+def _digits(s: str) -> str:
+    return "".join(c for c in s if "0" <= c <= "9")
+
+
+# Spaces that separate digit groups: plain, no-break and narrow no-break.
+_SP = " \u00a0\u202f"
+
+# --- email -------------------------------------------------------------------------
+# Letters: ASCII plus Latin-1 Supplement / Latin Extended-A/B (josé@, müller@); CJK
+# text glued to an ASCII address is not swallowed into the local part.
+_EL = "A-Za-z0-9\u00c0-\u024f"
+_EMAIL = _compile(
+    rf"""
+    (?<![{_EL}_%+\-])
+    [{_EL}_%+\-][{_EL}._%+\-]{{0,63}}              # local part
+    @
+    (?:[{_EL}](?:[{_EL}\-]{{0,61}}[{_EL}])?\.){{1,8}}  # domain labels
+    (?:[A-Za-z]{{2,24}}|xn--[A-Za-z0-9\-]{{1,59}})     # TLD
+    (?![{_EL}_\-])
+    """
+)
+
+
+def _email_ok(s: str) -> bool:
+    return len(s) <= 254 and ".." not in s
+
+
+# --- phone -------------------------------------------------------------------------
+_NOT_AFTER = r"(?!\w|[.,:/\-]\d)"  # the number does not run on
+_PHONE_INTL = _compile(
+    rf"""
+    (?<![\w+$\u20ac\u00a3\u00a5\#./\-])
+    \+[1-9]\d{{0,2}}
+    (?:[{_SP}.\-]?\(?\d{{1,5}}+\)?){{1,6}}
+    {_NOT_AFTER}
+    """
+)
+_PHONE_NANP = _compile(
+    rf"""
+    (?<![\w+$\u20ac\u00a3\u00a5\#./\-])(?<![\d+][ ])
+    (?:1[ .\-]?)?
+    (?: \([2-9]\d\d\)[ ]?[2-9]\d\d[ .\-]\d{{4}}
+      | [2-9]\d\d(?P<s>[.\-])[2-9]\d\d(?P=s)\d{{4}}
+      | [2-9]\d\d[ ][2-9]\d\d[ ]\d{{4}}(?![ ]\d)
+    )
+    {_NOT_AFTER}
+    """
+)
+# National formats other than NANP only after a word that says "phone".
+_PHONE_KW = _compile(
+    rf"""
+    \b(?i:phone|telephone|tel|mobile|cell|fax|whatsapp|call[ ](?:me[ ])?(?:at|on))
+    (?:[ ]?(?i:number|no\.?|nr\.?|\#))?
+    [ \t]{{0,3}}[:=]?[ \t]{{0,3}}
+    (?P<v>\(?\d(?:[{_SP}.\-/]?\(?\d\)?){{6,16}})
+    {_NOT_AFTER}
+    """
+)
+
+
+def _intl_ok(s: str) -> bool:
+    return 8 <= len(_digits(s)) <= 15
+
+
+def _kw_phone_ok(s: str) -> bool:
+    return 7 <= len(_digits(s)) <= 15
+
+
+# --- credit card -------------------------------------------------------------------
+_CARD = _compile(
+    rf"""
+    (?<![\w+\-.,/])
+    (?: \d{{13,19}}
+      | \d{{4}}(?P<s>[{_SP}\-])\d{{4}}(?P=s)\d{{4}}(?P=s)\d{{4}}(?:(?P=s)\d{{1,3}})?
+      | \d{{4}}(?P<a>[{_SP}\-])\d{{6}}(?P=a)\d{{4,5}}
+    )
+    (?!\w|[\-.,/]\d)
+    """
+)
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, c in enumerate(reversed(digits)):
+        d = ord(c) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _card_ok(s: str) -> bool:
+    digits = _digits(s)
+    # Issuer ranges 2-6 (Mastercard, Amex/Diners/JCB, Visa, Mastercard/Maestro,
+    # Discover/UnionPay) cut Luhn's 1-in-10 false positives on order numbers.
+    return "2" <= digits[0] <= "6" and luhn_ok(digits)
+
+
+# --- IBAN --------------------------------------------------------------------------
+# Lengths from the SWIFT IBAN registry; unknown countries are not IBANs.
+IBAN_LENGTHS: dict[str, int] = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22,
+    "BH": 22, "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24,
+    "DE": 22, "DJ": 27, "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18,
+    "FK": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27,
+    "GT": 28, "HN": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26,
+    "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20,
+    "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MN": 20,
+    "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23, "PK": 24,
+    "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24,
+    "SC": 31, "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25,
+    "SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+    "YE": 30,
+}  # fmt: skip
+_IBAN = _compile(
+    rf"""
+    (?<![A-Za-z0-9])
+    [A-Za-z]{{2}}\d\d(?:[{_SP}]?[A-Za-z0-9]{{4}}){{2,7}}(?:[{_SP}]?[A-Za-z0-9]{{1,3}})?
+    (?![A-Za-z0-9])
+    """
+)
+
+
+def iban_ok(iban: str) -> bool:
+    """Country length and ISO 7064 mod-97 check of a compact (no spaces) IBAN."""
+    iban = iban.upper()
+    if IBAN_LENGTHS.get(iban[:2]) != len(iban) or not iban.isalnum():
+        return False
+    return int("".join(str(int(c, 36)) for c in iban[4:] + iban[:4])) % 97 == 1
+
+
+def _iban_check(m: re.Match[str]) -> tuple[int, int] | None:
+    text, start = m.string, m.start()
+    need = IBAN_LENGTHS.get(text[start : start + 2].upper())
+    if need is None:
+        return None
+    # The regex may run into a following group ("... 3201 2024"): cut at the
+    # country's length, but only on a group boundary.
+    count, end = 0, start
+    while end < m.end() and count < need:
+        if text[end] not in _SP:
+            count += 1
+        end += 1
+    if count < need or (end < m.end() and text[end] not in _SP):
+        return None
+    compact = "".join(c for c in text[start:end] if c not in _SP)
+    return (start, end) if iban_ok(compact) else None
+
+
+# --- US SSN ------------------------------------------------------------------------
+def _ssn_body(sep: str, again: str) -> str:
+    return rf"(?!000|666|9\d\d)\d{{3}}{sep}(?!00)\d\d{again}(?!0000)\d{{4}}"
+
+
+_SSN = _compile(
+    rf"""
+    (?<![\w\-.,/])
+    {_ssn_body(f"(?P<s>[{_SP}-])", "(?P=s)")}
+    (?!\w|[\-.,/]\d|[{_SP}]\d)
+    """
+)
+# Nine bare digits are an SSN only right after the words that say so.
+_SSN_KW = _compile(
+    rf"""
+    \b(?i:ssn|social[ ]security(?:[ ](?:number|no\.?|\#))?)[ \t]{{0,3}}[:\#]?[ \t]{{0,3}}
+    (?P<v>{_ssn_body("", "")})
+    (?!\w|[\-.,/]\d)
+    """
+)
+
+# --- IP addresses ------------------------------------------------------------------
+# Four dotted numbers that parse as IPv4 are reported even when they are a version
+# string (1.2.3.4); a "v" prefix or a fifth component (1.2.3.4.5) rules them out.
+_IPV4 = _compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)")
+_IPV6 = _compile(
+    r"""
+    (?<![\w:.])
+    (?=[0-9A-Fa-f.]{0,45}:[0-9A-Fa-f.]{0,45}:)   # at least two colons
+    [0-9A-Fa-f:.]{2,45}(?<!\.)
+    (?![\w:])
+    """
+)
+
+
+def _ipv4_ok(s: str) -> bool:
+    try:
+        ipaddress.IPv4Address(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _ipv6_check(m: re.Match[str]) -> tuple[int, int] | None:
+    s, (start, end) = m.group(), m.span()
+    if s.endswith(":") and not s.endswith("::"):  # "... 2001:db8::1: it" ends a clause
+        s, end = s[:-1], end - 1
+    try:
+        ipaddress.IPv6Address(s)
+    except ValueError:
+        return None
+    # Compressed forms need one full 4-digit group: real addresses have one (2001:,
+    # fe80:, ffff:), while code like a[1::2] or x::y does not.
+    if "::" in s and not any(len(g) == 4 for g in re.split(r"[:.]", s)):
+        return None
+    return start, end
+
+
+# --- secrets -----------------------------------------------------------------------
+_TOKENS = _compile(
+    r"""
+    (?<![\w\-])
+    (?: (?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![\w\-])   # AWS access key id
+      | AIza[0-9A-Za-z_\-]{35}(?![\w\-])                             # Google API key
+      | gh[pousr]_[A-Za-z0-9]{36,251}                                # GitHub tokens
+      | github_pat_[A-Za-z0-9_]{22,247}
+      | xox[abposr]-[A-Za-z0-9\-]{10,250}                            # Slack
+      | (?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,247}                  # Stripe
+      | eyJ[A-Za-z0-9_\-]{5,200}\.eyJ[A-Za-z0-9_.\-]{5,800}(?<!\.)  # JWT (and JWE)
+      | (?P<sk>sk-[A-Za-z0-9_\-]{20,200})                            # OpenAI, Anthropic
+    )
+    """
+)
+_PEM = _compile(
+    r"""
+    -----BEGIN[ ](?P<kind>(?:[A-Z0-9]+[ ])*)PRIVATE[ ]KEY(?P<blk>(?:[ ]BLOCK)?)-----
+    (?: [\s\S]{0,65536}?-----END[ ](?P=kind)PRIVATE[ ]KEY(?P=blk)-----
+      | (?:\r?\n(?:[A-Za-z0-9+/=]{1,100}|[\w\-]+:[ ][^\r\n]*)?(?![^\r\n]))*  # no END: body lines
+    )
+    """
+)
+_SECRET_WORDS = r"""
+    (?:api|access|secret|private|client|auth|signing|encryption|master)[_\-]?key
+  | apikey | (?:api|client|app)[_\-]?secret | secret(?:[_\-]?access[_\-]?key)?
+  | (?:access|auth|refresh|bearer|session|api|id)[_\-]?token | token
+  | passw(?:or)?d | passphrase
+"""
+_ASSIGN = _compile(
+    rf"""
+    (?<![A-Za-z0-9])(?i:{_SECRET_WORDS})(?![A-Za-z0-9])
+    ["']?(?:[ ]is)?[ \t]{{0,3}}(?::=|=>|[:=])[ \t]{{0,3}}
+    (?: "(?P<dq>[^"\r\n]{{4,256}})
+      | '(?P<sq>[^'\r\n]{{4,256}})
+      | (?P<bare>[^\s"'`,;()\[\]{{}}<>]{{6,256}})(?<!\.)
+    )
+    """
+)
+_AUTH = _compile(
+    r"""
+    (?<![A-Za-z0-9])(?:(?i:bearer)|Basic|Token)[ \t]{1,3}
+    (?P<v>[A-Za-z0-9\-._~+/]{16,1000}={0,2})(?<!\.)
+    """
+)
+_PLACEHOLDER = _compile(
+    r"""
+      [<\[{(] | \$[{(] | %\( | \$[A-Za-z_]\w*$ | %\w+%$    # <x> ${X} $(x) %(x)s $X %X%
+    | (?i:your)[\W_]                                       # your-api-key, YOUR_TOKEN
+    | [A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+$                     # settings.API_KEY, os.environ
+    | [A-Za-z]+(?:_[A-Za-z]+)+$                            # api_key=api_key, OPENAI_API_KEY
+    | (?i:null|none|nil|true|false|undefined|str|string|bytes|optional|required
+          |redacted|placeholder|secret|password|token)$
+    | (.)\1*$                                              # ********, xxxxxx
+    """
+)
+
+
+def _mixed(s: str) -> bool:
+    """Two of lower/upper/digit: random tokens have them, prose and NAMES don't."""
+    kinds = (
+        any("a" <= c <= "z" for c in s),
+        any("A" <= c <= "Z" for c in s),
+        any("0" <= c <= "9" for c in s),
+    )
+    return sum(kinds) >= 2
+
+
+def _token_check(m: re.Match[str]) -> tuple[int, int] | None:
+    sk = m.group("sk")
+    if sk is not None and not (_mixed(sk[3:]) and any(c.isdigit() for c in sk)):
+        return None  # "sk-the-quick-brown-fox-jumps" is prose
+    return m.span()
+
+
+def _assigned_ok(s: str) -> bool:
+    return _PLACEHOLDER.match(s.strip()) is None
+
+
+def _auth_ok(s: str) -> bool:
+    return _mixed(s) and _PLACEHOLDER.match(s) is None
+
+
+# --- registry ----------------------------------------------------------------------
+DETECTORS: dict[str, Detector] = {
+    d.name: d
+    for d in (
+        PatternDetector("email", "EMAIL", ((_EMAIL, _whole(_email_ok)),), needle="@"),
+        PatternDetector(
+            "phone",
+            "PHONE",
+            (
+                (_PHONE_INTL, _whole(_intl_ok)),
+                (_PHONE_NANP, _whole(lambda _: True)),
+                (_PHONE_KW, _value(_kw_phone_ok, "v")),
+            ),
+        ),
+        PatternDetector("credit_card", "CREDIT_CARD", ((_CARD, _whole(_card_ok)),)),
+        PatternDetector("iban", "IBAN", ((_IBAN, _iban_check),)),
+        PatternDetector(
+            "us_ssn",
+            "US_SSN",
+            ((_SSN, _whole(lambda _: True)), (_SSN_KW, _value(lambda _: True, "v"))),
+        ),
+        PatternDetector(
+            "ip_address", "IP_ADDRESS", ((_IPV4, _whole(_ipv4_ok)), (_IPV6, _ipv6_check))
+        ),
+        PatternDetector(
+            "secret",
+            "SECRET",
+            (
+                (_PEM, _whole(lambda _: True)),
+                (_TOKENS, _token_check),
+                (_ASSIGN, _value(_assigned_ok, "dq", "sq", "bare")),
+                (_AUTH, _value(_auth_ok, "v")),
+            ),
+        ),
+    )
+}
+
+
+def _resolve(spans: Iterable[Span]) -> list[Span]:
+    """Sort and merge overlapping spans. A cluster of overlapping spans becomes one
+    span covering their union (so nothing a detector matched stays visible), labelled
+    by its longest member, the earliest on a tie. Touching spans stay apart."""
+    out: list[Span] = []
+    start = end = -1
+    best: Span | None = None
+    for s in sorted(spans, key=lambda s: (s.start, -s.end)):
+        if s.start >= s.end:
+            continue
+        if best is not None and s.start < end:
+            end = max(end, s.end)
+            if s.end - s.start > best.end - best.start:
+                best = s
+            continue
+        if best is not None:
+            out.append(Span(start, end, best.label))
+        start, end, best = s.start, s.end, s
+    if best is not None:
+        out.append(Span(start, end, best.label))
+    return out
+
+
+def find_spans(text: str, names: Iterable[str]) -> list[Span]:
+    """All matches of the named detectors in `text`, sorted, overlaps merged (see
+    _resolve). A single name may be passed as a plain string. Unknown name: KeyError,
+    raised before any scanning."""
+    if isinstance(names, str):
+        names = (names,)
+    detectors = []
+    for name in dict.fromkeys(names):
+        if name not in DETECTORS:
+            raise KeyError(f"unknown detector {name!r} (known: {', '.join(DETECTORS)})")
+        detectors.append(DETECTORS[name])
+    return _resolve(span for d in detectors for span in d.find(text))
+
+
+def redact(text: str, spans: Sequence[Span]) -> str:
+    """Replace each span with `[REDACTED:<LABEL>]`. Spans may come unsorted or
+    overlapping (they are merged as in find_spans); one outside the text: ValueError."""
+    parts: list[str] = []
+    pos = 0
+    for s in _resolve(spans):
+        if s.start < 0 or s.end > len(text):
+            raise ValueError(f"span {s} is outside a text of length {len(text)}")
+        parts.append(text[pos : s.start])
+        parts.append(f"[REDACTED:{s.label}]")
+        pos = s.end
+    parts.append(text[pos:])
+    return "".join(parts)

@@ -1,0 +1,266 @@
+"""Guard decisions: run a side's policies over text slots and decide what happens.
+
+Per policy: pattern detectors first (cheap, synchronous; they redact, or flag without a
+model call), then the classifier through the verdict cache. All enforced policies of a
+side run in parallel; shadow policies run in the background and never change anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from proxy.config import PolicyRef, Side
+from proxy.guard.cache import VerdictCache
+from proxy.guard.detectors import find_spans, redact
+from proxy.guard.safeguard import ClassifierError, SafeguardClient, Verdict, errored
+from proxy.openai_api import Slot, input_slots, render
+from proxy.policies import Policy
+
+SEVERITY = ("allow", "annotate", "redact", "error", "block")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One policy's verdict on one side (one choice, for output) and what it does."""
+
+    policy: Policy
+    action: str  # the effective action: the route's override, else the policy's own
+    side: str
+    verdict: Verdict
+    redacted: bool = False
+    choice: int | None = None
+
+    @property
+    def effect(self) -> str:
+        if self.verdict.error:
+            return "error"
+        if self.redacted:
+            return "redact"
+        if not self.verdict.violation:
+            return "allow"
+        # A redact policy the model still flags after its patterns ran has no span to cut.
+        return {"block": "block", "log": "allow"}.get(self.action, "annotate")
+
+    def filter_result(self) -> dict[str, Any]:
+        """Azure's per-category filter detail."""
+        result: dict[str, Any] = {
+            "filtered": self.effect in ("block", "redact"),
+            "detected": self.verdict.violation,
+        }
+        if self.verdict.violation:
+            result["category"] = self.verdict.category or self.policy.category or self.policy.id
+        if self.redacted:
+            result["redacted"] = True
+        return result
+
+    def record(self) -> dict[str, Any]:
+        return self.verdict.as_record() | {
+            "side": self.side,
+            "action": self.action,
+            "choice": self.choice,
+        }
+
+
+def decide(outcomes: Sequence[Outcome], fail: str) -> str:
+    """allow | annotate | redact | block, or error when the guard is unusable and fails closed."""
+    worst = "allow"
+    for outcome in outcomes:
+        effect = outcome.effect
+        if effect == "error" and fail == "open":
+            continue
+        if SEVERITY.index(effect) > SEVERITY.index(worst):
+            worst = effect
+    return worst
+
+
+@dataclass(slots=True)
+class SideResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    shadow: list[asyncio.Task[Outcome | None]] = field(default_factory=list)
+
+    def decision(self, fail: str) -> str:
+        return decide(self.outcomes, fail)
+
+    def blocked(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.effect == "block"]
+
+    def flagged(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.verdict.violation]
+
+    def filter_results(self) -> dict[str, dict[str, Any]]:
+        return {o.policy.id: o.filter_result() for o in self.outcomes if not o.verdict.error}
+
+
+class Guard:
+    def __init__(
+        self, classifier: SafeguardClient, cache: VerdictCache, telemetry: Any, metrics: Any
+    ) -> None:
+        self.classifier = classifier
+        self.cache = cache
+        self.telemetry = telemetry
+        self.metrics = metrics
+
+    async def verdict(self, policy: Policy, content: str, side: str) -> Verdict:
+        """The model's verdict, cached; a classifier failure becomes an error verdict."""
+        started = time.perf_counter()
+        with self.telemetry.classification_span(
+            policy.id, policy.version, self.classifier.model, side
+        ) as span:
+            try:
+                verdict = await self.cache.get_or_classify(
+                    policy, content, lambda: self.classifier.classify(policy, content)
+                )
+            except ClassifierError as exc:
+                verdict = errored(policy, exc, (time.perf_counter() - started) * 1000)
+            self.telemetry.record_verdict(span, verdict)
+        return verdict
+
+    async def _judge(self, policy: Policy, *args: Any, **kwargs: Any) -> Outcome | None:
+        outcome = await self._evaluate(policy, *args, **kwargs)
+        if outcome is not None:
+            self.metrics.observe_verdict(outcome.verdict, side=outcome.side, action=outcome.effect)
+        return outcome
+
+    async def _evaluate(
+        self,
+        policy: Policy,
+        action: str,
+        side: str,
+        slots: list[Slot],
+        scope: str,
+        *,
+        shadow: bool = False,
+        choice: int | None = None,
+        context: str = "",
+    ) -> Outcome | None:
+        labels: list[str] = []
+        redacted = False
+        for slot in slots if policy.detectors else ():
+            spans = find_spans(slot.text, policy.detectors)
+            if not spans:
+                continue
+            labels.extend(s.label for s in spans)
+            if action == "redact" and not shadow:
+                slot.text = redact(slot.text, spans)
+                redacted = True
+        if labels and action != "redact":
+            # Triage: a pattern hit is a violation without spending a model call.
+            verdict = Verdict(
+                policy.id,
+                policy.version,
+                True,
+                category=labels[0],
+                rationale=f"pattern detectors matched: {', '.join(sorted(set(labels)))}",
+                source="detector",
+                shadow=shadow,
+            )
+            return Outcome(policy, action, side, verdict, choice=choice)
+        content = render(slots, scope)
+        if not content:
+            return None
+        content = context + content
+        verdict = await self.verdict(policy, content, side)
+        if shadow:
+            verdict = replace(verdict, shadow=True)
+        if redacted and not verdict.violation and not verdict.error:
+            rationale = f"pattern detectors redacted: {', '.join(sorted(set(labels)))}"
+            verdict = replace(verdict, violation=True, category=labels[0], rationale=rationale)
+        return Outcome(policy, action, side, verdict, redacted=redacted, choice=choice)
+
+    async def check_request(
+        self, side: Side, policies: Mapping[str, Policy], body: dict[str, Any]
+    ) -> SideResult:
+        """The input side: each policy reads its scope of the request (and may redact it)."""
+        result = SideResult()
+        jobs = []
+        for ref in side.policies:
+            policy = policies[ref.id]
+            jobs.append(
+                self._judge(
+                    policy,
+                    _action(ref, policy),
+                    "input",
+                    input_slots(body, policy.scope),
+                    policy.scope,
+                )
+            )
+        for ref in side.shadow:
+            policy = policies[ref.id]
+            slots = input_slots(body, policy.scope)
+            result.shadow.append(
+                asyncio.ensure_future(
+                    self._judge(
+                        policy, _action(ref, policy), "input", slots, policy.scope, shadow=True
+                    )
+                )
+            )
+        result.outcomes = [o for o in await asyncio.gather(*jobs) if o is not None]
+        return result
+
+    async def check_completion(
+        self,
+        side: Side,
+        policies: Mapping[str, Policy],
+        choices: Sequence[list[Slot]],
+        context: str = "",
+    ) -> SideResult:
+        """The output side: every policy reads each choice's text (and may redact it)."""
+        result = SideResult()
+        jobs = []
+        for index, slots in enumerate(choices):
+            for ref in side.policies:
+                policy = policies[ref.id]
+                jobs.append(
+                    self._judge(
+                        policy,
+                        _action(ref, policy),
+                        "output",
+                        slots,
+                        "last_user",
+                        choice=index,
+                        context=context,
+                    )
+                )
+            for ref in side.shadow:
+                policy = policies[ref.id]
+                result.shadow.append(
+                    asyncio.ensure_future(
+                        self._judge(
+                            policy,
+                            _action(ref, policy),
+                            "output",
+                            slots,
+                            "last_user",
+                            shadow=True,
+                            choice=index,
+                            context=context,
+                        )
+                    )
+                )
+        result.outcomes = [o for o in await asyncio.gather(*jobs) if o is not None]
+        return result
+
+    async def check_text(
+        self,
+        side: Side,
+        policies: Mapping[str, Policy],
+        text: str,
+        *,
+        context: str = "",
+        choice: int | None = None,
+    ) -> tuple[SideResult, str]:
+        """One piece of output text (a stream window, classified after `context`): the
+        outcomes and the text as it may be released."""
+        slot = Slot({"text": text}, "text", "assistant")
+        result = await self.check_completion(side, policies, [[slot]], context)
+        for outcome in result.outcomes:
+            outcome.choice = choice
+        return result, slot.text
+
+
+def _action(ref: PolicyRef, policy: Policy) -> str:
+    return ref.action or policy.action

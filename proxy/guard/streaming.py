@@ -1,0 +1,275 @@
+"""Output guard for streamed answers: hold-back windows released only once cleared.
+
+`window` mode seals the held events every `window_chars` of text and classifies each
+sealed window (with `overlap_chars` of the previous text as context, so a violation
+split across windows is still seen) while the upstream keeps streaming; windows are
+released strictly in order, each as soon as its own verdict allows it. `buffer` seals
+once, at the end. `passthrough` forwards at once and only records the verdict.
+When detectors may redact, the last `hold` characters stay behind so a pattern is never
+cut in two by a window edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.config import Side
+from proxy.guard.engine import SEVERITY, Guard, Outcome, decide
+from proxy.openai_api import COMPLETIONS, RESPONSES
+from proxy.policies import Policy
+from proxy.sse import (
+    Event,
+    EventSplitter,
+    parse_event,
+    serialize,
+    usage_of,
+    with_final_text,
+    with_texts,
+)
+
+_RESPONSES_FINAL = frozenset(
+    (
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+        "response.incomplete",
+    )
+)
+
+
+def _chars(event: Event) -> int:
+    return sum(len(t) for t in event.texts.values())
+
+
+@dataclass(slots=True)
+class Sealed:
+    events: list[Event]
+    texts: dict[int, str]  # choice index -> this window's text
+    context: dict[int, str]  # choice index -> tail of the text released before it
+
+
+class Window:
+    """Pure hold-back bookkeeping: push events, get sealed windows back."""
+
+    def __init__(self, size: int | None, overlap: int, hold: int = 0) -> None:
+        self.size, self.overlap, self.hold = size, overlap, hold
+        self._events: list[Event] = []
+        self._chars = 0
+        self._tail: dict[int, str] = {}
+
+    def push(self, event: Event) -> Sealed | None:
+        self._events.append(event)
+        self._chars += _chars(event)
+        if self.size is not None and self._chars >= self.size + self.hold:
+            return self._seal(keep=self.hold)
+        return None
+
+    def flush(self) -> Sealed | None:
+        return self._seal(keep=0) if self._events else None
+
+    def _seal(self, keep: int) -> Sealed:
+        cut, kept = len(self._events), 0
+        while keep and cut > 0 and kept < keep:
+            cut -= 1
+            kept += _chars(self._events[cut])
+        events, self._events = self._events[:cut], self._events[cut:]
+        self._chars = kept if keep else 0
+        texts: dict[int, str] = {}
+        for event in events:
+            for index, text in event.texts.items():
+                texts[index] = texts.get(index, "") + text
+        context = {i: self._tail.get(i, "") for i in texts}
+        if self.overlap:
+            for index, text in texts.items():
+                self._tail[index] = (self._tail.get(index, "") + text)[-self.overlap :]
+        return Sealed(events, texts, context)
+
+
+def end_frames(endpoint: str, last: dict[str, Any] | None, reason: str = "content_filter") -> bytes:
+    """What a client sees when forwarding stops: a final chunk per choice, then [DONE]."""
+    last = last or {}
+    if endpoint == RESPONSES:
+        response = dict(last.get("response") or {})
+        response.update(status="incomplete", incomplete_details={"reason": reason}, output=[])
+        return serialize(
+            {"type": "response.incomplete", "response": response}, "response.incomplete"
+        )
+    indexes = sorted({int(c.get("index") or 0) for c in last.get("choices") or ()}) or [0]
+    base = {
+        k: last[k] for k in ("id", "object", "created", "model", "system_fingerprint") if k in last
+    }
+    key = "text" if endpoint == COMPLETIONS else "delta"
+    empty: Any = "" if endpoint == COMPLETIONS else {}
+    choices = [{"index": i, key: empty, "finish_reason": reason} for i in indexes]
+    return serialize(base | {"choices": choices}) + b"data: [DONE]\n\n"
+
+
+def error_frame(endpoint: str, message: str, code: str) -> bytes:
+    error = {"message": message, "type": "server_error", "param": None, "code": code}
+    if endpoint == RESPONSES:
+        return serialize(
+            {"type": "error", "code": code, "message": message, "param": None}, "error"
+        )
+    return serialize({"error": error})
+
+
+class StreamGuard:
+    """Runs one streamed answer through the output side; records what it decided."""
+
+    def __init__(
+        self,
+        guard: Guard,
+        side: Side,
+        policies: Mapping[str, Policy],
+        endpoint: str,
+        fail: str,
+        hold: int,
+    ) -> None:
+        self.guard, self.side, self.policies = guard, side, policies
+        self.endpoint, self.fail = endpoint, fail
+        size = None if side.stream == "buffer" else side.window_chars
+        self.window = Window(size, side.overlap_chars, hold)
+        self.outcomes: list[Outcome] = []
+        self.decision = "allow"
+        self.usage: dict[str, Any] | None = None
+        self.finish_reasons: list[str] = []
+        self.first_byte_at: float | None = None
+        self.released: dict[int, str] = {}  # choice/output index -> text sent so far
+        self.full_text: dict[int, str] = {}
+        self._last: dict[str, Any] | None = None
+        self._redacted = False
+
+    def _observe(self, event: Event) -> None:
+        if event.data is None:
+            return
+        if self.endpoint == RESPONSES:
+            if event.type == "response.created":
+                self._last = event.data
+        else:
+            self._last = event.data
+            for choice in event.data.get("choices") or ():
+                if isinstance(choice, dict) and choice.get("finish_reason"):
+                    self.finish_reasons.append(choice["finish_reason"])
+        if event.type == "response.completed":
+            status = (event.data.get("response") or {}).get("status")
+            self.finish_reasons.append(str(status))
+        self.usage = usage_of(event) or self.usage
+        for index, text in event.texts.items():
+            self.full_text[index] = self.full_text.get(index, "") + text
+
+    async def _judge(self, sealed: Sealed) -> tuple[list[Outcome], dict[int, str]]:
+        outcomes: list[Outcome] = []
+        released: dict[int, str] = {}
+        for index, text in sealed.texts.items():
+            result, kept = await self.guard.check_text(
+                self.side, self.policies, text, context=sealed.context.get(index, ""), choice=index
+            )
+            outcomes += result.outcomes
+            released[index] = kept
+        return outcomes, released
+
+    def _release(self, sealed: Sealed, released: dict[int, str]) -> list[bytes]:
+        changed = {i: t for i, t in released.items() if t != sealed.texts[i]}
+        self._redacted = self._redacted or bool(changed)
+        frames, placed = [], set()
+        for event in sealed.events:
+            if changed and set(event.texts) & set(changed):
+                # Redacted text goes out whole in the window's first event of that choice.
+                texts = {}
+                for index in event.texts:
+                    if index in changed:
+                        texts[index] = "" if index in placed else changed[index]
+                        placed.add(index)
+                    else:
+                        texts[index] = event.texts[index]
+                frames.append(with_texts(event, self.endpoint, texts))
+            elif self._redacted and self.endpoint == RESPONSES and event.type in _RESPONSES_FINAL:
+                frames.append(with_final_text(event, self.released))
+            else:
+                frames.append(event.raw)
+        for index, text in released.items():
+            self.released[index] = self.released.get(index, "") + text
+        return frames
+
+    async def run(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        if self.side.stream == "passthrough":
+            async for frame in self._passthrough(chunks):
+                yield frame
+            return
+        queue: asyncio.Queue[tuple[Sealed, asyncio.Task[Any] | None] | None] = asyncio.Queue()
+        producer = asyncio.ensure_future(self._produce(chunks, queue))
+        try:
+            while (item := await queue.get()) is not None:
+                sealed, task = item
+                outcomes, released = (
+                    await task if task else ([], {i: t for i, t in sealed.texts.items()})
+                )
+                self.outcomes += outcomes
+                verdict = decide(outcomes, self.fail)
+                self.decision = max(self.decision, verdict, key=_rank)
+                if verdict == "block":
+                    yield end_frames(self.endpoint, self._last)
+                    return
+                if verdict == "error":
+                    yield error_frame(
+                        self.endpoint,
+                        "The output guard is unavailable; the rest of this answer was withheld.",
+                        "guard_unavailable",
+                    )
+                    return
+                for frame in self._release(sealed, released):
+                    yield frame
+            await producer  # re-raises an upstream failure after everything cleared was sent
+        finally:
+            if not producer.done():
+                producer.cancel()
+            while not queue.empty():
+                item = queue.get_nowait()
+                if item and item[1]:
+                    item[1].cancel()
+
+    async def _produce(self, chunks: AsyncIterator[bytes], queue: asyncio.Queue) -> None:
+        splitter = EventSplitter()
+
+        def enqueue(sealed: Sealed | None) -> None:
+            if sealed is not None:
+                task = asyncio.ensure_future(self._judge(sealed)) if sealed.texts else None
+                queue.put_nowait((sealed, task))
+
+        try:
+            async for chunk in chunks:
+                if self.first_byte_at is None:
+                    self.first_byte_at = time.perf_counter()
+                for raw in splitter.feed(chunk):
+                    event = parse_event(raw, self.endpoint)
+                    self._observe(event)
+                    enqueue(self.window.push(event))
+            if rest := splitter.rest():
+                enqueue(self.window.push(parse_event(rest, self.endpoint)))
+            enqueue(self.window.flush())
+        finally:
+            queue.put_nowait(None)
+
+    async def _passthrough(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        splitter = EventSplitter()
+        async for chunk in chunks:
+            if self.first_byte_at is None:
+                self.first_byte_at = time.perf_counter()
+            for raw in splitter.feed(chunk):
+                self._observe(parse_event(raw, self.endpoint))
+            yield chunk
+        self.released = dict(self.full_text)
+        for index, text in self.full_text.items():
+            result, _ = await self.guard.check_text(self.side, self.policies, text, choice=index)
+            self.outcomes += result.outcomes
+        # Everything was already sent: a flag can only be annotated (and audited).
+        self.decision = "annotate" if decide(self.outcomes, "open") != "allow" else "allow"
+
+
+def _rank(decision: str) -> int:
+    return SEVERITY.index(decision)

@@ -1,0 +1,572 @@
+"""The `/v1/*` proxy as a pure ASGI app: auth, route, guard, forward, record.
+
+Unguarded traffic is forwarded as raw bytes (no JSON re-encoding, SSE untouched); a body
+is re-serialized only when a policy redacted it or annotations are added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from proxy.config import Route, Tenant
+from proxy.gateway import Gateway
+from proxy.guard.engine import Outcome, SideResult
+from proxy.guard.streaming import StreamGuard
+from proxy.openai_api import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    GENERATION_ENDPOINTS,
+    MODELS,
+    OPERATION,
+    RESPONSES,
+    OpenAIError,
+    input_slots,
+    output_slots,
+    parse_json_body,
+    render,
+)
+from proxy.policies import Policy
+from proxy.tenancy import bearer_token
+from proxy.upstream import UpstreamError, UpstreamResponse
+
+log = logging.getLogger("proxy")
+
+JSON = b"application/json"
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one request did, gathered for the response headers, metrics and the audit log."""
+
+    request_id: str
+    endpoint: str
+    started: float = field(default_factory=time.perf_counter)
+    at: float = field(default_factory=time.time)
+    tenant: Tenant | None = None
+    route: Route | None = None
+    model: str | None = None
+    stream: bool = False
+    status: int = 0
+    decision: str = "allow"
+    error: str | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    shadow: list[asyncio.Task[Any]] = field(default_factory=list)
+    guard_ms: float = 0.0
+    upstream_ms: float | None = None
+    ttft_ms: float | None = None
+    content: dict[str, str | None] = field(default_factory=dict)
+
+    def add(self, result: SideResult, spent_ms: float) -> None:
+        self.outcomes += result.outcomes
+        self.shadow += result.shadow
+        self.guard_ms += spent_ms
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        headers = [(b"x-request-id", self.request_id.encode())]
+        if self.route is not None and self.outcomes:
+            headers.append((b"x-safeguard-decision", self.decision.encode()))
+            flagged = sorted({o.policy.id for o in self.outcomes if o.verdict.violation})
+            if flagged:
+                headers.append((b"x-safeguard-policies", ",".join(flagged).encode()))
+        return headers
+
+
+def _error_from_upstream(exc: UpstreamError) -> OpenAIError:
+    return OpenAIError(exc.status, exc.message, type="server_error", code=exc.code)
+
+
+PROMPT_PARAM = {CHAT: "messages", COMPLETIONS: "prompt", RESPONSES: "input"}
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+def content_filter_error(
+    endpoint: str, blocked: list[Outcome], results: dict[str, Any]
+) -> OpenAIError:
+    names = ", ".join(f"'{o.policy.id}'" for o in blocked)
+    return OpenAIError(
+        400,
+        f"The prompt was blocked by the gateway's content policy {names}. "
+        "Please modify your prompt and retry.",
+        code="content_filter",
+        param=PROMPT_PARAM.get(endpoint, "messages"),
+        extra={
+            "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": results}
+        },
+    )
+
+
+GUARD_UNAVAILABLE = (
+    "The content guard (gpt-oss-safeguard) is unavailable and this route fails closed. Retry later."
+)
+
+
+class ProxyHandler:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.max_body = gateway.config.server.max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        headers = dict(scope["headers"])  # last value wins; auth headers are single-valued
+        client_id = headers.get(b"x-request-id", b"")
+        request_id = (
+            client_id.decode("latin-1")
+            if 0 < len(client_id) <= 128 and client_id.isascii()
+            else f"req_{uuid.uuid4().hex}"
+        )
+        path = scope["path"].rstrip("/") or "/"
+        ex = Exchange(request_id, path)
+        self.gw.metrics.in_flight.add(1)
+        with self.gw.telemetry.server_span(scope["method"], path, scope["headers"]) as span:
+            sent = _Sender(send, receive)
+            try:
+                await self._handle(ex, scope, headers, receive, sent)
+            except OpenAIError as exc:
+                await self._fail(ex, sent, exc)
+            except UpstreamError as exc:
+                await self._fail(ex, sent, _error_from_upstream(exc))
+            except ClientDisconnected:
+                ex.status, ex.error = ex.status or 499, "client_disconnected"
+            except asyncio.CancelledError:
+                ex.status, ex.error = ex.status or 499, "client_disconnected"
+                raise
+            except Exception:
+                log.exception("request %s failed", request_id)
+                await self._fail(
+                    ex,
+                    sent,
+                    OpenAIError(
+                        500,
+                        "The gateway hit an internal error.",
+                        type="server_error",
+                        code="internal_error",
+                    ),
+                )
+            finally:
+                self.gw.metrics.in_flight.add(-1)
+                self._finish(ex, span)
+
+    # -- the request -------------------------------------------------------------------
+
+    async def _handle(
+        self, ex: Exchange, scope: dict, headers: dict, receive: Any, send: _Sender
+    ) -> None:
+        tenant = self.gw.tenancy.authenticate(
+            bearer_token(headers.get(b"authorization"), headers.get(b"api-key"))
+        )
+        if tenant is None:
+            raise OpenAIError(
+                401, "Incorrect API key provided. Use a gateway key.", code="invalid_api_key"
+            )
+        ex.tenant = tenant
+        method = scope["method"]
+        if ex.endpoint == MODELS or ex.endpoint.startswith(MODELS + "/"):
+            if method != "GET":
+                raise OpenAIError(
+                    405, f"Method {method} is not allowed here.", code="method_not_allowed"
+                )
+            ex.route = self.gw.tenancy.default_route(tenant)
+            await self._forward_raw(ex, scope, None, send)
+            return
+        if ex.endpoint not in GENERATION_ENDPOINTS and ex.endpoint != EMBEDDINGS:
+            raise OpenAIError(
+                404, f"Unknown endpoint {scope['method']} {ex.endpoint}.", code="unknown_url"
+            )
+        if method != "POST":
+            raise OpenAIError(405, f"Use POST for {ex.endpoint}.", code="method_not_allowed")
+        raw = await self._read_body(headers, receive)
+        body = parse_json_body(raw)
+        model = body.get("model")
+        ex.model = model if isinstance(model, str) else None
+        ex.stream = bool(body.get("stream"))
+        route = self.gw.tenancy.route_for(tenant, ex.model)
+        if route is None:
+            raise OpenAIError(
+                404,
+                f"The model {ex.model!r} does not exist or you do not have access to it.",
+                code="model_not_found",
+                param="model",
+            )
+        ex.route = route
+        if ex.endpoint == EMBEDDINGS:
+            await self._forward_raw(ex, scope, raw, send)
+            return
+        await self._generate(ex, scope, raw, body, send)
+
+    async def _read_body(self, headers: dict, receive: Any) -> bytes:
+        declared = headers.get(b"content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body:
+            raise _too_large(self.max_body)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise _too_large(self.max_body)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    async def _send_upstream(
+        self, ex: Exchange, scope: dict, raw: bytes | None
+    ) -> UpstreamResponse:
+        assert ex.route is not None
+        upstream = self.gw.config.upstreams[ex.route.upstream]
+        trace_headers: dict[str, str] = {}
+        self.gw.telemetry.inject(trace_headers)
+        path = ex.endpoint.removeprefix("/v1")
+        if scope.get("query_string"):
+            path += "?" + scope["query_string"].decode("latin-1")
+        started = time.perf_counter()
+        try:
+            return await self.gw.upstreams.send(
+                upstream, scope["method"], path, raw, scope["headers"], trace_headers
+            )
+        finally:
+            ex.upstream_ms = (time.perf_counter() - started) * 1000
+
+    async def _forward_raw(
+        self, ex: Exchange, scope: dict, raw: bytes | None, send: _Sender
+    ) -> None:
+        """Pass-through: status, headers and body bytes exactly as the upstream sent them."""
+        response = await self._upstream_call(ex, scope, raw)
+        await self._relay(ex, response, send)
+
+    async def _upstream_call(
+        self, ex: Exchange, scope: dict, raw: bytes | None
+    ) -> UpstreamResponse:
+        upstream = self.gw.config.upstreams[ex.route.upstream]  # type: ignore[union-attr]
+        address = urlsplit(upstream.base_url)
+        with self.gw.telemetry.upstream_span(
+            OPERATION.get(ex.endpoint, "chat"),
+            ex.model,
+            address.hostname or "",
+            address.port or 443,
+        ):
+            return await self._send_upstream(ex, scope, raw)
+
+    async def _relay(self, ex: Exchange, response: UpstreamResponse, send: _Sender) -> None:
+        """Whole bodies are read first (a drop becomes a clean 502); streams flow through."""
+        if not response.is_event_stream:
+            body = await response.read()
+            ex.status = response.status
+            await send.whole(response.status, response.headers + ex.headers(), body)
+            return
+        await send.start(response.status, response.headers + ex.headers())
+        ex.status = response.status
+        try:
+            await self._pump(ex, response.chunks(), send)
+        finally:
+            response.close()
+
+    async def _pump(self, ex: Exchange, frames: AsyncIterator[bytes], send: _Sender) -> None:
+        """Send frames until they end, the upstream fails, or the client goes away (which
+        cancels the upstream read and so closes that connection)."""
+        pumping = asyncio.ensure_future(self._drain(ex, frames, send))
+        gone = asyncio.ensure_future(send.disconnected())
+        try:
+            await asyncio.wait((pumping, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not pumping.done():
+                pumping.cancel()
+                ex.error = "client_disconnected"
+        if pumping.cancelled() or not pumping.done():
+            await asyncio.wait((pumping,))
+            return
+        try:
+            pumping.result()
+        except UpstreamError as exc:
+            # Headers are out: the client sees the body end early (no [DONE] for streams).
+            ex.error = exc.code
+            log.warning("request %s: upstream failed mid-body: %s", ex.request_id, exc.code)
+        await send.end()
+
+    async def _drain(self, ex: Exchange, frames: AsyncIterator[bytes], send: _Sender) -> None:
+        async for frame in frames:
+            if ex.ttft_ms is None:
+                ex.ttft_ms = (time.perf_counter() - ex.started) * 1000
+            await send.body(frame)
+
+    # -- guarded generation ------------------------------------------------------------
+
+    async def _generate(
+        self, ex: Exchange, scope: dict, raw: bytes, body: dict, send: _Sender
+    ) -> None:
+        route = ex.route
+        assert route is not None
+        policies = self.gw.policies  # one snapshot for the whole request
+        side = route.input
+        if not (side.policies or side.shadow or route.output.policies or route.output.shadow):
+            await self._forward_raw(ex, scope, raw, send)
+            return
+        audit_content = self.gw.config.audit.content != "none"
+        if audit_content:
+            ex.content["input"] = render(input_slots(body, "conversation"), "conversation")
+        pending: asyncio.Future[UpstreamResponse] | None = None
+        if side.mode == "parallel":
+            pending = asyncio.ensure_future(self._upstream_call(ex, scope, raw))
+        inputs = SideResult()
+        try:
+            if side.policies or side.shadow:
+                started = time.perf_counter()
+                inputs = await self.gw.guard.check_request(side, policies, body)
+                ex.add(inputs, (time.perf_counter() - started) * 1000)
+            decision = inputs.decision(route.fail)
+            ex.decision = decision
+            if decision == "block":
+                raise content_filter_error(ex.endpoint, inputs.blocked(), inputs.filter_results())
+            if decision == "error":
+                ex.error = "guard_unavailable"
+                raise OpenAIError(
+                    503, GUARD_UNAVAILABLE, type="server_error", code="guard_unavailable"
+                )
+            if decision == "redact":
+                raw = orjson.dumps(body)
+                if audit_content:
+                    ex.content["input_redacted"] = render(
+                        input_slots(body, "conversation"), "conversation"
+                    )
+            response = await (
+                pending if pending is not None else self._upstream_call(ex, scope, raw)
+            )
+        except BaseException:
+            if pending is not None:
+                pending.cancel()
+                if pending.done() and not pending.cancelled() and pending.exception() is None:
+                    pending.result().close()
+            raise
+        if response.status != 200:
+            await self._relay(ex, response, send)
+            return
+        if ex.stream and response.is_event_stream:
+            await self._stream(ex, response, send, policies, inputs)
+        else:
+            await self._complete(ex, response, send, policies, inputs)
+
+    async def _complete(
+        self,
+        ex: Exchange,
+        response: UpstreamResponse,
+        send: _Sender,
+        policies: Mapping[str, Policy],
+        inputs: SideResult,
+    ) -> None:
+        route = ex.route
+        assert route is not None
+        started = time.perf_counter()
+        raw = await response.read()
+        ex.upstream_ms = (ex.upstream_ms or 0) + (time.perf_counter() - started) * 1000
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            await send.whole(response.status, response.headers + ex.headers(), raw)
+            ex.status = response.status
+            return
+        choices = output_slots(ex.endpoint, body)
+        if self.gw.config.audit.content != "none":
+            ex.content["output"] = "\n\n".join(render(c, "last_user") for c in choices)
+        outputs = SideResult()
+        if route.output.policies or route.output.shadow:
+            started = time.perf_counter()
+            outputs = await self.gw.guard.check_completion(route.output, policies, choices)
+            ex.add(outputs, (time.perf_counter() - started) * 1000)
+        decision = outputs.decision(route.fail)
+        if decision == "error":
+            ex.error = "guard_unavailable"
+            raise OpenAIError(503, GUARD_UNAVAILABLE, type="server_error", code="guard_unavailable")
+        ex.decision = max(ex.decision, decision, key=_severity)
+        withhold(ex.endpoint, body, {o.choice for o in outputs.blocked()})
+        if decision == "redact" and self.gw.config.audit.content != "none":
+            ex.content["output_redacted"] = "\n\n".join(render(c, "last_user") for c in choices)
+        annotate(ex.endpoint, body, inputs, outputs)
+        ex.status = response.status
+        await send.whole(response.status, response.headers + ex.headers(), orjson.dumps(body))
+
+    async def _stream(
+        self,
+        ex: Exchange,
+        response: UpstreamResponse,
+        send: _Sender,
+        policies: Mapping[str, Policy],
+        inputs: SideResult,
+    ) -> None:
+        route = ex.route
+        assert route is not None
+        side = route.output
+        await send.start(200, response.headers + ex.headers())
+        ex.status = 200
+        if not (side.policies or side.shadow):
+            frames: AsyncIterator[bytes] = response.chunks()
+            guard = None
+        else:
+            hold = self.gw.detector_hold(policies, side.policies)
+            guard = StreamGuard(self.gw.guard, side, policies, ex.endpoint, route.fail, hold)
+            frames = guard.run(response.chunks())
+        try:
+            await self._pump(ex, frames, send)
+        finally:
+            response.close()
+            if guard is not None:
+                ex.outcomes += guard.outcomes
+                ex.decision = max(ex.decision, guard.decision, key=_severity)
+                if self.gw.config.audit.content != "none":
+                    ex.content["output"] = "\n\n".join(guard.full_text.values())
+                    ex.content["output_redacted"] = "\n\n".join(guard.released.values())
+
+    # -- endings -------------------------------------------------------------------------
+
+    async def _fail(self, ex: Exchange, send: _Sender, exc: OpenAIError) -> None:
+        ex.status = exc.status
+        ex.error = ex.error or exc.code
+        if exc.code == "content_filter":
+            ex.decision = "block"
+        if send.started:
+            log.warning("request %s failed after the response started: %s", ex.request_id, exc.code)
+            return
+        await send.whole(exc.status, [(b"content-type", JSON), *ex.headers()], exc.body())
+
+    def _finish(self, ex: Exchange, span: Any) -> None:
+        total_s = time.perf_counter() - ex.started
+        route_name = ex.route.name if ex.route else ""
+        metrics = self.gw.metrics
+        metrics.requests.inc(route_name, ex.endpoint, str(ex.status))
+        metrics.request_duration.observe(total_s, route_name, ex.endpoint)
+        if ex.ttft_ms is not None and ex.stream:
+            metrics.upstream_ttft.observe(ex.ttft_ms / 1000, route_name)
+        self.gw.telemetry.set_server_attributes(
+            span,
+            status_code=ex.status,
+            tenant=ex.tenant.name if ex.tenant else None,
+            route=route_name or None,
+            decision=ex.decision,
+        )
+        if ex.tenant is None or ex.endpoint not in GENERATION_ENDPOINTS:
+            return
+        record = {
+            "request_id": ex.request_id,
+            "time": ex.at,
+            "tenant": ex.tenant.name,
+            "route": route_name or None,
+            "endpoint": ex.endpoint,
+            "model": ex.model,
+            "stream": ex.stream,
+            "decision": "error" if ex.error == "guard_unavailable" else ex.decision,
+            "status": ex.status,
+            "error": ex.error,
+            "verdicts": [o.record() for o in ex.outcomes],
+            "timings": {
+                "classifier_ms": round(ex.guard_ms, 2),
+                "upstream_ms": _round(ex.upstream_ms),
+                "total_ms": round(total_s * 1000, 2),
+                "ttft_ms": _round(ex.ttft_ms),
+            },
+            "content": ex.content,
+        }
+        if ex.shadow:
+            self.gw.in_background(self._submit_after_shadow(record, ex.shadow))
+        else:
+            self.gw.audit.submit(record)
+
+    async def _submit_after_shadow(self, record: dict, shadow: list[asyncio.Task[Any]]) -> None:
+        results = await asyncio.gather(*shadow, return_exceptions=True)
+        record["verdicts"] += [o.record() for o in results if isinstance(o, Outcome)]
+        self.gw.audit.submit(record)
+
+
+def withhold(endpoint: str, body: dict, choices: set[int | None]) -> None:
+    """Blocked output: the text is removed and the choice finishes with content_filter."""
+    if not choices:
+        return
+    if endpoint == RESPONSES:
+        body["output"] = [i for i in body.get("output") or () if i.get("type") != "message"]
+        body["status"] = "incomplete"
+        body["incomplete_details"] = {"reason": "content_filter"}
+        return
+    for index, choice in enumerate(body.get("choices") or ()):
+        if index in choices:
+            choice["finish_reason"] = "content_filter"
+            if endpoint == COMPLETIONS:
+                choice["text"] = ""
+            elif isinstance(choice.get("message"), dict):
+                choice["message"]["content"] = None
+                choice["message"].pop("tool_calls", None)
+
+
+def annotate(endpoint: str, body: dict, inputs: SideResult, outputs: SideResult) -> None:
+    """Azure-style filter results: prompt_filter_results and per-choice content_filter_results."""
+    if inputs.outcomes:
+        body["prompt_filter_results"] = [
+            {"prompt_index": 0, "content_filter_results": inputs.filter_results()}
+        ]
+    if not outputs.outcomes or endpoint == RESPONSES:
+        return
+    for index, choice in enumerate(body.get("choices") or ()):
+        mine = SideResult([o for o in outputs.outcomes if o.choice == index])
+        choice["content_filter_results"] = mine.filter_results()
+
+
+def _severity(decision: str) -> int:
+    return ("allow", "annotate", "redact", "error", "block").index(decision)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def _too_large(limit: int) -> OpenAIError:
+    return OpenAIError(
+        413,
+        f"The request body exceeds the gateway's limit of {limit} bytes.",
+        code="request_too_large",
+    )
+
+
+class _Sender:
+    """ASGI send with the response state tracked (so errors know whether headers went out)."""
+
+    __slots__ = ("_receive", "_send", "started")
+
+    def __init__(self, send: Any, receive: Any) -> None:
+        self._send, self._receive = send, receive
+        self.started = False
+
+    async def disconnected(self) -> None:
+        """Returns once the client has gone (uvicorn's send then drops data silently)."""
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.started = True
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def body(self, chunk: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def end(self) -> None:
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def whole(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        if not any(name == b"content-type" for name, _ in headers):
+            headers = [*headers, (b"content-type", JSON)]
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        self.started = True
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        await self._send({"type": "http.response.body", "body": body})

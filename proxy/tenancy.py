@@ -1,0 +1,71 @@
+"""Gateway keys -> tenant, and (tenant, model) -> route.
+
+Keys are secrets: they are stored only as sha256 digests and compared in constant time
+against every configured digest, so neither timing nor early exit tells a caller how
+close a guess was. A tenant can only ever reach the routes its own config names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from proxy.config import Config, Route, Tenant
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    digest: bytes
+    tenant: Tenant
+
+
+def key_digest(key: str) -> bytes:
+    """The sha256 digest a key is stored and compared as (`sha256:<hex>` keys are digests)."""
+    if key.startswith("sha256:"):
+        return bytes.fromhex(key[7:])
+    return hashlib.sha256(key.encode()).digest()
+
+
+class Tenancy:
+    def __init__(self, config: Config) -> None:
+        self._entries = tuple(
+            _Entry(key_digest(key), tenant)
+            for tenant in config.tenants.values()
+            for key in tenant.keys
+        )
+        self._routes = config.routes
+
+    def authenticate(self, presented: str | None) -> Tenant | None:
+        """The tenant owning this key, or None. Always compares against every key."""
+        if not presented:
+            return None
+        digest = hashlib.sha256(presented.encode()).digest()
+        found: Tenant | None = None
+        for entry in self._entries:
+            if hmac.compare_digest(digest, entry.digest):
+                found = entry.tenant
+        return found
+
+    def route_for(self, tenant: Tenant, model: str | None) -> Route | None:
+        """First glob of the tenant's `routes` matching the model, else its `route`."""
+        for glob, name in tenant.routes:
+            if fnmatchcase(model or "", glob):
+                return self._routes[name]
+        return self._routes[tenant.route] if tenant.route else None
+
+    def default_route(self, tenant: Tenant) -> Route:
+        """The route for model-less calls (GET /v1/models): `route`, else the first glob's."""
+        return self._routes[tenant.route or tenant.routes[0][1]]
+
+
+def bearer_token(authorization: bytes | None, api_key: bytes | None = None) -> str | None:
+    """The key from `Authorization: Bearer <key>` or Azure-style `api-key: <key>`."""
+    if authorization:
+        scheme, _, token = authorization.decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    if api_key:
+        return api_key.decode("latin-1").strip() or None
+    return None

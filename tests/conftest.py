@@ -1,0 +1,170 @@
+"""Shared fixtures: a loopback OpenAI-compatible upstream, a loopback SGLang-style
+classifier (both started once per session) and gateways built from small configs."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.app import build_app
+from proxy.config import Config, parse_config
+from tests.fakes.classifier import FakeSafeguard
+from tests.fakes.serve import ServerHandle, serve
+from tests.fakes.upstream import FakeOpenAI
+
+KEY = "sk-acme-test-key"
+OTHER_KEY = "sk-globex-test-key"
+ADMIN_KEY = "sk-admin-test-key"
+UPSTREAM_KEY = "sk-upstream-secret-never-leaks"
+
+
+def policy_text(
+    pid: str,
+    *,
+    action: str = "block",
+    triggers: str = "",
+    category: str = "V1",
+    detectors: str = "",
+    scope: str = "last_user",
+) -> str:
+    front = f"id: {pid}\naction: {action}\nscope: {scope}\ncategory: {category}\n"
+    if detectors:
+        front += f"detectors: [{detectors}]\n"
+    body = textwrap.dedent(f"""\
+        ## INSTRUCTIONS
+        Decide whether the content violates the {pid} policy. Answer with JSON.
+        <!-- triggers: {triggers} -->
+        <!-- category: {category} -->
+        """)
+    return f"---\n{front}---\n{body}"
+
+
+TEST_POLICIES = {
+    "cheating": policy_text("cheating", triggers="aimbot, wallhack", category="CH2"),
+    "spam": policy_text("spam", action="annotate", triggers="buy now", category="SP1"),
+    "pii": policy_text(
+        "pii",
+        action="redact",
+        triggers="my address is",
+        detectors="email, phone, credit_card, us_ssn",
+        category="PII",
+    ),
+    "violence": policy_text("violence", triggers="kill them all", category="VI1"),
+    "injection": policy_text(
+        "injection", triggers="ignore previous instructions", category="PI1", scope="conversation"
+    ),
+}
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[tuple[FakeOpenAI, ServerHandle]]:
+    fake = FakeOpenAI()
+    handle = serve(fake)
+    yield fake, handle
+    handle.stop()
+
+
+@pytest.fixture(scope="session")
+def classifier() -> Iterator[tuple[FakeSafeguard, ServerHandle]]:
+    fake = FakeSafeguard()
+    handle = serve(fake)
+    yield fake, handle
+    handle.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_fakes(request: pytest.FixtureRequest) -> None:
+    for name in ("upstream", "classifier"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name)[0].reset()
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    handle: ServerHandle
+    app: Any
+    config: Config
+    key: str = KEY
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def gateway(self) -> Any:
+        return self.app.gateway
+
+
+def base_config(upstream_url: str, classifier_url: str, tmp: Path, **routes: dict) -> dict:
+    return {
+        "upstreams": {
+            "main": {
+                "base_url": upstream_url + "/v1",
+                "api_key": UPSTREAM_KEY,
+                "timeout_s": 3,
+                "connect_timeout_s": 1,
+            }
+        },
+        "classifier": {"base_url": classifier_url + "/v1", "timeout_s": 1},
+        "policies_dir": str(tmp / "policies"),
+        "tenants": {
+            # acme reaches each extra route NAME with models "NAME-*", everything else "open"
+            "acme": {"keys": [KEY], "routes": {**{f"{n}-*": n for n in routes}, "*": "open"}},
+            "globex": {"keys": [OTHER_KEY], "route": "open"},
+        },
+        "routes": {"open": {"upstream": "main"}, **routes},
+        "admin": {"keys": [ADMIN_KEY]},
+        "audit": {"path": str(tmp / "audit.db"), "content": "full", "flush_interval_s": 0.05},
+    }
+
+
+GatewayFactory = Callable[..., RunningGateway]
+
+
+@pytest.fixture
+def make_gateway(upstream, classifier, tmp_path: Path) -> Iterator[GatewayFactory]:
+    """Start a gateway on loopback: `make_gateway(guarded={...route...}, policies={...})`."""
+    started: list[RunningGateway] = []
+
+    def make(
+        *, policies: dict[str, str] | None = None, raw: dict | None = None, **routes: dict
+    ) -> RunningGateway:
+        folder = tmp_path / "policies"
+        folder.mkdir(exist_ok=True)
+        for pid, text in (TEST_POLICIES if policies is None else policies).items():
+            (folder / f"{pid}.md").write_text(text)
+        data = base_config(upstream[1].url, classifier[1].url, tmp_path, **routes)
+        for key, value in (raw or {}).items():
+            data[key] = value if not isinstance(value, dict) else {**data.get(key, {}), **value}
+        config = parse_config(data)
+        app = build_app(config)
+        handle = serve(app, lifespan="on")
+        running = RunningGateway(handle.url, handle, app, config)
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.handle.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    upstream, classifier, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningGateway]:
+    """One long-lived gateway with an open (unguarded) route for every model."""
+    tmp = tmp_path_factory.mktemp("session-gateway")
+    (tmp / "policies").mkdir()
+    for pid, text in TEST_POLICIES.items():
+        (tmp / "policies" / f"{pid}.md").write_text(text)
+    config = parse_config(base_config(upstream[1].url, classifier[1].url, tmp))
+    app = build_app(config)
+    handle = serve(app, lifespan="on")
+    yield RunningGateway(handle.url, handle, app, config)
+    handle.stop()
