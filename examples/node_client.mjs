@@ -23,10 +23,9 @@ try {
   if (choice.finish_reason === "content_filter") {
     console.log("[the answer was withheld by an output policy]");
   }
-  console.error(
-    `decision=${response.headers.get("x-safeguard-decision")} ` +
-      `request_id=${response.headers.get("x-request-id")}`,
-  );
+  // No x-safeguard-decision header means the route has no policies for this request.
+  const decision = response.headers.get("x-safeguard-decision") ?? "-";
+  console.error(`decision=${decision} request_id=${response.headers.get("x-request-id")}`);
 } catch (err) {
   if (err instanceof OpenAI.BadRequestError && err.code === "content_filter") {
     console.log(`blocked (code=${err.code}): ${err.message}`);

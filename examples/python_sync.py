@@ -40,11 +40,9 @@ def main(prompt: str) -> int:
     print(choice.message.content or "")
     if choice.finish_reason == "content_filter":
         print("[the answer was withheld by an output policy]")
-    print(
-        f"decision={raw.headers.get('x-safeguard-decision')} "
-        f"request_id={raw.headers.get('x-request-id')}",
-        file=sys.stderr,
-    )
+    # No x-safeguard-decision header means the route has no policies for this request.
+    decision = raw.headers.get("x-safeguard-decision", "-")
+    print(f"decision={decision} request_id={raw.headers.get('x-request-id')}", file=sys.stderr)
     return 0
 
 

@@ -14,7 +14,6 @@ from typing import Any
 from proxy.audit import AuditLog
 from proxy.config import Config, ConfigError
 from proxy.guard.cache import VerdictCache
-from proxy.guard.detectors import MAX_SPAN_CHARS
 from proxy.guard.engine import Guard
 from proxy.guard.safeguard import SafeguardClient
 from proxy.metrics import Metrics
@@ -24,6 +23,8 @@ from proxy.tenancy import Tenancy
 from proxy.upstream import UpstreamPool
 
 log = logging.getLogger("proxy")
+
+STREAM_HOLD_CHARS = 128
 
 
 def check_policies(config: Config, policies: Mapping[str, Policy]) -> None:
@@ -87,8 +88,12 @@ class Gateway:
         )
 
     def detector_hold(self, policies: Mapping[str, Policy], refs: Any) -> int:
-        """Characters a stream window keeps back so detector patterns are never cut."""
-        return MAX_SPAN_CHARS if any(policies[r.id].detectors for r in refs) else 0
+        """Characters a stream window keeps back so detector patterns are not cut in two.
+
+        128 covers e-mails, phones, cards, IBANs, SSNs, IPs and API keys; longer tokens
+        (PEM blocks, long JWTs) can straddle a window edge and are redacted in part.
+        """
+        return STREAM_HOLD_CHARS if any(policies[r.id].detectors for r in refs) else 0
 
     def reload_policies(self) -> tuple[bool, str]:
         """Load policies_dir anew; on any error keep the current set and say why."""

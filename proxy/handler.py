@@ -60,7 +60,7 @@ class Exchange:
     decision: str = "allow"
     error: str | None = None
     outcomes: list[Outcome] = field(default_factory=list)
-    shadow: list[asyncio.Task[Any]] = field(default_factory=list)
+    pending: list[asyncio.Future[Any]] = field(default_factory=list)  # finish before audit
     guard_ms: float = 0.0
     upstream_ms: float | None = None
     ttft_ms: float | None = None
@@ -68,7 +68,7 @@ class Exchange:
 
     def add(self, result: SideResult, spent_ms: float) -> None:
         self.outcomes += result.outcomes
-        self.shadow += result.shadow
+        self.pending += result.shadow
         self.guard_ms += spent_ms
 
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -425,11 +425,22 @@ class ProxyHandler:
         finally:
             response.close()
             if guard is not None:
-                ex.outcomes += guard.outcomes
-                ex.decision = max(ex.decision, guard.decision, key=_severity)
-                if self.gw.config.audit.content != "none":
-                    ex.content["output"] = "\n\n".join(guard.full_text.values())
-                    ex.content["output_redacted"] = "\n\n".join(guard.released.values())
+                if side.stream == "passthrough":
+                    ex.pending.append(asyncio.ensure_future(self._judge_passthrough(ex, guard)))
+                else:
+                    self._take_stream_result(ex, guard)
+
+    def _take_stream_result(self, ex: Exchange, guard: StreamGuard) -> None:
+        ex.outcomes += guard.outcomes
+        ex.decision = max(ex.decision, guard.decision, key=_severity)
+        if self.gw.config.audit.content != "none":
+            ex.content["output"] = "\n\n".join(guard.full_text.values())
+            ex.content["output_redacted"] = "\n\n".join(guard.released.values())
+
+    async def _judge_passthrough(self, ex: Exchange, guard: StreamGuard) -> None:
+        """Everything was sent already: classify the whole answer for the record only."""
+        await guard.judge_passthrough()
+        self._take_stream_result(ex, guard)
 
     # -- endings -------------------------------------------------------------------------
 
@@ -458,13 +469,27 @@ class ProxyHandler:
             route=route_name or None,
             decision=ex.decision,
         )
-        if ex.tenant is None or ex.endpoint not in GENERATION_ENDPOINTS:
+        if ex.tenant is None:
             return
-        record = {
+        if ex.pending:
+            self.gw.in_background(self._audit_later(ex, total_s))
+        else:
+            self.gw.audit.submit(self._record(ex, total_s))
+
+    async def _audit_later(self, ex: Exchange, total_s: float) -> None:
+        """Shadow verdicts and passthrough-stream verdicts arrive after the response."""
+        results = await asyncio.gather(*ex.pending, return_exceptions=True)
+        ex.outcomes += [o for o in results if isinstance(o, Outcome)]
+        self.gw.audit.submit(self._record(ex, total_s))
+
+    def _record(self, ex: Exchange, total_s: float) -> dict[str, Any]:
+        assert ex.tenant is not None
+        route_name = ex.route.name if ex.route else None
+        return {
             "request_id": ex.request_id,
             "time": ex.at,
             "tenant": ex.tenant.name,
-            "route": route_name or None,
+            "route": route_name,
             "endpoint": ex.endpoint,
             "model": ex.model,
             "stream": ex.stream,
@@ -480,15 +505,6 @@ class ProxyHandler:
             },
             "content": ex.content,
         }
-        if ex.shadow:
-            self.gw.in_background(self._submit_after_shadow(record, ex.shadow))
-        else:
-            self.gw.audit.submit(record)
-
-    async def _submit_after_shadow(self, record: dict, shadow: list[asyncio.Task[Any]]) -> None:
-        results = await asyncio.gather(*shadow, return_exceptions=True)
-        record["verdicts"] += [o.record() for o in results if isinstance(o, Outcome)]
-        self.gw.audit.submit(record)
 
 
 def withhold(endpoint: str, body: dict, choices: set[int | None]) -> None:

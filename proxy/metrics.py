@@ -9,7 +9,7 @@ Rendering and OTLP conversion happen only on scrape/push.
     m.requests.inc(route, "/v1/chat/completions", "200")   # labels positional, as str
     m.request_duration.observe(0.042, route, "/v1/chat/completions")
     m.observe_verdict(verdict, side="input", action="block")
-    m.registry.callback("safeguard_audit_spilled_total", "counter", "...", lambda: n)
+    m.watch_audit(audit_log.stats)         # safeguard_audit_* read at scrape time
     body = m.render()                      # bytes, media type CONTENT_TYPE
     m.start(); ...; m.shutdown()           # OTLP pusher thread when metrics == "otlp"
 
@@ -29,10 +29,13 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from opentelemetry.sdk.metrics.export import MetricExporter, MetricsData
-    from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.metrics import export as otlp
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from proxy.telemetry import build_resource
+
+if TYPE_CHECKING:
     from proxy.config import Telemetry as TelemetryConfig
     from proxy.guard.safeguard import Verdict
 
@@ -56,8 +59,12 @@ def _fmt(value: float) -> str:
     return repr(float(value))
 
 
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
 def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return _escape_help(value).replace('"', '\\"')
 
 
 def _label_text(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
@@ -95,7 +102,12 @@ class _Metric:
         return [(k, cell[:]) for k, cell in self._series.copy().items()]
 
     def header(self) -> str:
-        return f"# HELP {self.name} {_escape(self.help)}\n# TYPE {self.name} {self.kind}\n"
+        return f"# HELP {self.name} {_escape_help(self.help)}\n# TYPE {self.name} {self.kind}\n"
+
+    def render(self, out: list[str]) -> None:
+        out.append(self.header())
+        for key, cell in self.snapshot():
+            out.append(f"{self.name}{_label_text(self.labelnames, key)} {_fmt(cell[0])}\n")
 
 
 class Counter(_Metric):
@@ -112,11 +124,6 @@ class Counter(_Metric):
     def value(self, *labels: str) -> float:
         cell = self._series.get(tuple(str(v) for v in labels))
         return cell[0] if cell else 0.0
-
-    def render(self, out: list[str]) -> None:
-        out.append(self.header())
-        for key, cell in self.snapshot():
-            out.append(f"{self.name}{_label_text(self.labelnames, key)} {_fmt(cell[0])}\n")
 
 
 class Gauge(Counter):
@@ -150,10 +157,6 @@ class Histogram(_Metric):
         cell[bisect_left(self.bounds, value)] += 1  # le semantics: value <= bound
         cell[-1] += value
 
-    def count(self, *labels: str) -> int:
-        cell = self._series.get(tuple(str(v) for v in labels))
-        return sum(cell[:-1]) if cell else 0
-
     def render(self, out: list[str]) -> None:
         out.append(self.header())
         names = self.labelnames
@@ -161,7 +164,7 @@ class Histogram(_Metric):
             running = 0
             for bound, n in zip(self.bounds, cell, strict=False):
                 running += n
-                le = _label_text(names, key, f'le="{_fmt_bound(bound)}"')
+                le = _label_text(names, key, f'le="{bound!r}"')
                 out.append(f"{self.name}_bucket{le} {running}\n")
             running += cell[-2]
             le = _label_text(names, key, 'le="+Inf"')
@@ -169,10 +172,6 @@ class Histogram(_Metric):
             plain = _label_text(names, key)
             out.append(f"{self.name}_sum{plain} {_fmt(cell[-1])}\n")
             out.append(f"{self.name}_count{plain} {running}\n")
-
-
-def _fmt_bound(bound: float) -> str:
-    return repr(float(bound))
 
 
 class CallbackMetric(_Metric):
@@ -201,11 +200,6 @@ class CallbackMetric(_Metric):
         if isinstance(result, Mapping):
             return [(tuple(str(v) for v in k), [float(v)]) for k, v in result.items()]
         return [((), [float(result)])]
-
-    def render(self, out: list[str]) -> None:
-        out.append(self.header())
-        for key, cell in self.snapshot():
-            out.append(f"{self.name}{_label_text(self.labelnames, key)} {_fmt(cell[0])}\n")
 
 
 class Registry:
@@ -247,7 +241,7 @@ class Registry:
     def render(self) -> bytes:
         out: list[str] = []
         for metric in self.metrics.values():
-            metric.render(out)  # type: ignore[attr-defined]
+            metric.render(out)
         return "".join(out).encode()
 
 
@@ -258,7 +252,7 @@ class Metrics:
         self,
         config: TelemetryConfig | None = None,
         *,
-        exporter: MetricExporter | None = None,
+        exporter: otlp.MetricExporter | None = None,
         resource: Resource | None = None,
         interval_s: float | None = None,
     ) -> None:
@@ -306,6 +300,21 @@ class Metrics:
         if mode == "otlp" or exporter is not None:
             self._pusher = _OtlpPusher(self.registry, exporter, resource, config, interval_s)
 
+    def watch_audit(self, stats: Callable[[], Mapping[str, Any]]) -> None:
+        """Audit writer health, read at scrape time from `AuditLog.stats()`."""
+        for key, kind, help in (
+            ("written", "counter", "Audit records stored"),
+            ("spilled", "counter", "Audit records spilled to the JSON-lines file"),
+            ("dropped", "counter", "Audit records lost (spill file unwritable too)"),
+            ("errors", "counter", "Audit store write errors"),
+            ("queued", "gauge", "Audit records waiting for the writer"),
+            ("degraded", "gauge", "1 while the audit store is failing"),
+        ):
+            suffix = "_total" if kind == "counter" else ""
+            self.registry.callback(
+                f"safeguard_audit_{key}{suffix}", kind, help, lambda k=key: float(stats()[k])
+            )
+
     def observe_verdict(self, verdict: Verdict, *, side: str, action: str) -> None:
         """decisions, classifier latency, cache hit/miss and errors for one verdict."""
         policy = verdict.policy_id
@@ -349,9 +358,6 @@ class Metrics:
         if self._pusher is not None:
             self._pusher.start()
 
-    def push_now(self) -> bool:
-        return self._pusher.push() if self._pusher is not None else True
-
     def shutdown(self) -> None:
         """Final push and exporter shutdown; safe to call twice."""
         pusher, self._pusher = self._pusher, None
@@ -368,23 +374,9 @@ def _otlp_name(name: str) -> tuple[str, str]:
     return base, ("s" if base.endswith("_seconds") else "1")
 
 
-def to_metrics_data(registry: Registry, resource: Resource) -> MetricsData:
+def to_metrics_data(registry: Registry, resource: Resource) -> otlp.MetricsData:
     """Cumulative OTLP data points for everything in the registry, as of now."""
-    from opentelemetry.sdk.metrics.export import (
-        AggregationTemporality,
-        Gauge,
-        HistogramDataPoint,
-        Metric,
-        MetricsData,
-        NumberDataPoint,
-        ResourceMetrics,
-        ScopeMetrics,
-        Sum,
-    )
-    from opentelemetry.sdk.metrics.export import Histogram as OtlpHistogram
-    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-
-    cumulative = AggregationTemporality.CUMULATIVE
+    cumulative = otlp.AggregationTemporality.CUMULATIVE
     start, now = registry.start_time_ns, time.time_ns()
     metrics = []
     for m in registry.metrics.values():
@@ -392,7 +384,7 @@ def to_metrics_data(registry: Registry, resource: Resource) -> MetricsData:
         rows = m.snapshot()
         if isinstance(m, Histogram):
             points = [
-                HistogramDataPoint(
+                otlp.HistogramDataPoint(
                     attributes=dict(zip(m.labelnames, key, strict=True)),
                     start_time_unix_nano=start,
                     time_unix_nano=now,
@@ -405,10 +397,10 @@ def to_metrics_data(registry: Registry, resource: Resource) -> MetricsData:
                 )
                 for key, cell in rows
             ]
-            data: Any = OtlpHistogram(data_points=points, aggregation_temporality=cumulative)
+            data: Any = otlp.Histogram(data_points=points, aggregation_temporality=cumulative)
         else:
             points = [
-                NumberDataPoint(
+                otlp.NumberDataPoint(
                     attributes=dict(zip(m.labelnames, key, strict=True)),
                     start_time_unix_nano=start,
                     time_unix_nano=now,
@@ -417,19 +409,18 @@ def to_metrics_data(registry: Registry, resource: Resource) -> MetricsData:
                 for key, cell in rows
             ]
             if m.kind == "counter":
-                data = Sum(
+                data = otlp.Sum(
                     data_points=points, aggregation_temporality=cumulative, is_monotonic=True
                 )
             else:
-                data = Gauge(data_points=points)
+                data = otlp.Gauge(data_points=points)
         if points:
-            metrics.append(Metric(name=name, description=m.help, unit=unit, data=data))
-    scope = ScopeMetrics(
+            metrics.append(otlp.Metric(name=name, description=m.help, unit=unit, data=data))
+    scope = otlp.ScopeMetrics(
         scope=InstrumentationScope("safeguard-gateway"), metrics=metrics, schema_url=""
     )
-    return MetricsData(
-        resource_metrics=[ResourceMetrics(resource=resource, scope_metrics=[scope], schema_url="")]
-    )
+    rm = otlp.ResourceMetrics(resource=resource, scope_metrics=[scope], schema_url="")
+    return otlp.MetricsData(resource_metrics=[rm])
 
 
 class _OtlpPusher:
@@ -438,20 +429,16 @@ class _OtlpPusher:
     def __init__(
         self,
         registry: Registry,
-        exporter: MetricExporter | None,
+        exporter: otlp.MetricExporter | None,
         resource: Resource | None,
         config: TelemetryConfig | None,
         interval_s: float | None,
     ) -> None:
         if exporter is None:
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-                OTLPMetricExporter,
-            )
+            from opentelemetry.exporter.otlp.proto.http import metric_exporter
 
-            exporter = OTLPMetricExporter()
+            exporter = metric_exporter.OTLPMetricExporter()
         if resource is None:
-            from proxy.telemetry import build_resource
-
             resource = build_resource(config.service_name if config else "safeguard-gateway")
         if interval_s is None:
             interval_s = float(os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "60000")) / 1000
@@ -471,15 +458,13 @@ class _OtlpPusher:
             self.push()
 
     def push(self) -> bool:
-        from opentelemetry.sdk.metrics.export import MetricExportResult
-
         with self._lock:
             try:
                 result = self.exporter.export(to_metrics_data(self.registry, self.resource))
             except Exception:
                 log.exception("OTLP metrics export failed")
                 return False
-        return result is MetricExportResult.SUCCESS
+        return result is otlp.MetricExportResult.SUCCESS
 
     def shutdown(self) -> None:
         self._stop.set()

@@ -168,3 +168,24 @@ def gateway(
     handle = serve(app, lifespan="on")
     yield RunningGateway(handle.url, handle, app, config)
     handle.stop()
+
+
+def audit_records(
+    gw: RunningGateway, count: int = 1, timeout: float = 5.0, **filters: Any
+) -> list[dict]:
+    """The gateway's audit records (oldest first), waiting until at least `count` exist."""
+    import time
+
+    from proxy.audit_store import StoreMissing, query
+
+    deadline = time.monotonic() + timeout
+    records: list[dict] = []
+    while time.monotonic() < deadline:
+        try:
+            records = query(gw.config.audit.path, limit=None, newest_first=False, **filters)
+        except StoreMissing:
+            records = []
+        if len(records) >= count:
+            return records
+        time.sleep(0.02)
+    return records

@@ -77,7 +77,7 @@ def test_python_sync_prints_the_answer_and_the_decision(gateway) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "echo: hello from the sync client"
-    assert "decision=allow" in done.stderr and "request_id=" in done.stderr
+    assert "decision=- request_id=req_" in done.stderr  # the open route guards nothing
 
 
 def test_python_async_answers_every_prompt_in_order(gateway) -> None:
@@ -111,7 +111,7 @@ def test_curl_script_shows_headers_body_and_sse(gateway) -> None:
     done = run(["bash", str(EXAMPLES / "curl.sh"), "curl says hi"], gateway.base_url, gateway.key)
     assert done.returncode == 0, done.stderr
     out = done.stdout.lower()
-    assert "x-request-id:" in out and "x-safeguard-decision:" in out
+    assert "x-request-id:" in out
     assert "echo: curl says hi" in done.stdout  # the non-streamed body
     assert "data: [DONE]" in done.stdout
 

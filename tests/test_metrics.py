@@ -246,6 +246,21 @@ def test_callbacks_are_read_at_scrape_time_and_failures_are_contained():
         registry.callback("x", "histogram", "no", lambda: 0)
 
 
+def test_audit_health_is_read_from_the_writer_stats():
+    m = Metrics()
+    stats = {"queued": 4, "written": 10, "batches": 2, "spilled": 3, "errors": 1}
+    stats |= {"dropped": 0, "degraded": True}
+    m.watch_audit(lambda: stats)
+    stats["spilled"] = 7
+    families = parse(m.render().decode())
+    assert value(families, "safeguard_audit_spilled_total") == 7
+    assert value(families, "safeguard_audit_written_total") == 10
+    assert value(families, "safeguard_audit_dropped_total") == 0
+    assert value(families, "safeguard_audit_queued") == 4
+    assert value(families, "safeguard_audit_degraded") == 1
+    assert families["safeguard_audit_errors_total"].type == "counter"
+
+
 async def test_asgi_endpoint_serves_prometheus_text():
     m = recorded()
     transport = httpx.ASGITransport(app=m.asgi)

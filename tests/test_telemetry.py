@@ -281,10 +281,33 @@ def test_env_service_name_wins_over_config(monkeypatch):
     tel.shutdown()
 
 
-async def test_sampled_out_requests_record_nothing_but_still_propagate(monkeypatch):
-    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+def test_each_instance_gets_its_own_service_instance_id(monkeypatch):
+    ids = []
+    for _ in range(2):
+        tel, exporter = traced()
+        with tel.server_span("GET", "/healthz", []):
+            pass
+        ids.append(exporter.get_finished_spans()[0].resource.attributes["service.instance.id"])
+        tel.shutdown()
+    assert ids[0] != ids[1]
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=pod-7,deployment.env=x")
     tel, exporter = traced()
-    headers = [*HEADERS, (b"traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01".encode())]
+    with tel.server_span("GET", "/healthz", []):
+        pass
+    resource = exporter.get_finished_spans()[0].resource.attributes
+    assert resource["service.instance.id"] == "pod-7"
+    assert resource["service.name"] == "gw-test"
+    assert resource["deployment.env"] == "x"
+    tel.shutdown()
+
+
+@pytest.mark.parametrize("sampler", ["always_off", "parentbased_traceidratio"])
+async def test_sampled_out_requests_record_nothing_but_still_propagate(monkeypatch, sampler):
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    tel, exporter = traced()
+    flags = "01" if sampler == "always_off" else "00"  # parent-based: follow the client
+    headers = [*HEADERS, (b"traceparent", f"00-{TRACE_ID}-{PARENT_ID}-{flags}".encode())]
     upstream_headers = await one_request(tel, headers)
     assert exporter.get_finished_spans() == ()
     match = TRACEPARENT.match(upstream_headers["traceparent"])

@@ -1,15 +1,18 @@
 """PII and secret pattern detectors: pure, precompiled, bounded.
 
 Each detector yields `Span`s (code-point offsets into the text, end exclusive) for
-one kind of data. They feed redaction (`[REDACTED:<LABEL>]`) and cheap triage, and
-they run on every request's text and on every streamed window, so every pattern is
-precompiled, ASCII-only in its classes (`re.ASCII`: `\\d` is 0-9, `\\w` is [A-Za-z0-9_])
-and bounded in length: no pattern but the PEM block can match more than
-`MAX_SPAN_CHARS` characters, which keeps scans linear and lets the streaming hold-back
-catch a match split across windows.
+one kind of data. They feed redaction (`[REDACTED:<LABEL>]`) and cheap triage and run
+on every request's text and every streamed window, so:
 
-Checksums (Luhn, IBAN mod-97, IP octets) and context checks run only on regex
-candidates. Stdlib only: `ipaddress` validates addresses.
+- patterns are precompiled with `re.ASCII` (`\\d` is 0-9, `\\w` is [A-Za-z0-9_]);
+- every pattern but the PEM block is bounded (see MAX_SPAN_CHARS), so scans stay
+  linear and a stream scanner knows how much overlap to keep;
+- a pattern opens with one plain character (class) where it can, so `re` skips to
+  candidate positions; "not glued to the left" is then a lookbehind over two chars;
+- a rule may name needles (lower case), one of which must occur in the lower-cased
+  text before its regex runs at all: text without "@" costs email one substring test;
+- checksums (Luhn, IBAN mod-97, IP octets via `ipaddress`) and context checks run
+  only on regex candidates.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 MAX_SPAN_CHARS = 1024
-"""Upper bound on the length of one regex match (context words like `password:`
-included) for every pattern except PEM private-key blocks, which run from BEGIN to END.
-A stream scanner that keeps the last MAX_SPAN_CHARS characters of released text as
-overlap (or holds them back) sees every such match whole. Tokens longer than this
-(very long JWTs or bearer tokens) are redacted for their first MAX_SPAN_CHARS
-characters only."""
+"""Upper bound on the text one match depends on, for every pattern except PEM
+private-key blocks: the match itself, context words such as `password:` or `Tel:`
+included, plus the few characters of look-around either side (patterns stay 13 under
+it). A stream scanner that never releases the last MAX_SPAN_CHARS characters of its
+buffer, nor any part of a span that reaches into them, redacts what a whole-text scan
+would. A PEM block runs from BEGIN to END, unbounded; before its END arrives it
+matches BEGIN plus the key lines so far, up to the end of the buffer, so the same
+rule holds it back. Tokens longer than the bound (very long JWTs or bearer tokens)
+are redacted for their first thousand characters, not to their end."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -48,22 +54,30 @@ Check = Callable[[re.Match[str]], "tuple[int, int] | None"]
 
 
 @dataclass(frozen=True, slots=True)
+class Rule:
+    pattern: re.Pattern[str]
+    check: Check
+    needles: tuple[str, ...] = ()  # lower case; none of them in the text: skip
+
+
+@dataclass(frozen=True, slots=True)
 class PatternDetector:
-    """Regex candidates filtered by checks. `find` yields spans in rule order; spans
-    may overlap (find_spans resolves that). `needle`, when set, must occur in the text
-    for any rule to match, so a text without it costs one substring search."""
+    """Regex rules filtered by checks. `find` yields spans rule by rule; spans may
+    overlap (find_spans sorts and merges them)."""
 
     name: str
     label: str
-    rules: tuple[tuple[re.Pattern[str], Check], ...]
-    needle: str = ""
+    rules: tuple[Rule, ...]
 
     def find(self, text: str) -> Iterator[Span]:
-        if self.needle and self.needle not in text:
-            return
-        for pattern, check in self.rules:
-            for m in pattern.finditer(text):
-                hit = check(m)
+        lowered: str | None = None
+        for rule in self.rules:
+            if rule.needles:
+                lowered = text.lower() if lowered is None else lowered
+                if not any(n in lowered for n in rule.needles):
+                    continue
+            for m in rule.pattern.finditer(text):
+                hit = rule.check(m)
                 if hit is not None and hit[0] < hit[1]:
                     yield Span(hit[0], hit[1], self.label)
 
@@ -72,12 +86,14 @@ def _compile(pattern: str, flags: int = 0) -> re.Pattern[str]:
     return re.compile(pattern, re.ASCII | re.VERBOSE | flags)
 
 
-def _whole(valid: Callable[[str], bool]) -> Check:
+def _whole(valid: Callable[[str], bool] | None = None) -> Check:
+    if valid is None:
+        return lambda m: m.span()
     return lambda m: m.span() if valid(m.group()) else None
 
 
 def _value(valid: Callable[[str], bool], *groups: str) -> Check:
-    """Report the first participating named group (a value after its context word)."""
+    """Report the first participating named group: a value after its context word."""
 
     def check(m: re.Match[str]) -> tuple[int, int] | None:
         for g in groups:
@@ -92,20 +108,19 @@ def _digits(s: str) -> str:
     return "".join(c for c in s if "0" <= c <= "9")
 
 
-# Spaces that separate digit groups: plain, no-break and narrow no-break.
-_SP = " \u00a0\u202f"
+_SP = " \u00a0\u202f"  # spaces between digit groups: plain, no-break, narrow no-break
+_NOT_AFTER = r"(?!\w|[.,:/\-]\d)"  # a number that does not run on
 
 # --- email -------------------------------------------------------------------------
-# Letters: ASCII plus Latin-1 Supplement / Latin Extended-A/B (josé@, müller@); CJK
-# text glued to an ASCII address is not swallowed into the local part.
+# Letters: ASCII plus Latin-1 Supplement and Latin Extended-A/B (josé@, müller@), so
+# CJK text glued to an ASCII address is not swallowed into the local part.
 _EL = "A-Za-z0-9\u00c0-\u024f"
 _EMAIL = _compile(
     rf"""
-    (?<![{_EL}_%+\-])
-    [{_EL}_%+\-][{_EL}._%+\-]{{0,63}}              # local part
+    [{_EL}_%+\-](?<![{_EL}_%+\-].)[{_EL}._%+\-]{{0,63}}     # local part
     @
-    (?:[{_EL}](?:[{_EL}\-]{{0,61}}[{_EL}])?\.){{1,8}}  # domain labels
-    (?:[A-Za-z]{{2,24}}|xn--[A-Za-z0-9\-]{{1,59}})     # TLD
+    (?:[{_EL}](?:[{_EL}\-]{{0,61}}[{_EL}])?\.){{1,8}}      # domain labels
+    (?:[A-Za-z]{{2,24}}|xn--[A-Za-z0-9\-]{{1,59}})         # TLD
     (?![{_EL}_\-])
     """
 )
@@ -116,18 +131,17 @@ def _email_ok(s: str) -> bool:
 
 
 # --- phone -------------------------------------------------------------------------
-_NOT_AFTER = r"(?!\w|[.,:/\-]\d)"  # the number does not run on
+_NOT_BEFORE_NUM = r"\w+$\u20ac\u00a3\u00a5\#./\-"  # chars that make digits a non-phone
 _PHONE_INTL = _compile(
     rf"""
-    (?<![\w+$\u20ac\u00a3\u00a5\#./\-])
-    \+[1-9]\d{{0,2}}
+    \+(?<![{_NOT_BEFORE_NUM}]\+)[1-9]\d{{0,2}}
     (?:[{_SP}.\-]?\(?\d{{1,5}}+\)?){{1,6}}
     {_NOT_AFTER}
     """
 )
 _PHONE_NANP = _compile(
     rf"""
-    (?<![\w+$\u20ac\u00a3\u00a5\#./\-])(?<![\d+][ ])
+    (?=[(1-9])(?<![{_NOT_BEFORE_NUM}])(?<![\d+][ ])
     (?:1[ .\-]?)?
     (?: \([2-9]\d\d\)[ ]?[2-9]\d\d[ .\-]\d{{4}}
       | [2-9]\d\d(?P<s>[.\-])[2-9]\d\d(?P=s)\d{{4}}
@@ -136,10 +150,12 @@ _PHONE_NANP = _compile(
     {_NOT_AFTER}
     """
 )
-# National formats other than NANP only after a word that says "phone".
+# Other national formats only right after a word that says "phone".
+_PHONE_WORDS = ("phone", "tel", "mobile", "cell", "fax", "whatsapp", "call")
 _PHONE_KW = _compile(
     rf"""
-    \b(?i:phone|telephone|tel|mobile|cell|fax|whatsapp|call[ ](?:me[ ])?(?:at|on))
+    (?=[PpTtMmCcFfWw])\b
+    (?i:phone|telephone|tel|mobile|cell|fax|whatsapp|call[ ](?:me[ ])?(?:at|on))
     (?:[ ]?(?i:number|no\.?|nr\.?|\#))?
     [ \t]{{0,3}}[:=]?[ \t]{{0,3}}
     (?P<v>\(?\d(?:[{_SP}.\-/]?\(?\d\)?){{6,16}})
@@ -149,7 +165,7 @@ _PHONE_KW = _compile(
 
 
 def _intl_ok(s: str) -> bool:
-    return 8 <= len(_digits(s)) <= 15
+    return 8 <= len(_digits(s)) <= 15  # E.164: at most 15 digits
 
 
 def _kw_phone_ok(s: str) -> bool:
@@ -159,10 +175,10 @@ def _kw_phone_ok(s: str) -> bool:
 # --- credit card -------------------------------------------------------------------
 _CARD = _compile(
     rf"""
-    (?<![\w+\-.,/])
-    (?: \d{{13,19}}
-      | \d{{4}}(?P<s>[{_SP}\-])\d{{4}}(?P=s)\d{{4}}(?P=s)\d{{4}}(?:(?P=s)\d{{1,3}})?
-      | \d{{4}}(?P<a>[{_SP}\-])\d{{6}}(?P=a)\d{{4,5}}
+    \d(?<![\w+\-.,/]\d)
+    (?: \d{{12,18}}
+      | \d{{3}}(?P<s>[{_SP}\-])\d{{4}}(?P=s)\d{{4}}(?P=s)\d{{4}}(?:(?P=s)\d{{1,3}})?
+      | \d{{3}}(?P<a>[{_SP}\-])\d{{6}}(?P=a)\d{{4,5}}
     )
     (?!\w|[\-.,/]\d)
     """
@@ -182,12 +198,13 @@ def luhn_ok(digits: str) -> bool:
 def _card_ok(s: str) -> bool:
     digits = _digits(s)
     # Issuer ranges 2-6 (Mastercard, Amex/Diners/JCB, Visa, Mastercard/Maestro,
-    # Discover/UnionPay) cut Luhn's 1-in-10 false positives on order numbers.
+    # Discover/UnionPay) halve Luhn's 1-in-10 false positives on other numbers.
     return "2" <= digits[0] <= "6" and luhn_ok(digits)
 
 
 # --- IBAN --------------------------------------------------------------------------
-# Lengths from the SWIFT IBAN registry; unknown countries are not IBANs.
+# Lengths from the SWIFT IBAN registry; other country codes are not IBANs. IBANs are
+# written in capitals (ISO 13616), which also keeps the scan off lower-case prose.
 IBAN_LENGTHS: dict[str, int] = {
     "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22,
     "BH": 22, "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24,
@@ -204,15 +221,15 @@ IBAN_LENGTHS: dict[str, int] = {
 }  # fmt: skip
 _IBAN = _compile(
     rf"""
-    (?<![A-Za-z0-9])
-    [A-Za-z]{{2}}\d\d(?:[{_SP}]?[A-Za-z0-9]{{4}}){{2,7}}(?:[{_SP}]?[A-Za-z0-9]{{1,3}})?
+    [A-Z](?<![A-Za-z0-9][A-Z])[A-Z]\d\d
+    (?:[{_SP}]?[A-Z0-9]{{4}}){{2,7}}(?:[{_SP}]?[A-Z0-9]{{1,3}})?
     (?![A-Za-z0-9])
     """
 )
 
 
 def iban_ok(iban: str) -> bool:
-    """Country length and ISO 7064 mod-97 check of a compact (no spaces) IBAN."""
+    """Country length and ISO 7064 mod-97 check of a compact (unspaced) IBAN."""
     iban = iban.upper()
     if IBAN_LENGTHS.get(iban[:2]) != len(iban) or not iban.isalnum():
         return False
@@ -221,15 +238,14 @@ def iban_ok(iban: str) -> bool:
 
 def _iban_check(m: re.Match[str]) -> tuple[int, int] | None:
     text, start = m.string, m.start()
-    need = IBAN_LENGTHS.get(text[start : start + 2].upper())
+    need = IBAN_LENGTHS.get(text[start : start + 2])
     if need is None:
         return None
-    # The regex may run into a following group ("... 3201 2024"): cut at the
-    # country's length, but only on a group boundary.
+    # The regex may run on into a following group ("... 3201 2024"): cut at the
+    # country's length, but only where a group ends.
     count, end = 0, start
     while end < m.end() and count < need:
-        if text[end] not in _SP:
-            count += 1
+        count += text[end] not in _SP
         end += 1
     if count < need or (end < m.end() and text[end] not in _SP):
         return None
@@ -238,35 +254,38 @@ def _iban_check(m: re.Match[str]) -> tuple[int, int] | None:
 
 
 # --- US SSN ------------------------------------------------------------------------
-def _ssn_body(sep: str, again: str) -> str:
-    return rf"(?!000|666|9\d\d)\d{{3}}{sep}(?!00)\d\d{again}(?!0000)\d{{4}}"
-
-
 _SSN = _compile(
     rf"""
-    (?<![\w\-.,/])
-    {_ssn_body(f"(?P<s>[{_SP}-])", "(?P=s)")}
+    \d(?<![\w\-.,/]\d)\d\d(?P<s>[{_SP}\-])\d\d(?P=s)\d{{4}}
     (?!\w|[\-.,/]\d|[{_SP}]\d)
     """
 )
 # Nine bare digits are an SSN only right after the words that say so.
 _SSN_KW = _compile(
-    rf"""
-    \b(?i:ssn|social[ ]security(?:[ ](?:number|no\.?|\#))?)[ \t]{{0,3}}[:\#]?[ \t]{{0,3}}
-    (?P<v>{_ssn_body("", "")})
+    r"""
+    [Ss](?<![A-Za-z0-9_][Ss])
+    (?i:sn|ocial[ ]security(?:[ ](?:number|no\.?|\#))?)[ \t]{0,3}[:\#]?[ \t]{0,3}
+    (?P<v>\d{9})
     (?!\w|[\-.,/]\d)
     """
 )
 
+
+def ssn_ok(s: str) -> bool:
+    """Never issued: area 000, 666 or 900-999; group 00; serial 0000."""
+    d = _digits(s)
+    return d[:3] not in ("000", "666") and d[0] != "9" and d[3:5] != "00" and d[5:] != "0000"
+
+
 # --- IP addresses ------------------------------------------------------------------
 # Four dotted numbers that parse as IPv4 are reported even when they are a version
-# string (1.2.3.4); a "v" prefix or a fifth component (1.2.3.4.5) rules them out.
-_IPV4 = _compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)")
+# string (1.2.3.4): no context tells them apart. A "v" prefix or a fifth component
+# (1.2.3.4.5) rules them out.
+_IPV4 = _compile(r"\d(?<![\w.]\d)\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?!\w|\.\d)")
+# IPv6 has a colon within its first five characters.
 _IPV6 = _compile(
     r"""
-    (?<![\w:.])
-    (?=[0-9A-Fa-f.]{0,45}:[0-9A-Fa-f.]{0,45}:)   # at least two colons
-    [0-9A-Fa-f:.]{2,45}(?<!\.)
+    [0-9A-Fa-f:](?<![\w:.][0-9A-Fa-f:])[0-9A-Fa-f]{0,3}:[0-9A-Fa-f:.]{1,43}(?<!\.)
     (?![\w:])
     """
 )
@@ -274,7 +293,7 @@ _IPV6 = _compile(
 
 def _ipv4_ok(s: str) -> bool:
     try:
-        ipaddress.IPv4Address(s)
+        ipaddress.IPv4Address(s)  # octets 0-255, no leading zeros
     except ValueError:
         return False
     return True
@@ -282,14 +301,16 @@ def _ipv4_ok(s: str) -> bool:
 
 def _ipv6_check(m: re.Match[str]) -> tuple[int, int] | None:
     s, (start, end) = m.group(), m.span()
-    if s.endswith(":") and not s.endswith("::"):  # "... 2001:db8::1: it" ends a clause
+    if s.endswith(":") and not s.endswith("::"):  # "at 2001:db8::1: it" ends a clause
         s, end = s[:-1], end - 1
+    if s.count(":") < 2:
+        return None
     try:
         ipaddress.IPv6Address(s)
     except ValueError:
         return None
-    # Compressed forms need one full 4-digit group: real addresses have one (2001:,
-    # fe80:, ffff:), while code like a[1::2] or x::y does not.
+    # A compressed form needs one full 4-digit group: real addresses have one (2001:,
+    # fe80:, ffff:), code like a[1::2] or x::y has none.
     if "::" in s and not any(len(g) == 4 for g in re.split(r"[:.]", s)):
         return None
     return start, end
@@ -298,7 +319,7 @@ def _ipv6_check(m: re.Match[str]) -> tuple[int, int] | None:
 # --- secrets -----------------------------------------------------------------------
 _TOKENS = _compile(
     r"""
-    (?<![\w\-])
+    (?=[Agxsre])(?<![\w\-])
     (?: (?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![\w\-])   # AWS access key id
       | AIza[0-9A-Za-z_\-]{35}(?![\w\-])                             # Google API key
       | gh[pousr]_[A-Za-z0-9]{36,251}                                # GitHub tokens
@@ -310,14 +331,13 @@ _TOKENS = _compile(
     )
     """
 )
+_TOKEN_NEEDLES = ("akia", "asia", "abia", "acca", "a3t", "aiza", "gh", "github_pat_", "xox")
+_TOKEN_NEEDLES += ("_live_", "_test_", "eyj", "sk-")
 _PEM = _compile(
-    r"""
-    -----BEGIN[ ](?P<kind>(?:[A-Z0-9]+[ ])*)PRIVATE[ ]KEY(?P<blk>(?:[ ]BLOCK)?)-----
-    (?: [\s\S]{0,65536}?-----END[ ](?P=kind)PRIVATE[ ]KEY(?P=blk)-----
-      | (?:\r?\n(?:[A-Za-z0-9+/=]{1,100}|[\w\-]+:[ ][^\r\n]*)?(?![^\r\n]))*  # no END: body lines
-    )
-    """
+    r"-----BEGIN[ ](?P<kind>(?:[A-Z0-9]{1,16}[ ]){0,4})PRIVATE[ ]KEY(?P<blk>(?:[ ]BLOCK)?)-----"
 )
+# Without an END line: the base64 and header lines that follow the BEGIN line.
+_PEM_BODY = _compile(r"(?:\r?\n(?:[A-Za-z0-9+/=]{1,100}|[\w\-]+:[ ][^\r\n]*)?(?![^\r\n]))*")
 _SECRET_WORDS = r"""
     (?:api|access|secret|private|client|auth|signing|encryption|master)[_\-]?key
   | apikey | (?:api|client|app)[_\-]?secret | secret(?:[_\-]?access[_\-]?key)?
@@ -326,7 +346,7 @@ _SECRET_WORDS = r"""
 """
 _ASSIGN = _compile(
     rf"""
-    (?<![A-Za-z0-9])(?i:{_SECRET_WORDS})(?![A-Za-z0-9])
+    (?=[AaSsPpCcEeMmTtRrBbIi])(?<![A-Za-z0-9])(?i:{_SECRET_WORDS})(?![A-Za-z0-9])
     ["']?(?:[ ]is)?[ \t]{{0,3}}(?::=|=>|[:=])[ \t]{{0,3}}
     (?: "(?P<dq>[^"\r\n]{{4,256}})
       | '(?P<sq>[^'\r\n]{{4,256}})
@@ -336,7 +356,7 @@ _ASSIGN = _compile(
 )
 _AUTH = _compile(
     r"""
-    (?<![A-Za-z0-9])(?:(?i:bearer)|Basic|Token)[ \t]{1,3}
+    (?=[BbT])(?<![A-Za-z0-9])(?:(?i:bearer)|Basic|Token)[ \t]{1,3}
     (?P<v>[A-Za-z0-9\-._~+/]{16,1000}={0,2})(?<!\.)
     """
 )
@@ -351,6 +371,19 @@ _PLACEHOLDER = _compile(
     | (.)\1*$                                              # ********, xxxxxx
     """
 )
+
+
+def _pem_check(m: re.Match[str]) -> tuple[int, int]:
+    text = m.string
+    end_line = f"-----END {m['kind']}PRIVATE KEY{m['blk']}-----"
+    # An END belongs to this BEGIN only if no other BEGIN comes first; searching no
+    # further keeps a text full of BEGIN lines linear.
+    stop = text.find("-----BEGIN ", m.end())
+    found = text.find(end_line, m.end(), len(text) if stop < 0 else stop)
+    if found >= 0:
+        return m.start(), found + len(end_line)
+    body = _PEM_BODY.match(text, m.end())
+    return m.start(), body.end() if body else m.end()
 
 
 def _mixed(s: str) -> bool:
@@ -382,34 +415,43 @@ def _auth_ok(s: str) -> bool:
 DETECTORS: dict[str, Detector] = {
     d.name: d
     for d in (
-        PatternDetector("email", "EMAIL", ((_EMAIL, _whole(_email_ok)),), needle="@"),
+        PatternDetector("email", "EMAIL", (Rule(_EMAIL, _whole(_email_ok), ("@",)),)),
         PatternDetector(
             "phone",
             "PHONE",
             (
-                (_PHONE_INTL, _whole(_intl_ok)),
-                (_PHONE_NANP, _whole(lambda _: True)),
-                (_PHONE_KW, _value(_kw_phone_ok, "v")),
+                Rule(_PHONE_INTL, _whole(_intl_ok), ("+",)),
+                Rule(_PHONE_NANP, _whole()),
+                Rule(_PHONE_KW, _value(_kw_phone_ok, "v"), _PHONE_WORDS),
             ),
         ),
-        PatternDetector("credit_card", "CREDIT_CARD", ((_CARD, _whole(_card_ok)),)),
-        PatternDetector("iban", "IBAN", ((_IBAN, _iban_check),)),
+        PatternDetector("credit_card", "CREDIT_CARD", (Rule(_CARD, _whole(_card_ok)),)),
+        PatternDetector("iban", "IBAN", (Rule(_IBAN, _iban_check),)),
         PatternDetector(
             "us_ssn",
             "US_SSN",
-            ((_SSN, _whole(lambda _: True)), (_SSN_KW, _value(lambda _: True, "v"))),
+            (
+                Rule(_SSN, _whole(ssn_ok)),
+                Rule(_SSN_KW, _value(ssn_ok, "v"), ("ssn", "social security")),
+            ),
         ),
         PatternDetector(
-            "ip_address", "IP_ADDRESS", ((_IPV4, _whole(_ipv4_ok)), (_IPV6, _ipv6_check))
+            "ip_address",
+            "IP_ADDRESS",
+            (Rule(_IPV4, _whole(_ipv4_ok), (".",)), Rule(_IPV6, _ipv6_check, (":",))),
         ),
         PatternDetector(
             "secret",
             "SECRET",
             (
-                (_PEM, _whole(lambda _: True)),
-                (_TOKENS, _token_check),
-                (_ASSIGN, _value(_assigned_ok, "dq", "sq", "bare")),
-                (_AUTH, _value(_auth_ok, "v")),
+                Rule(_PEM, _pem_check, ("-----begin ",)),
+                Rule(_TOKENS, _token_check, _TOKEN_NEEDLES),
+                Rule(
+                    _ASSIGN,
+                    _value(_assigned_ok, "dq", "sq", "bare"),
+                    ("key", "secret", "token", "passw", "passphrase"),
+                ),
+                Rule(_AUTH, _value(_auth_ok, "v"), ("bearer", "basic", "token")),
             ),
         ),
     )
@@ -418,10 +460,10 @@ DETECTORS: dict[str, Detector] = {
 
 def _resolve(spans: Iterable[Span]) -> list[Span]:
     """Sort and merge overlapping spans. A cluster of overlapping spans becomes one
-    span covering their union (so nothing a detector matched stays visible), labelled
+    span covering their union (nothing any detector matched stays visible), labelled
     by its longest member, the earliest on a tie. Touching spans stay apart."""
     out: list[Span] = []
-    start = end = -1
+    start = end = 0
     best: Span | None = None
     for s in sorted(spans, key=lambda s: (s.start, -s.end)):
         if s.start >= s.end:
@@ -440,9 +482,9 @@ def _resolve(spans: Iterable[Span]) -> list[Span]:
 
 
 def find_spans(text: str, names: Iterable[str]) -> list[Span]:
-    """All matches of the named detectors in `text`, sorted, overlaps merged (see
-    _resolve). A single name may be passed as a plain string. Unknown name: KeyError,
-    raised before any scanning."""
+    """All matches of the named detectors in `text`, sorted, overlaps merged (the
+    longest match names the merged span, the earliest on a tie). A plain string is
+    taken as one name. An unknown name raises KeyError before any scanning."""
     if isinstance(names, str):
         names = (names,)
     detectors = []
@@ -454,13 +496,13 @@ def find_spans(text: str, names: Iterable[str]) -> list[Span]:
 
 
 def redact(text: str, spans: Sequence[Span]) -> str:
-    """Replace each span with `[REDACTED:<LABEL>]`. Spans may come unsorted or
-    overlapping (they are merged as in find_spans); one outside the text: ValueError."""
+    """Replace each span with `[REDACTED:<LABEL>]`. Spans may be unsorted or overlap
+    (they are merged as in find_spans); a span outside the text raises ValueError."""
     parts: list[str] = []
     pos = 0
     for s in _resolve(spans):
         if s.start < 0 or s.end > len(text):
-            raise ValueError(f"span {s} is outside a text of length {len(text)}")
+            raise ValueError(f"span {s} lies outside a text of length {len(text)}")
         parts.append(text[pos : s.start])
         parts.append(f"[REDACTED:{s.label}]")
         pos = s.end

@@ -263,11 +263,13 @@ class StreamGuard:
             for raw in splitter.feed(chunk):
                 self._observe(parse_event(raw, self.endpoint))
             yield chunk
+
+    async def judge_passthrough(self) -> None:
+        """After a passthrough stream: classify the whole answer; a flag can only annotate."""
         self.released = dict(self.full_text)
         for index, text in self.full_text.items():
             result, _ = await self.guard.check_text(self.side, self.policies, text, choice=index)
             self.outcomes += result.outcomes
-        # Everything was already sent: a flag can only be annotated (and audited).
         self.decision = "annotate" if decide(self.outcomes, "open") != "allow" else "allow"
 
 

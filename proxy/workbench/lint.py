@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import yaml
 
 from proxy.policies import PolicyError, parse_policy, split_front_matter
 
@@ -43,26 +45,23 @@ FORMAT_HINT = (
 # Heading text (lower-cased, markdown emphasis stripped) -> section; first match wins.
 _SECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("examples", re.compile(r"^(labell?ed |few-shot |boundary )?examples?\b")),
+    ("definitions", re.compile(r"^(definitions?|key terms|terms|terminology|glossary)\b")),
+    ("instructions", re.compile(r"^(instructions?|task|goal|objective|purpose)\b")),
     (
         "safe",
         re.compile(
-            r"^(safe|non-?violating|not (a )?violation|does not violate|doesn't violate"
-            r"|allowed|acceptable|permitted|out of scope)\b|\(\s*0\s*\)|\blabel\s*0\b"
-            r"|\b(non-?violating|not (a )?violat\w*|doesn't violate|does not violate)\b"
+            r"^(safe|allowed|acceptable|permitted|out of scope)\b|\(\s*0\s*\)|\blabel\s*0\b"
+            r"|\b(non-?violating|not (a )?violat\w*|doesn'?t violate|does not violate)\b"
         ),
     ),
     (
         "violates",
         re.compile(
-            r"^(violates|violating|violations?|violative|prohibited|disallowed|not allowed"
-            r"|unsafe)\b|\(\s*1\s*\)|\blabel\s*1\b|\bviolat\w*"
+            r"^(prohibited|disallowed|not allowed|unsafe)\b|\bviolat|\(\s*1\s*\)|\blabel\s*1\b"
         ),
     ),
-    ("definitions", re.compile(r"^(definitions?|key terms|terms|terminology|glossary)\b")),
-    ("instructions", re.compile(r"^(instructions?|task|goal|objective|purpose)\b")),
 )
 _ATX = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
-# A line that is only a title, bold or in capitals, e.g. "**VIOLATES (1)**" or "EXAMPLES:".
 _BARE_TITLE = re.compile(
     r"^\s*(\*\*|__)?([A-Za-z][A-Za-z0-9 ()/=-]{2,40}?)\s*:?\s*(\*\*|__)?\s*:?\s*$"
 )
@@ -83,12 +82,14 @@ _EXAMPLE_LABEL = (
     ),
     re.compile(r"(?:->|→|=>)\s*\**\s*`?\"?([01])\"?`?(?![\d|./])"),
 )
+# fmt: off
 VAGUE_WORDS: tuple[str, ...] = (
     "generally", "usually", "typically", "often", "sometimes", "may", "might", "could",
     "possibly", "probably", "likely", "perhaps", "maybe", "mostly", "frequently",
-    "occasionally", "somewhat", "arguably", "normally", "in most cases", "tends to",
-    "tend to", "kind of", "sort of", "more or less", "etc",
-)  # fmt: skip
+    "occasionally", "somewhat", "arguably", "normally", "etc", "in most cases", "tends to",
+    "tend to", "kind of", "sort of", "more or less",
+)
+# fmt: on
 _VAGUE = re.compile(
     r"\b(" + "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in VAGUE_WORDS) + r")\b"
     r"(?!\s+\d)",  # "May 2024" is a month
@@ -140,14 +141,32 @@ class _Heading:
     section: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """The policy text after the front matter, with its structure found."""
+
+    lines: list[str]
+    offset: int  # file lines before the body
+    headings: list[_Heading]
+    first: dict[str, _Heading]  # each section's first heading
+    examples: range  # body line indexes of the EXAMPLES section
+
+    def line(self, index: int) -> int:
+        return self.offset + index + 1
+
+    def end_of(self, start: _Heading) -> int:
+        later = (h.index for h in self.headings if h.index > start.index and h.level <= start.level)
+        return next(later, len(self.lines))
+
+
 def estimate_tokens(text: str) -> int:
     """Rough o200k-style count: common words are one token, long words, digit runs (split
-    in threes), punctuation runs and non-Latin script cost more. Within ~15% of a real
-    tokenizer on English policy prose, which is all a length check needs."""
+    in threes), punctuation runs and non-Latin script cost more. Near a real tokenizer on
+    English policy prose, which is all a length check needs."""
     count = 0
     for piece in _TOKEN_PIECE.findall(text):
         head = piece[0]
-        if head == " " or head == "\t":
+        if head in " \t":
             count += len(piece) > 1  # one space merges into the next word
         elif head == "\n":
             count += 1
@@ -155,8 +174,6 @@ def estimate_tokens(text: str) -> int:
             count += 1 if len(piece) <= 10 else math.ceil(len(piece) / 6)
         elif head.isdigit():
             count += math.ceil(len(piece) / 3)
-        elif head.isalpha():
-            count += math.ceil(len(piece) / 2)
         else:
             count += math.ceil(len(piece) / 2)
     return count
@@ -164,10 +181,7 @@ def estimate_tokens(text: str) -> int:
 
 def classify_heading(title: str) -> str | None:
     text = re.sub(r"[*_`]", "", title).strip().lower()
-    for section, pattern in _SECTION_PATTERNS:
-        if pattern.search(text):
-            return section
-    return None
+    return next((s for s, pattern in _SECTION_PATTERNS if pattern.search(text)), None)
 
 
 def _headings(lines: list[str]) -> list[_Heading]:
@@ -176,27 +190,22 @@ def _headings(lines: list[str]) -> list[_Heading]:
     for i, line in enumerate(lines):
         if _FENCE.match(line):
             in_fence = not in_fence
+        elif in_fence:
             continue
-        if in_fence:
-            continue
-        atx = _ATX.match(line)
-        if atx:
+        elif atx := _ATX.match(line):
             found.append(_Heading(i, len(atx.group(1)), classify_heading(atx.group(2))))
-            continue
-        bare = _BARE_TITLE.match(line)
-        # Only an emphasised or all-capitals line counts, so prose like "Safe:" stays prose.
-        if bare and (bare.group(1) or bare.group(2).upper() == bare.group(2)):
-            section = classify_heading(bare.group(2))
-            if section:
-                found.append(_Heading(i, 2, section))
+        elif section := _bare_title(line):
+            found.append(_Heading(i, 2, section))
     return found
 
 
-def _section_end(headings: list[_Heading], start: _Heading, total: int) -> int:
-    for h in headings:
-        if h.index > start.index and h.level <= start.level:
-            return h.index
-    return total
+def _bare_title(line: str) -> str | None:
+    """A section named by a whole line in bold or capitals ("**VIOLATES (1)**", "EXAMPLES:");
+    plain prose like "Safe:" stays prose."""
+    bare = _BARE_TITLE.match(line)
+    if bare and (bare.group(1) or bare.group(2).upper() == bare.group(2)):
+        return classify_heading(bare.group(2))
+    return None
 
 
 def _prose_lines(lines: list[str], skip: range) -> list[tuple[int, str]]:
@@ -223,80 +232,34 @@ def _prose_lines(lines: list[str], skip: range) -> list[tuple[int, str]]:
 def lint_source(source: bytes, *, name: str, path: str | None = None) -> LintReport:
     """Lint a policy file's bytes; `name` is its stem (the default policy id)."""
     where = path or name
-    findings: list[Finding] = []
-
-    def add(level: str, line: int, code: str, message: str) -> None:
-        findings.append(Finding(level, line, code, message))
-
     try:
         text = source.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = source[: exc.start].count(b"\n") + 1
-        add("error", line, "encoding", "the file is not UTF-8; save it as UTF-8 text")
-        return LintReport(where, 0, tuple(findings))
-
+        return LintReport(where, 0, (_error(line, "encoding", "not UTF-8: save it as UTF-8"),))
+    findings: list[Finding] = []
     try:
         parse_policy(source, name=name, path=path)
     except PolicyError as exc:
-        message = str(exc).removeprefix(f"{where}: ")
-        add(
-            "error",
-            _front_matter_line(text, message),
-            "front-matter",
-            f"{message}; fix the "
-            "front matter (---, id, action: block|redact|annotate|log, scope, detectors, ---)",
+        problem = str(exc).removeprefix(f"{where}: ")
+        fix = "fix the front matter (---, id, action, scope, reasoning_effort, detectors, ---)"
+        findings.append(
+            _error(_front_matter_line(text, problem), "front-matter", f"{problem}; {fix}")
         )
     try:
-        _, body = split_front_matter(text)
-    except Exception:
+        _, body_text = split_front_matter(text)
+    except (PolicyError, yaml.YAMLError):
         return LintReport(where, estimate_tokens(text), tuple(findings))
     if not text.startswith("---"):
-        add(
-            "warning",
-            1,
-            "front-matter",
-            "no front matter: the id falls back to the file "
-            f"name and the action to block; start the file with ---, id: {name}, action: ..., ---",
-        )
-    offset = text[: len(text) - len(body)].count("\n")  # body is a suffix of the file text
-    lines = body.splitlines()
-    tokens = estimate_tokens(body)
-    if not body.strip():
-        return LintReport(where, tokens, tuple(findings))
-
-    headings = _headings(lines)
-    first: dict[str, _Heading] = {}
-    for h in headings:
-        if h.section and h.section not in first:
-            first[h.section] = h
-    file_line = lambda i: offset + i + 1  # noqa: E731
-
-    _check_sections(first, headings, lines, file_line, add)
-    examples = first.get("examples")
-    examples_span = (
-        range(examples.index, _section_end(headings, examples, len(lines)))
-        if examples
-        else range(0)
-    )
-    _check_output_format(first, lines, examples_span, file_line, add)
-    if examples:
-        _check_examples(lines, examples_span, file_line, add)
-    _check_length(tokens, file_line(0), add)
-    for i, line in _prose_lines(lines, examples_span):
-        seen: set[str] = set()
-        for match in _VAGUE.finditer(line):
-            word = re.sub(r"\s+", " ", match.group(1)).lower()
-            if word in seen:
-                continue
-            seen.add(word)
-            add(
-                "warning",
-                file_line(i),
-                "vague-word",
-                f"vague word {word!r}: the model applies "
-                "rules literally and hedges blur the boundary; state the exact condition, or "
-                "move the borderline case into EXAMPLES with its label",
-            )
+        problem = "no front matter: the id falls back to the file name and the action to block"
+        fix = f"start the file with ---, id: {name}, action: ..., ---"
+        findings.append(_warning(1, "front-matter", f"{problem}; {fix}"))
+    tokens = estimate_tokens(body_text)
+    if body_text.strip():
+        body = _structure(body_text, offset=text[: len(text) - len(body_text)].count("\n"))
+        for check in (_sections, _output_format, _examples, _vague_words):
+            findings += check(body)
+        findings += _length(tokens, body.line(0))
     findings.sort(key=lambda f: (f.line, f.level != "error"))
     return LintReport(where, tokens, tuple(findings))
 
@@ -310,156 +273,147 @@ def lint_file(path: str | Path) -> LintReport:
     return lint_source(source, name=path.stem, path=str(path))
 
 
-def _front_matter_line(text: str, message: str) -> int:
-    for key in ("reasoning_effort", "detectors", "action", "scope", "id", "category"):
-        if message.startswith(key):
-            match = re.search(rf"^{key}\s*:", text, re.M)
-            if match:
-                return text.count("\n", 0, match.start()) + 1
-    if "empty" in message:
-        return text.count("\n") + 1
-    return 1
+def _error(line: int, code: str, message: str) -> Finding:
+    return Finding("error", line, code, message)
 
 
-def _check_sections(first, headings, lines, file_line, add) -> None:
+def _warning(line: int, code: str, message: str) -> Finding:
+    return Finding("warning", line, code, message)
+
+
+def _structure(text: str, *, offset: int) -> _Body:
+    lines = text.splitlines()
+    headings = _headings(lines)
+    first: dict[str, _Heading] = {}
+    for h in headings:
+        if h.section:
+            first.setdefault(h.section, h)
+    body = _Body(lines, offset, headings, first, range(0))
+    if "examples" in first:
+        start = first["examples"]
+        body = replace(body, examples=range(start.index, body.end_of(start)))
+    return body
+
+
+def _front_matter_line(text: str, problem: str) -> int:
+    for key in ("reasoning_effort", "detectors", "action", "scope"):
+        if problem.startswith(key) and (match := re.search(rf"^{key}\s*:", text, re.M)):
+            return text.count("\n", 0, match.start()) + 1
+    return text.count("\n") + 1 if "empty" in problem else 1
+
+
+def _sections(body: _Body) -> list[Finding]:
+    out: list[Finding] = []
     for pos, section in enumerate(SECTIONS):
-        if section in first:
+        if section in body.first:
             continue
-        following = [s for s in SECTIONS[pos + 1 :] if s in first]
+        title = TITLES[section]
+        following = [s for s in SECTIONS[pos + 1 :] if s in body.first]
         if following:
-            at, where = file_line(first[following[0]].index), f"before {TITLES[following[0]]}"
+            at, where = body.line(body.first[following[0]].index), f"before {TITLES[following[0]]}"
         else:
-            at, where = file_line(len(lines) - 1), "at the end"
-        add(
-            "error",
-            at,
-            "missing-section",
-            f"missing the {TITLES[section]} section: add a "
-            f"`{TITLES[section]}` heading {where} with {PURPOSE[section]}",
-        )
-    present = sorted(first.values(), key=lambda h: h.index)
+            at, where = body.line(len(body.lines) - 1), "at the end"
+        fix = f"add a `{title}` heading {where} with {PURPOSE[section]}"
+        out.append(_error(at, "missing-section", f"missing the {title} section: {fix}"))
+    present = sorted(body.first.values(), key=lambda h: h.index)
     for pos, heading in enumerate(present):
-        rank = SECTIONS.index(heading.section)
+        at, title, rank = (
+            body.line(heading.index),
+            TITLES[heading.section],
+            SECTIONS.index(heading.section),
+        )
         behind = [h for h in present[pos + 1 :] if SECTIONS.index(h.section) < rank]
         if behind:
-            add(
-                "warning",
-                file_line(heading.index),
-                "section-order",
-                f"{TITLES[heading.section]}"
-                f" comes before {TITLES[behind[0].section]}; the guide's order is INSTRUCTIONS, "
-                "DEFINITIONS, VIOLATES (1), SAFE (0), EXAMPLES: move this section down",
-            )
-    for heading in present:
-        end = _section_end(headings, heading, len(lines))
-        if not any(line.strip() for line in lines[heading.index + 1 : end]):
-            add(
-                "warning",
-                file_line(heading.index),
-                "empty-section",
-                f"the "
-                f"{TITLES[heading.section]} section is empty: fill in {PURPOSE[heading.section]}",
-            )
+            order = "INSTRUCTIONS, DEFINITIONS, VIOLATES (1), SAFE (0), EXAMPLES"
+            problem = f"{title} comes before {TITLES[behind[0].section]}"
+            fix = f"the guide's order is {order}: move this section down"
+            out.append(_warning(at, "section-order", f"{problem}; {fix}"))
+        if not any(line.strip() for line in body.lines[heading.index + 1 : body.end_of(heading)]):
+            fix = f"fill in {PURPOSE[heading.section]}"
+            out.append(_warning(at, "empty-section", f"the {title} section is empty: {fix}"))
+    return out
 
 
-def _check_output_format(first, lines, examples_span, file_line, add) -> None:
-    body_sections = [
-        first[s].index for s in ("definitions", "violates", "safe", "examples") if s in first
-    ]
-    top_end = min(body_sections) if body_sections else max(1, math.ceil(len(lines) * 0.3))
+def _output_format(body: _Body) -> list[Finding]:
+    starts = [body.first[s].index for s in SECTIONS[1:] if s in body.first]
+    top_end = min(starts) if starts else max(1, math.ceil(len(body.lines) * 0.3))
     mentions = [
-        i for i, line in enumerate(lines) if i not in examples_span and _FORMAT_MENTION.search(line)
+        i
+        for i, line in enumerate(body.lines)
+        if i not in body.examples and _FORMAT_MENTION.search(line)
     ]
-    top_line = file_line(first["instructions"].index if "instructions" in first else 0)
+    top = body.line(body.first["instructions"].index if "instructions" in body.first else 0)
     if not mentions:
-        add(
-            "error",
-            top_line,
-            "output-format",
-            "no output format stated: tell the model "
-            f"exactly what to answer near the top, e.g. `{FORMAT_HINT}` (or a bare 0/1), and "
-            "restate it just before EXAMPLES",
-        )
-        return
+        fix = f"near the top, e.g. `{FORMAT_HINT}` (or a bare 0/1), and again before EXAMPLES"
+        return [_error(top, "output-format", f"no output format stated: say what to answer {fix}")]
+    out: list[Finding] = []
     if not any(i < top_end for i in mentions):
-        add(
-            "warning",
-            top_line,
-            "output-format-top",
-            "the output format is not stated near "
-            f"the top: say it in INSTRUCTIONS, e.g. `{FORMAT_HINT}`",
-        )
-    examples = first.get("examples")
+        fix = f"say it in INSTRUCTIONS, e.g. `{FORMAT_HINT}`"
+        out.append(_warning(top, "output-format-top", f"no output format near the top: {fix}"))
+    examples = body.first.get("examples")
     if examples and not any(top_end <= i < examples.index for i in mentions):
-        add(
-            "warning",
-            file_line(examples.index),
-            "output-format-restated",
-            "the output format "
-            "is not restated before EXAMPLES: add a line such as `Output format (restated): "
-            'JSON only, {"violation": 0|1, ...}` just above this heading',
+        fix = 'add `Output format (restated): JSON only, {"violation": 0|1, ...}` above it'
+        problem = "the output format is not restated before EXAMPLES"
+        out.append(
+            _warning(body.line(examples.index), "output-format-restated", f"{problem}: {fix}")
         )
+    return out
 
 
-def _check_examples(lines, span, file_line, add) -> None:
-    labels: list[int] = []
-    for i in span:
-        for pattern in _EXAMPLE_LABEL:
-            match = pattern.search(lines[i])
-            if match:
-                labels.append(int(match.group(1)))
-                break
-    at = file_line(span.start)
+def _examples(body: _Body) -> list[Finding]:
+    if not body.examples:
+        return []  # the missing section is reported on its own
+    labels = []
+    for i in body.examples:
+        match = next((m for p in _EXAMPLE_LABEL if (m := p.search(body.lines[i]))), None)
+        if match:
+            labels.append(int(match.group(1)))
+    at = body.line(body.examples.start)
     how = 'write each as `Content: ...` then `Answer: {"violation": 1, ...}` (or `Answer: 0`)'
     if not labels:
-        add("error", at, "examples-labels", f"no labeled examples found in EXAMPLES: {how}")
-        return
-    for label, name in ((1, "VIOLATES (1)"), (0, "SAFE (0)")):
-        if label not in labels:
-            add(
-                "error",
-                at,
-                "examples-labels",
-                f"no {name} example: add at least one label-{label} boundary case ({how})",
-            )
+        return [_error(at, "examples-labels", f"no labeled examples found: {how}")]
+    out = [
+        _error(
+            at, "examples-labels", f"no {name} example: add a label-{label} boundary case ({how})"
+        )
+        for label, name in ((1, "VIOLATES (1)"), (0, "SAFE (0)"))
+        if label not in labels
+    ]
     low, high = EXAMPLES_RECOMMENDED
     if not low <= len(labels) <= high:
-        advice = (
-            "add short boundary cases for both labels"
-            if len(labels) < low
-            else "keep the sharpest boundary cases and move the rest into a golden set"
-        )
-        add(
-            "warning",
-            at,
-            "examples-count",
-            f"{len(labels)} labeled examples; the guide recommends {low}-{high}: {advice}",
-        )
+        fix = "add short boundary cases for both labels"
+        if len(labels) > high:
+            fix = "keep the sharpest boundary cases and move the rest into a golden set"
+        problem = f"{len(labels)} labeled examples; the guide recommends {low}-{high}"
+        out.append(_warning(at, "examples-count", f"{problem}: {fix}"))
+    return out
 
 
-def _check_length(tokens: int, line: int, add) -> None:
+def _vague_words(body: _Body) -> list[Finding]:
+    fix = (
+        "the model applies rules literally and hedges blur the boundary; state the exact "
+        "condition, or move the borderline case into EXAMPLES with its label"
+    )
+    out: list[Finding] = []
+    for i, line in _prose_lines(body.lines, body.examples):
+        words = dict.fromkeys(
+            re.sub(r"\s+", " ", m.group(1)).lower() for m in _VAGUE.finditer(line)
+        )
+        out += [_warning(body.line(i), "vague-word", f"vague word {w!r}: {fix}") for w in words]
+    return out
+
+
+def _length(tokens: int, line: int) -> list[Finding]:
     low, high = SWEET_SPOT
     if tokens > MAX_TOKENS:
-        add(
-            "error",
-            line,
-            "length",
-            f"about {tokens} tokens, past the ~{MAX_TOKENS} the model "
-            "handles well: split it into several policies or cut repetition",
-        )
-    elif tokens > high:
-        add(
-            "warning",
-            line,
-            "length",
-            f"about {tokens} tokens; the sweet spot is {low}-{high}: "
-            "tighten wording, drop repeated rules and keep 4-6 examples",
-        )
+        fix = "split it into several policies or cut repetition"
+        return [_error(line, "length", f"about {tokens} tokens, past ~{MAX_TOKENS}: {fix}")]
+    if tokens > high:
+        fix = "tighten wording, drop repeated rules and keep 4-6 examples"
     elif tokens < low:
-        add(
-            "warning",
-            line,
-            "length",
-            f"about {tokens} tokens; the sweet spot is {low}-{high}: "
-            "add definitions, near-miss SAFE cases and boundary examples",
-        )
+        fix = "add definitions, near-miss SAFE cases and boundary examples"
+    else:
+        return []
+    return [
+        _warning(line, "length", f"about {tokens} tokens; the sweet spot is {low}-{high}: {fix}")
+    ]

@@ -71,7 +71,10 @@ def test_format_is_sniffed_for_other_extensions(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ('{"content": "a", "label": 1}\n{"content": "b", "label": 0\n', r"set\.jsonl:2: not valid JSON"),
+        (
+            '{"content": "a", "label": 1}\n{"content": "b", "label": 0\n',
+            r"set\.jsonl:2: not valid JSON",
+        ),
         ('{"content": "a", "label": 1}\n\n{"label": 0}\n', r"set\.jsonl:3: missing 'content'"),
         ('{"content": "a"}\n', r"set\.jsonl:1: missing 'label'"),
         ('{"content": "a", "label": 2}\n', r"set\.jsonl:1: label must be 0 or 1, got 2"),
@@ -91,7 +94,7 @@ def test_jsonl_errors_name_the_line(tmp_path: Path, text: str, expected: str) ->
     [
         ("text,label\nhi,0\n", r"set\.csv:1: the header must name the columns .*missing content"),
         ("content,label\nhi,0\nbye\n", r"set\.csv:3: expected 2 fields"),
-        ("content,label\nhi,0\n\"multi\nline\",0,extra\n", r"set\.csv:3: expected 2 fields"),
+        ('content,label\nhi,0\n"multi\nline",0,extra\n', r"set\.csv:3: expected 2 fields"),
         ("content,label\nhi,yes please\n", r"set\.csv:2: label must be 0 or 1"),
         ("content,label\n,1\n", r"set\.csv:2: content is empty"),
     ],

@@ -27,8 +27,18 @@ def pair(safeguard, write_policy, write_cases):
 
 def test_compare_lists_exactly_the_flipped_cases(cli, pair) -> None:
     safeguard, a, b, cases = pair
-    result = cli("policy", "test", a, "--cases", cases, "--classifier", safeguard.url,
-                 "--compare", b, "--json")
+    result = cli(
+        "policy",
+        "test",
+        a,
+        "--cases",
+        cases,
+        "--classifier",
+        safeguard.url,
+        "--compare",
+        b,
+        "--json",
+    )
     assert result.code == 0, result.err
     doc = result.json()
     assert doc["policy"]["id"] == "cheating" and doc["compare"]["policy"]["id"] == "cheating-v2"
@@ -50,8 +60,9 @@ def test_compare_lists_exactly_the_flipped_cases(cli, pair) -> None:
 
 def test_compare_text_is_side_by_side_with_flips(cli, pair) -> None:
     safeguard, a, b, cases = pair
-    result = cli("policy", "test", a, "--cases", cases, "--classifier", safeguard.url,
-                 "--compare", b)
+    result = cli(
+        "policy", "test", a, "--cases", cases, "--classifier", safeguard.url, "--compare", b
+    )
     assert result.code == 0
     out = result.out
     assert re.search(r"^A  cheating \(v [0-9a-f]{12}\)", out, re.M)
@@ -60,9 +71,15 @@ def test_compare_text_is_side_by_side_with_flips(cli, pair) -> None:
     assert re.search(r"^TP\s+2\s+2\s+\+0$", out, re.M)
     assert re.search(r"^  CH3\s+0\.000\s+1\.000$", out, re.M)
     assert "flipped verdicts, A -> B (4)" in out
-    flipped = re.findall(r"^  #(\d+) \(line \d+\)  expected (\S+)(?: \[\w+\])?: (\d) -> (\d)", out, re.M)
-    assert flipped == [("2", "1", "1", "0"), ("3", "1", "0", "1"), ("4", "0", "0", "1"),
-                       ("6", "0", "1", "0")]
+    flipped = re.findall(
+        r"^  #(\d+) \(line \d+\)  expected (\S+)(?: \[\w+\])?: (\d) -> (\d)", out, re.M
+    )
+    assert flipped == [
+        ("2", "1", "1", "0"),
+        ("3", "1", "0", "1"),
+        ("4", "0", "0", "1"),
+        ("6", "0", "1", "0"),
+    ]
     assert "#3 (line 3)  expected 1 [CH3]: 0 -> 1  (now correct)" in out
     assert "#4 (line 4)  expected 0: 0 -> 1  (now wrong)" in out
 
@@ -70,11 +87,22 @@ def test_compare_text_is_side_by_side_with_flips(cli, pair) -> None:
 def test_compare_with_no_flips_says_so(cli, pair, write_policy) -> None:
     safeguard, a, _, cases = pair
     same = write_policy("cheating-copy", "wallhack, aimbot", "CH1")
-    result = cli("policy", "test", a, "--cases", cases, "--classifier", safeguard.url,
-                 "--compare", same)
+    result = cli(
+        "policy", "test", a, "--cases", cases, "--classifier", safeguard.url, "--compare", same
+    )
     assert "flipped verdicts: none" in result.out
-    doc = cli("policy", "test", a, "--cases", cases, "--classifier", safeguard.url,
-              "--compare", same, "--json").json()
+    doc = cli(
+        "policy",
+        "test",
+        a,
+        "--cases",
+        cases,
+        "--classifier",
+        safeguard.url,
+        "--compare",
+        same,
+        "--json",
+    ).json()
     assert doc["compare"]["flipped"] == []
 
 
@@ -92,8 +120,19 @@ def test_both_policies_run_concurrently(cli, pair) -> None:
     safeguard, a, b, cases = pair
     safeguard.fake.delay_s = 0.2
     started = time.monotonic()
-    result = cli("policy", "test", a, "--cases", cases, "--classifier", safeguard.url,
-                 "--compare", b, "--concurrency", "12")
+    result = cli(
+        "policy",
+        "test",
+        a,
+        "--cases",
+        cases,
+        "--classifier",
+        safeguard.url,
+        "--compare",
+        b,
+        "--concurrency",
+        "12",
+    )
     elapsed = time.monotonic() - started
     assert result.code == 0
     assert elapsed < 1.2  # 12 classifications of 0.2 s each, one after another, take 2.4 s

@@ -35,7 +35,9 @@ def setup(safeguard, write_policy, write_cases):
 
 def test_metrics_are_exact_on_a_hand_checked_set(cli, setup) -> None:
     safeguard, policy, cases = setup
-    result = cli("policy", "test", policy, "--cases", cases, "--classifier", safeguard.url, "--json")
+    result = cli(
+        "policy", "test", policy, "--cases", cases, "--classifier", safeguard.url, "--json"
+    )
     assert result.code == 0, result.err
     doc = result.json()
     m = doc["metrics"]
@@ -55,7 +57,16 @@ def test_metrics_are_exact_on_a_hand_checked_set(cli, setup) -> None:
     assert doc["disagreements"][2]["reasoning"].startswith("The policy asks")
     assert doc["policy"]["id"] == "cheating" and len(doc["policy"]["version"]) == 12
     assert doc["cases"] == {"path": str(cases), "count": 8, "positives": 4, "negatives": 4}
-    assert [r["outcome"] for r in doc["results"]] == ["TP", "TP", "FN", "FN", "FP", "TN", "TN", "TN"]
+    assert [r["outcome"] for r in doc["results"]] == [
+        "TP",
+        "TP",
+        "FN",
+        "FN",
+        "FP",
+        "TN",
+        "TN",
+        "TN",
+    ]
     assert doc["compare"] is None and doc["passed"] is None
     assert len(safeguard.fake.calls) == 8
 
@@ -97,7 +108,17 @@ def test_min_f1_gates_the_exit_code(cli, setup) -> None:
 def test_min_f1_out_of_range_is_a_usage_error(cli, setup, value) -> None:
     safeguard, policy, cases = setup
     with pytest.raises(SystemExit) as exc:
-        cli("policy", "test", policy, "--cases", cases, "--classifier", safeguard.url, "--min-f1", value)
+        cli(
+            "policy",
+            "test",
+            policy,
+            "--cases",
+            cases,
+            "--classifier",
+            safeguard.url,
+            "--min-f1",
+            value,
+        )
     assert exc.value.code == 2
 
 
@@ -138,8 +159,13 @@ class BoomClassifier:
             body += message.get("body", b"")
             more = message.get("more_body", False)
         if b"BOOM" in body:
-            await send({"type": "http.response.start", "status": 500,
-                        "headers": [(b"content-type", b"application/json")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
             await send({"type": "http.response.body", "body": b'{"object": "error", "code": 500}'})
             return
         replayed = False
@@ -199,8 +225,11 @@ def test_default_config_supplies_classifier_and_policies_dir(
     result = cli("policy", "test", "cheating", "--cases", cases, "--json")
     assert result.code == 0, result.err
     doc = result.json()
-    assert doc["classifier"] == {"base_url": safeguard.url, "model": "m-test",
-                                 "reasoning_effort": "medium"}
+    assert doc["classifier"] == {
+        "base_url": safeguard.url,
+        "model": "m-test",
+        "reasoning_effort": "medium",
+    }
     assert doc["metrics"]["f1"] == 1.0
     assert {c.reasoning_effort for c in safeguard.fake.calls} == {"medium"}
 
@@ -209,11 +238,13 @@ def test_explicit_config_and_reasoning_effort_override(
     cli, safeguard, write_policy, write_cases, tmp_path
 ) -> None:
     write_policy("spam", "buy now", folder=tmp_path / "elsewhere" / "pols")
-    config = write_config(tmp_path / "elsewhere" / "gw.yaml", safeguard.url,
-                          str(tmp_path / "elsewhere" / "pols"))
+    config = write_config(
+        tmp_path / "elsewhere" / "gw.yaml", safeguard.url, str(tmp_path / "elsewhere" / "pols")
+    )
     cases = write_cases([("buy now!", 1)])
-    result = cli("policy", "test", "spam", "--cases", cases, "--config", config,
-                 "--reasoning-effort", "high")
+    result = cli(
+        "policy", "test", "spam", "--cases", cases, "--config", config, "--reasoning-effort", "high"
+    )
     assert result.code == 0, result.err
     assert {c.reasoning_effort for c in safeguard.fake.calls} == {"high"}
 
@@ -242,7 +273,9 @@ def test_setup_problems_exit_2(cli, setup, argv, message) -> None:
 
 def test_missing_policy_and_bad_cases_exit_2(cli, setup, tmp_path) -> None:
     safeguard, policy, cases = setup
-    unknown = cli("policy", "test", "no-such-policy", "--cases", cases, "--classifier", safeguard.url)
+    unknown = cli(
+        "policy", "test", "no-such-policy", "--cases", cases, "--classifier", safeguard.url
+    )
     assert unknown.code == 2
     assert "no-such-policy" in unknown.err
     bad = tmp_path / "bad.jsonl"

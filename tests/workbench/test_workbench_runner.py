@@ -26,7 +26,10 @@ async def test_at_most_concurrency_classifications_in_flight(safeguard, client, 
     safeguard.fake.delay_s = 0.2
     seen: list[tuple[int, int]] = []
     runs = await evaluate(
-        client, [policy], cases(*[f"case {i}" for i in range(7)]), concurrency=3,
+        client,
+        [policy],
+        cases(*[f"case {i}" for i in range(7)]),
+        concurrency=3,
         progress=lambda done, total: seen.append((done, total)),
     )
     arrivals = sorted(c.at for c in safeguard.fake.calls)
