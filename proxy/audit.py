@@ -36,6 +36,7 @@ def apply_retention(record: Mapping[str, Any], mode: str) -> dict:
 
     full: the originals; redacted: the *_redacted texts (a missing one means nothing was
     redacted, so the original); hash: "sha256:<hex>" of the originals; none: no content.
+    Under hash and none the verdicts also lose their reasoning and rationale text.
     """
     content = record.get("content") or {}
     if mode == "full":
@@ -55,6 +56,11 @@ def apply_retention(record: Mapping[str, Any], mode: str) -> dict:
         raise ValueError(f"audit.content: unknown retention mode {mode!r}")
     stored = dict(record)
     stored["content"] = {"retention": mode, "input": kept[0], "output": kept[1]}
+    if mode in ("hash", "none"):
+        # The model's reasoning and rationale can quote the content: keep only the labels.
+        stored["verdicts"] = [
+            {**v, "reasoning": None, "rationale": None} for v in record.get("verdicts") or ()
+        ]
     return stored
 
 

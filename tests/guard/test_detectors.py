@@ -39,6 +39,7 @@ GITHUB_FINE = "github_pat_" + "11ABCDEFG0" * 8
 SLACK = "xoxb-" + "123456789012-1234567890123-" + "AbCdEfGhIjKlMnOp"
 GOOGLE = "AIza" + "SyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q"
 STRIPE = "sk_" + "live_" + "4eC39HqLyjWDarjtT1zdp7dc"
+STRIPE_RESTRICTED = "rk_" + "live_" + "4eC39HqLyjWDarjtT1zdp7dc"
 PEM = (
     "-----BEGIN RSA PRIVATE KEY-----\n"
     "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\n"
@@ -155,6 +156,8 @@ def test_phone_near_misses(text: str) -> None:
     [
         ("Visa 4111 1111 1111 1111 exp 12/27", "4111 1111 1111 1111"),
         ("Visa 4111-1111-1111-1111", "4111-1111-1111-1111"),
+        ("paid in 2024 4111 1111 1111 1111", "4111 1111 1111 1111"),
+        ("4111 1111 1111 1111 2024", "4111 1111 1111 1111"),
         ("card:4111111111111111.", "4111111111111111"),
         ("Amex 3782 822463 10005", "3782 822463 10005"),
         ("Amex 378282246310005", "378282246310005"),
@@ -319,7 +322,7 @@ def test_ip_near_misses(text: str) -> None:
         (f"slack {SLACK}", SLACK),
         (f"maps {GOOGLE}", GOOGLE),
         (f"stripe {STRIPE}", STRIPE),
-        ("rk_" + "live_" + "4eC39HqLyjWDarjtT1zdp7dc", "rk_" + "live_" + "4eC39HqLyjWDarjtT1zdp7dc"),
+        (f"restricted {STRIPE_RESTRICTED}", STRIPE_RESTRICTED),
         (f"jwt {JWT}.", JWT),
         ("Authorization: Bearer abcDEF123456ghiJKL789.", "abcDEF123456ghiJKL789"),
         ("Authorization: Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==", "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="),
@@ -478,22 +481,25 @@ def test_offsets_are_code_points_in_unicode_text() -> None:
 
 
 def test_no_break_spaces_separate_digit_groups() -> None:
-    text = "tél. +33\u00a01\u00a042\u00a068\u00a053\u00a000, IBAN FR14\u00a02004 1010 0505 0001 3M02 606"
-    assert found(text, "phone") == ["+33\u00a01\u00a042\u00a068\u00a053\u00a000"]
-    assert found(text, "iban") == ["FR14\u00a02004 1010 0505 0001 3M02 606"]
+    phone = "+33\u00a01\u00a042\u00a068\u00a053\u00a000"
+    iban = "FR14\u00a02004 1010 0505 0001 3M02 606"
+    text = f"tél. {phone}, IBAN {iban}"
+    assert found(text, "phone") == [phone]
+    assert found(text, "iban") == [iban]
 
 
 # --- bounds and scale ----------------------------------------------------------------
 
 
-def test_every_pattern_but_pem_fits_max_span_chars() -> None:
-    unbounded = []
+def test_every_pattern_fits_max_span_chars() -> None:
+    # PEM blocks are the one kind of span that grows past its pattern (to END).
+    too_wide = []
     for name, detector in DETECTORS.items():
         for rule in detector.rules:
             _, widest = sre_parse.parse(rule.pattern.pattern, rule.pattern.flags).getwidth()
             if widest > MAX_SPAN_CHARS - 8:  # leave room for look-around context
-                unbounded.append((name, rule.pattern.pattern[:20]))
-    assert unbounded == [("secret", "-----BEGIN[ ](?P<kin")]
+                too_wide.append((name, rule.pattern.pattern[:20], widest))
+    assert too_wide == []
 
 
 def stream_redact(text: str, names: list[str], chunk_sizes: list[int]) -> str:
@@ -540,7 +546,7 @@ def test_stream_windows_redact_like_the_whole_text() -> None:
 
 def test_100kb_text_is_processed() -> None:
     rng = random.Random(1)
-    words = "the quick brown fox order 2024 price $19.99 version 3.11 token key call".split()
+    words = ["the", "fox", "order", "2024", "price", "$19.99", "version", "3.11", "token", "key"]
     planted = [
         "bob@example.com",
         "+1 415 555 2671",
