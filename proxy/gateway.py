@@ -24,8 +24,6 @@ from proxy.upstream import UpstreamPool
 
 log = logging.getLogger("proxy")
 
-STREAM_HOLD_CHARS = 128
-
 
 def check_policies(config: Config, policies: Mapping[str, Policy]) -> None:
     """Every route names loaded policies, and parallel input never meets a redacting one."""
@@ -73,12 +71,7 @@ class Gateway:
         self.guard = Guard(self.classifier, self.cache, self.telemetry, self.metrics)
         self.audit = AuditLog(config.audit)
         self._background: set[asyncio.Task[Any]] = set()
-        self.metrics.registry.callback(
-            "safeguard_audit_spilled_total",
-            "counter",
-            "Audit records spilled to the JSON-lines file",
-            lambda: float(self.audit.stats().get("spilled", 0)),
-        )
+        self.metrics.watch_audit(self.audit.stats)
         self.uses_classifier = any(
             route.input.policies
             or route.input.shadow
@@ -86,14 +79,6 @@ class Gateway:
             or route.output.shadow
             for route in config.routes.values()
         )
-
-    def detector_hold(self, policies: Mapping[str, Policy], refs: Any) -> int:
-        """Characters a stream window keeps back so detector patterns are not cut in two.
-
-        128 covers e-mails, phones, cards, IBANs, SSNs, IPs and API keys; longer tokens
-        (PEM blocks, long JWTs) can straddle a window edge and are redacted in part.
-        """
-        return STREAM_HOLD_CHARS if any(policies[r.id].detectors for r in refs) else 0
 
     def reload_policies(self) -> tuple[bool, str]:
         """Load policies_dir anew; on any error keep the current set and say why."""

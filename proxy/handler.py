@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from proxy.config import Route, Tenant
+from proxy.config import Route, Side, Tenant
 from proxy.gateway import Gateway
 from proxy.guard.engine import Outcome, SideResult
 from proxy.guard.streaming import StreamGuard
@@ -42,6 +42,7 @@ from proxy.upstream import UpstreamError, UpstreamResponse
 log = logging.getLogger("proxy")
 
 JSON = b"application/json"
+WATCH_ONLY = Side(stream="passthrough")
 
 
 @dataclass(slots=True)
@@ -62,9 +63,24 @@ class Exchange:
     outcomes: list[Outcome] = field(default_factory=list)
     pending: list[asyncio.Future[Any]] = field(default_factory=list)  # finish before audit
     guard_ms: float = 0.0
+    upstream_span: Any = None
+    upstream_started: float | None = None
     upstream_ms: float | None = None
+    answer: dict[str, Any] | None = None  # the upstream's JSON body or last stream event
+    usage: dict[str, Any] | None = None
+    finish_reasons: list[str] | None = None
     ttft_ms: float | None = None
     content: dict[str, str | None] = field(default_factory=dict)
+
+    def take_answer(self, body: dict[str, Any] | None) -> None:
+        self.answer = body
+        usage = body.get("usage") if body else None
+        self.usage = usage if isinstance(usage, dict) else None
+
+    def take_stream(self, watched: StreamGuard) -> None:
+        self.answer = watched.last
+        self.usage = watched.usage
+        self.finish_reasons = watched.finish_reasons
 
     def add(self, result: SideResult, spent_ms: float) -> None:
         self.outcomes += result.outcomes
@@ -222,24 +238,6 @@ class ProxyHandler:
             if not message.get("more_body"):
                 return b"".join(chunks)
 
-    async def _send_upstream(
-        self, ex: Exchange, scope: dict, raw: bytes | None
-    ) -> UpstreamResponse:
-        assert ex.route is not None
-        upstream = self.gw.config.upstreams[ex.route.upstream]
-        trace_headers: dict[str, str] = {}
-        self.gw.telemetry.inject(trace_headers)
-        path = ex.endpoint.removeprefix("/v1")
-        if scope.get("query_string"):
-            path += "?" + scope["query_string"].decode("latin-1")
-        started = time.perf_counter()
-        try:
-            return await self.gw.upstreams.send(
-                upstream, scope["method"], path, raw, scope["headers"], trace_headers
-            )
-        finally:
-            ex.upstream_ms = (time.perf_counter() - started) * 1000
-
     async def _forward_raw(
         self, ex: Exchange, scope: dict, raw: bytes | None, send: _Sender
     ) -> None:
@@ -250,29 +248,55 @@ class ProxyHandler:
     async def _upstream_call(
         self, ex: Exchange, scope: dict, raw: bytes | None
     ) -> UpstreamResponse:
-        upstream = self.gw.config.upstreams[ex.route.upstream]  # type: ignore[union-attr]
+        """Send upstream; returns with status and headers in and the body unread. The
+        upstream span stays open until the request is finished (streams included)."""
+        assert ex.route is not None
+        upstream = self.gw.config.upstreams[ex.route.upstream]
         address = urlsplit(upstream.base_url)
-        with self.gw.telemetry.upstream_span(
-            OPERATION.get(ex.endpoint, "chat"),
-            ex.model,
-            address.hostname or "",
-            address.port or 443,
-        ):
-            return await self._send_upstream(ex, scope, raw)
+        port = address.port or (443 if address.scheme == "https" else 80)
+        operation = OPERATION.get(ex.endpoint, "chat")
+        span = self.gw.telemetry.start_upstream_span(
+            operation, ex.model, address.hostname or "", port
+        )
+        ex.upstream_span = span
+        trace_headers: dict[str, str] = {}
+        self.gw.telemetry.inject(trace_headers, span)
+        path = ex.endpoint.removeprefix("/v1")
+        if scope.get("query_string"):
+            path += "?" + scope["query_string"].decode("latin-1")
+        ex.upstream_started = time.perf_counter()
+        return await self.gw.upstreams.send(
+            upstream, scope["method"], path, raw, scope["headers"], trace_headers
+        )
 
     async def _relay(self, ex: Exchange, response: UpstreamResponse, send: _Sender) -> None:
         """Whole bodies are read first (a drop becomes a clean 502); streams flow through."""
         if not response.is_event_stream:
             body = await response.read()
+            ex.upstream_ms = _since(ex.upstream_started)
             ex.status = response.status
+            if self.gw.telemetry.enabled and response.status == 200:
+                ex.take_answer(_json_or_none(body))
             await send.whole(response.status, response.headers + ex.headers(), body)
             return
         await send.start(response.status, response.headers + ex.headers())
         ex.status = response.status
+        watched = self._watcher(ex)
         try:
-            await self._pump(ex, response.chunks(), send)
+            await self._pump(
+                ex, watched.run(response.chunks()) if watched else response.chunks(), send
+            )
         finally:
             response.close()
+            ex.upstream_ms = _since(ex.upstream_started)
+            if watched:
+                ex.take_stream(watched)
+
+    def _watcher(self, ex: Exchange) -> StreamGuard | None:
+        """When tracing, a policy-less stream guard that only notes usage as events pass."""
+        if not self.gw.telemetry.enabled:
+            return None
+        return StreamGuard(self.gw.guard, WATCH_ONLY, {}, ex.endpoint, "open")
 
     async def _pump(self, ex: Exchange, frames: AsyncIterator[bytes], send: _Sender) -> None:
         """Send frames until they end, the upstream fails, or the client goes away (which
@@ -369,14 +393,11 @@ class ProxyHandler:
     ) -> None:
         route = ex.route
         assert route is not None
-        started = time.perf_counter()
         raw = await response.read()
-        ex.upstream_ms = (ex.upstream_ms or 0) + (time.perf_counter() - started) * 1000
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict):
+        ex.upstream_ms = _since(ex.upstream_started)
+        body = _json_or_none(raw)
+        ex.take_answer(body)
+        if body is None:
             await send.whole(response.status, response.headers + ex.headers(), raw)
             ex.status = response.status
             return
@@ -413,18 +434,20 @@ class ProxyHandler:
         side = route.output
         await send.start(200, response.headers + ex.headers())
         ex.status = 200
-        if not (side.policies or side.shadow):
-            frames: AsyncIterator[bytes] = response.chunks()
-            guard = None
+        if side.policies or side.shadow:
+            guard: StreamGuard | None = StreamGuard(
+                self.gw.guard, side, policies, ex.endpoint, route.fail
+            )
         else:
-            hold = self.gw.detector_hold(policies, side.policies)
-            guard = StreamGuard(self.gw.guard, side, policies, ex.endpoint, route.fail, hold)
-            frames = guard.run(response.chunks())
+            guard = self._watcher(ex)
         try:
-            await self._pump(ex, frames, send)
+            await self._pump(ex, guard.run(response.chunks()) if guard else response.chunks(), send)
         finally:
             response.close()
+            ex.upstream_ms = _since(ex.upstream_started)
             if guard is not None:
+                ex.take_stream(guard)
+            if guard is not None and (side.policies or side.shadow):
                 if side.stream == "passthrough":
                     ex.pending.append(asyncio.ensure_future(self._judge_passthrough(ex, guard)))
                 else:
@@ -462,6 +485,8 @@ class ProxyHandler:
         metrics.request_duration.observe(total_s, route_name, ex.endpoint)
         if ex.ttft_ms is not None and ex.stream:
             metrics.upstream_ttft.observe(ex.ttft_ms / 1000, route_name)
+        if ex.upstream_started is not None:
+            self._upstream_done(ex, route_name)
         self.gw.telemetry.set_server_attributes(
             span,
             status_code=ex.status,
@@ -475,6 +500,44 @@ class ProxyHandler:
             self.gw.in_background(self._audit_later(ex, total_s))
         else:
             self.gw.audit.submit(self._record(ex, total_s))
+
+    def _upstream_done(self, ex: Exchange, route_name: str) -> None:
+        """Usage and outcome onto the upstream span and metrics, then end the span."""
+        usage = ex.usage or {}
+        tokens_in = usage.get("prompt_tokens", usage.get("input_tokens"))
+        tokens_out = usage.get("completion_tokens", usage.get("output_tokens"))
+        metrics = self.gw.metrics
+        if ex.upstream_ms is None:
+            ex.upstream_ms = _since(ex.upstream_started)
+        metrics.upstream_duration.observe(ex.upstream_ms / 1000, route_name)
+        if isinstance(tokens_in, int):
+            metrics.upstream_tokens.add(tokens_in, route_name, "input")
+        if isinstance(tokens_out, int):
+            metrics.upstream_tokens.add(tokens_out, route_name, "output")
+        span = ex.upstream_span
+        if span is None or not span.is_recording():
+            return
+        answer = ex.answer or {}
+        if isinstance(answer.get("response"), dict):
+            answer = answer["response"]
+        reasons = ex.finish_reasons or [
+            c["finish_reason"]
+            for c in answer.get("choices") or ()
+            if isinstance(c, dict) and c.get("finish_reason")
+        ]
+        self.gw.telemetry.set_response(
+            span,
+            response_model=answer.get("model"),
+            response_id=answer.get("id"),
+            finish_reasons=reasons,
+            input_tokens=tokens_in if isinstance(tokens_in, int) else None,
+            output_tokens=tokens_out if isinstance(tokens_out, int) else None,
+        )
+        if ex.error and ex.error.startswith("upstream_"):
+            self.gw.telemetry.set_error(span, ex.error)
+        elif ex.status >= 500 or (ex.status >= 400 and ex.decision != "block"):
+            self.gw.telemetry.set_error(span, str(ex.status))
+        span.end()
 
     async def _audit_later(self, ex: Exchange, total_s: float) -> None:
         """Shadow verdicts and passthrough-stream verdicts arrive after the response."""
@@ -541,6 +604,18 @@ def annotate(endpoint: str, body: dict, inputs: SideResult, outputs: SideResult)
 
 def _severity(decision: str) -> int:
     return ("allow", "annotate", "redact", "error", "block").index(decision)
+
+
+def _since(started: float | None) -> float | None:
+    return None if started is None else (time.perf_counter() - started) * 1000
+
+
+def _json_or_none(raw: bytes) -> dict[str, Any] | None:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def _round(value: float | None) -> float | None:

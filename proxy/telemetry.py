@@ -119,8 +119,22 @@ def _noop(*_args: object, **_kwargs: object) -> None:
     return None
 
 
-def _noop_span() -> Span:
+def _noop_span(*_args: object, **_kwargs: object) -> Span:
     return INVALID_SPAN
+
+
+def _upstream_attributes(
+    operation: str, model: str | None, server_address: str, server_port: int
+) -> tuple[str, dict[str, Any]]:
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": "openai",
+        "server.address": server_address,
+        "server.port": server_port,
+    }
+    if model:
+        attributes["gen_ai.request.model"] = model
+    return (f"{operation} {model}" if model else operation), attributes
 
 
 def _batch(exporter: SpanExporter) -> BatchSpanProcessor:
@@ -148,6 +162,7 @@ class Telemetry:
             self.server_span = _noop_cm  # type: ignore[method-assign]
             self.classification_span = _noop_cm  # type: ignore[method-assign]
             self.upstream_span = _noop_cm  # type: ignore[method-assign]
+            self.start_upstream_span = _noop_span  # type: ignore[method-assign]
             self.record_verdict = _noop  # type: ignore[method-assign]
             self.set_server_attributes = _noop  # type: ignore[method-assign]
             self.set_response = _noop  # type: ignore[method-assign]
@@ -231,16 +246,19 @@ class Telemetry:
         """CLIENT span for the upstream call, named `{operation} {model}`."""
         if self._skip_unsampled and self._parent_unsampled():
             return _UNSAMPLED_CHILD
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": operation,
-            "gen_ai.provider.name": "openai",
-            "server.address": server_address,
-            "server.port": server_port,
-        }
-        if model:
-            attributes["gen_ai.request.model"] = model
-        name = f"{operation} {model}" if model else operation
+        name, attributes = _upstream_attributes(operation, model, server_address, server_port)
         return self._tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+
+    def start_upstream_span(
+        self, operation: str, model: str | None, server_address: str, server_port: int
+    ) -> Span:
+        """The upstream CLIENT span, started but not made current: a streamed answer
+        outlives the call that started it, so the caller ends it (`span.end()`) when the
+        last byte is through, from whichever task that is."""
+        if self._skip_unsampled and self._parent_unsampled():
+            return INVALID_SPAN
+        name, attributes = _upstream_attributes(operation, model, server_address, server_port)
+        return self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
 
     @staticmethod
     def _parent_unsampled() -> bool:

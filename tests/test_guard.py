@@ -233,6 +233,17 @@ def test_stream_output_is_redacted(make_gateway):
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+def test_stream_redaction_holds_a_pattern_split_across_chunks(make_gateway, upstream):
+    gw = make_gateway(guarded=GUARDED)
+    upstream[0].chunk_chars = 3  # the address arrives in many pieces, across window edges
+    answer = "x" * 25 + " reach jane.doe@example.com or 4111 1111 1111 1111 now " + SAFE.strip()
+    chunks = list(client(gw).chat.completions.create(
+        model="guarded-1", messages=[{"role": "user", "content": "say: " + answer}], stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == answer.replace("jane.doe@example.com", "[REDACTED:EMAIL]").replace(
+        "4111 1111 1111 1111", "[REDACTED:CREDIT_CARD]")
+
+
 def test_stream_passthrough_forwards_and_only_records(make_gateway):
     gw = make_gateway(
         guarded={**GUARDED, "output": {"policies": ["violence"], "stream": "passthrough"}}

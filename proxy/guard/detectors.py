@@ -29,7 +29,7 @@ private-key blocks: the match itself, context words such as `password:` or `Tel:
 included, plus the few characters of look-around either side (patterns stay 13 under
 it). A stream scanner that never releases the last MAX_SPAN_CHARS characters of its
 buffer, nor any part of a span that reaches into them, redacts what a whole-text scan
-would. A PEM block runs from BEGIN to END, unbounded; before its END arrives it
+would. A PEM block runs from BEGIN to END (up to 32 KB); before its END arrives it
 matches BEGIN plus the key lines so far, up to the end of the buffer, so the same
 rule holds it back. Tokens longer than the bound (very long JWTs or bearer tokens)
 are redacted for their first thousand characters, not to their end."""
@@ -337,6 +337,7 @@ _TOKEN_NEEDLES += ("_live_", "_test_", "eyj", "sk-")
 _PEM = _compile(
     r"-----BEGIN[ ](?P<kind>(?:[A-Z0-9]{1,16}[ ]){0,4})PRIVATE[ ]KEY(?P<blk>(?:[ ]BLOCK)?)-----"
 )
+_PEM_MAX_CHARS = 32_768
 # Without an END line: the base64 and header lines that follow the BEGIN line.
 _PEM_BODY = _compile(r"(?:\r?\n(?:[A-Za-z0-9+/=]{1,100}|[\w\-]+:[ ][^\r\n]*)?(?![^\r\n]))*")
 _SECRET_WORDS = r"""
@@ -361,6 +362,13 @@ _AUTH = _compile(
     (?P<v>[A-Za-z0-9\-._~+/]{16,1000}={0,2})(?<!\.)
     """
 )
+# The password in scheme://user:password@host (database URLs, .env lines).
+_URL_PASSWORD = _compile(
+    r"""
+    [A-Za-z](?<![A-Za-z0-9+.\-][A-Za-z])[A-Za-z0-9+.\-]{1,20}://
+    [^\s:/@]{0,64}:(?P<v>[^\s/@]{1,128})@
+    """
+)
 _PLACEHOLDER = _compile(
     r"""
       [<\[{(] | \$[{(] | %\( | \$[A-Za-z_]\w*$ | %\w+%$    # <x> ${X} $(x) %(x)s $X %X%
@@ -377,10 +385,12 @@ _PLACEHOLDER = _compile(
 def _pem_check(m: re.Match[str]) -> tuple[int, int]:
     text = m.string
     end_line = f"-----END {m['kind']}PRIVATE KEY{m['blk']}-----"
-    # An END belongs to this BEGIN only if no other BEGIN comes first; searching no
-    # further keeps a text full of BEGIN lines linear.
-    stop = text.find("-----BEGIN ", m.end())
-    found = text.find(end_line, m.end(), len(text) if stop < 0 else stop)
+    # An END belongs to this BEGIN only if no other BEGIN comes first (which keeps a
+    # text full of BEGIN lines linear) and it is within _PEM_MAX_CHARS (keys are a
+    # few KB; an END pages away does not make the prose between them a key).
+    limit = m.end() + _PEM_MAX_CHARS
+    stop = text.find("-----BEGIN ", m.end(), limit)
+    found = text.find(end_line, m.end(), limit if stop < 0 else stop)
     if found >= 0:
         return m.start(), found + len(end_line)
     body = _PEM_BODY.match(text, m.end())
@@ -453,6 +463,7 @@ DETECTORS: dict[str, Detector] = {
                     ("key", "secret", "token", "passw", "passphrase"),
                 ),
                 Rule(_AUTH, _value(_auth_ok, "v"), ("bearer", "basic", "token")),
+                Rule(_URL_PASSWORD, _value(_assigned_ok, "v"), ("://",)),
             ),
         ),
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.config import Side
+from proxy.guard.detectors import MAX_SPAN_CHARS, find_spans
 from proxy.guard.engine import SEVERITY, Guard, Outcome, decide
 from proxy.openai_api import COMPLETIONS, RESPONSES
 from proxy.policies import Policy
@@ -54,10 +55,16 @@ class Sealed:
 
 
 class Window:
-    """Pure hold-back bookkeeping: push events, get sealed windows back."""
+    """Pure hold-back bookkeeping: push events, get sealed windows back.
 
-    def __init__(self, size: int | None, overlap: int, hold: int = 0) -> None:
-        self.size, self.overlap, self.hold = size, overlap, hold
+    With `detectors`, the last `hold` characters stay unsealed and the seal never falls
+    inside a detector match, so a pattern is redacted whole even when it arrives in pieces.
+    """
+
+    def __init__(
+        self, size: int | None, overlap: int, hold: int = 0, detectors: tuple[str, ...] = ()
+    ) -> None:
+        self.size, self.overlap, self.hold, self.detectors = size, overlap, hold, detectors
         self._events: list[Event] = []
         self._chars = 0
         self._tail: dict[int, str] = {}
@@ -66,19 +73,36 @@ class Window:
         self._events.append(event)
         self._chars += _chars(event)
         if self.size is not None and self._chars >= self.size + self.hold:
-            return self._seal(keep=self.hold)
+            return self._seal(self._cut())
         return None
 
     def flush(self) -> Sealed | None:
-        return self._seal(keep=0) if self._events else None
+        return self._seal(len(self._events)) if self._events else None
 
-    def _seal(self, keep: int) -> Sealed:
+    def _cut(self) -> int:
+        """Index of the first event kept back: `hold` chars, and no match cut in two."""
         cut, kept = len(self._events), 0
-        while keep and cut > 0 and kept < keep:
+        while self.hold and cut > 0 and kept < self.hold:
             cut -= 1
             kept += _chars(self._events[cut])
+        if not self.detectors:
+            return cut
+        for index in {i for e in self._events for i in e.texts}:
+            starts, text = [], ""
+            for event in self._events:
+                starts.append(len(text))
+                text += event.texts.get(index, "")
+            for span in find_spans(text, self.detectors):
+                boundary = starts[cut] if cut < len(starts) else len(text)
+                if span.start < boundary < span.end:
+                    cut = max(i for i, at in enumerate(starts) if at <= span.start)
+        return cut
+
+    def _seal(self, cut: int) -> Sealed | None:
+        if cut == 0:
+            return None
         events, self._events = self._events[:cut], self._events[cut:]
-        self._chars = kept if keep else 0
+        self._chars = sum(_chars(e) for e in self._events)
         texts: dict[int, str] = {}
         for event in events:
             for index, text in event.texts.items():
@@ -88,6 +112,14 @@ class Window:
             for index, text in texts.items():
                 self._tail[index] = (self._tail.get(index, "") + text)[-self.overlap :]
         return Sealed(events, texts, context)
+
+
+def hold_chars(detectors: tuple[str, ...]) -> int:
+    """How much text a window keeps back for these detectors: every match of the PII
+    patterns fits in 128 characters; secrets (long API keys, JWTs) need MAX_SPAN_CHARS."""
+    if not detectors:
+        return 0
+    return MAX_SPAN_CHARS if "secret" in detectors else 128
 
 
 def end_frames(endpoint: str, last: dict[str, Any] | None, reason: str = "content_filter") -> bytes:
@@ -128,12 +160,12 @@ class StreamGuard:
         policies: Mapping[str, Policy],
         endpoint: str,
         fail: str,
-        hold: int,
     ) -> None:
         self.guard, self.side, self.policies = guard, side, policies
         self.endpoint, self.fail = endpoint, fail
         size = None if side.stream == "buffer" else side.window_chars
-        self.window = Window(size, side.overlap_chars, hold)
+        detectors = tuple(sorted({d for r in side.policies for d in policies[r.id].detectors}))
+        self.window = Window(size, side.overlap_chars, hold_chars(detectors), detectors)
         self.outcomes: list[Outcome] = []
         self.decision = "allow"
         self.usage: dict[str, Any] | None = None
@@ -141,7 +173,7 @@ class StreamGuard:
         self.first_byte_at: float | None = None
         self.released: dict[int, str] = {}  # choice/output index -> text sent so far
         self.full_text: dict[int, str] = {}
-        self._last: dict[str, Any] | None = None
+        self.last: dict[str, Any] | None = None
         self._redacted = False
 
     def _observe(self, event: Event) -> None:
@@ -149,9 +181,9 @@ class StreamGuard:
             return
         if self.endpoint == RESPONSES:
             if event.type == "response.created":
-                self._last = event.data
+                self.last = event.data
         else:
-            self._last = event.data
+            self.last = event.data
             for choice in event.data.get("choices") or ():
                 if isinstance(choice, dict) and choice.get("finish_reason"):
                     self.finish_reasons.append(choice["finish_reason"])
@@ -213,7 +245,7 @@ class StreamGuard:
                 verdict = decide(outcomes, self.fail)
                 self.decision = max(self.decision, verdict, key=_rank)
                 if verdict == "block":
-                    yield end_frames(self.endpoint, self._last)
+                    yield end_frames(self.endpoint, self.last)
                     return
                 if verdict == "error":
                     yield error_frame(

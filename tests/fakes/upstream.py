@@ -64,7 +64,10 @@ def answer_for(body: dict) -> str:
     return text[4:].removeprefix(" ") if text.lower().startswith("say:") else f"echo: {text}"
 
 
-def pieces(text: str) -> list[str]:
+def pieces(text: str, size: int = 0) -> list[str]:
+    """Stream deltas: word by word, or `size` characters at a time."""
+    if size:
+        return [text[i : i + size] for i in range(0, len(text), size)] or [""]
     return re.findall(r"\s*\S+", text) or [""]
 
 
@@ -85,6 +88,7 @@ class FakeOpenAI:
     chunk_delay_s: float = 0.0
     requests: list[Received] = field(default_factory=list)
     streams_cancelled: int = 0
+    chunk_chars: int = 0  # 0: one delta per word
 
     def __post_init__(self) -> None:
         self.app = Starlette(
@@ -102,7 +106,7 @@ class FakeOpenAI:
 
     def reset(self) -> None:
         self.first_token_delay_s = self.chunk_delay_s = 0.0
-        self.streams_cancelled = 0
+        self.streams_cancelled = self.chunk_chars = 0
         self.requests.clear()
 
     async def _receive(self, request: Request) -> tuple[dict, Response | None]:
@@ -226,7 +230,7 @@ class FakeOpenAI:
                 )
             )
         else:
-            for piece in pieces(text):
+            for piece in pieces(text, self.chunk_chars):
                 frames += [
                     sse(
                         {

@@ -332,6 +332,8 @@ def test_ip_near_misses(text: str) -> None:
         ('{"client_secret": "s3cr3t-v@lue"}', "s3cr3t-v@lue"),
         ("x-api-key: 0123456789abcdef", "0123456789abcdef"),
         ("The password is: hunter22.", "hunter22"),
+        ("DATABASE_URL=postgres://app:s3cr3tPass@db.internal:5432/app", "s3cr3tPass"),
+        ("redis://:Zx81kq@cache:6379/0", "Zx81kq"),
         (f"key follows\n{PEM}\nthanks", PEM),
     ],
 )
@@ -343,6 +345,12 @@ def test_secret_unterminated_pem_covers_the_key_lines() -> None:
     head = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\nAAAA=="
     text = f"{head}\nThat was my key, is it safe?"
     assert found(text, "secret") == [head]
+
+
+def test_secret_pem_end_pages_away_does_not_swallow_the_prose() -> None:
+    text = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n" + "Prose. " * 6_000
+    text += "\n-----END PRIVATE KEY-----"
+    assert found(text, "secret") == ["-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg"]
 
 
 @pytest.mark.parametrize(
@@ -367,6 +375,8 @@ def test_secret_unterminated_pem_covers_the_key_lines() -> None:
         "the bearer of this letter is trusted",
         "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A\n-----END PUBLIC KEY-----",
         "the secret to good bread is time",
+        "postgres://app:${DB_PASSWORD}@db/app",
+        "see https://example.com:8080/path?q=1",
     ],
 )
 def test_secret_near_misses(text: str) -> None:

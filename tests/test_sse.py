@@ -1,0 +1,244 @@
+"""proxy/sse.py: event framing, text deltas per API, rewrites, usage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from proxy.openai_api import CHAT, COMPLETIONS, RESPONSES
+from proxy.sse import EventSplitter, parse_event, usage_of, with_final_text, with_texts
+
+
+def data(payload: dict[str, Any], name: str | None = None, eol: bytes = b"\n") -> bytes:
+    head = b"event: " + name.encode() + eol if name else b""
+    return head + b"data: " + orjson.dumps(payload) + eol + eol
+
+
+def chat_chunk(content: str | None = None, index: int = 0, **choice: Any) -> dict[str, Any]:
+    delta = {} if content is None else {"content": content}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": "gpt-4o",
+        "choices": [{"index": index, "delta": delta, "finish_reason": None} | choice],
+    }
+
+
+def delta_event(text: str, output_index: int = 0) -> dict[str, Any]:
+    return {
+        "type": "response.output_text.delta",
+        "item_id": "msg_1",
+        "output_index": output_index,
+        "content_index": 0,
+        "delta": text,
+    }
+
+
+# --- framing -----------------------------------------------------------------------------
+
+
+def stream(eol: bytes) -> list[bytes]:
+    return [
+        data(chat_chunk("Hel"), eol=eol),
+        eol.join([b": keep-alive", b""]) + eol,
+        data(chat_chunk("lo\n\nworld"), eol=eol),  # a blank line *inside* JSON is escaped
+        data(delta_event("x"), "response.output_text.delta", eol=eol),
+        b"data: [DONE]" + eol + eol,
+    ]
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_every_chunk_boundary_yields_the_same_events(eol: bytes) -> None:
+    events = stream(eol)
+    whole = b"".join(events)
+    for cut in range(len(whole) + 1):
+        splitter = EventSplitter()
+        got = splitter.feed(whole[:cut]) + splitter.feed(whole[cut:])
+        assert got == events, f"split at byte {cut}"
+        assert splitter.rest() == b""
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_byte_by_byte_feeding_yields_the_same_events(eol: bytes) -> None:
+    events = stream(eol)
+    splitter = EventSplitter()
+    got = [e for byte in b"".join(events) for e in splitter.feed(bytes([byte]))]
+    assert got == events
+
+
+def test_rest_returns_an_unterminated_tail_once() -> None:
+    splitter = EventSplitter()
+    assert splitter.feed(b"data: 1\n\ndata: 2\n") == [b"data: 1\n\n"]
+    assert splitter.rest() == b"data: 2\n"
+    assert splitter.rest() == b""
+
+
+# --- parse_event -------------------------------------------------------------------------
+
+
+def test_chat_delta_text() -> None:
+    event = parse_event(data(chat_chunk("Hello")), CHAT)
+    assert event.texts == {0: "Hello"}
+    assert event.data is not None and event.data["id"] == "chatcmpl-1"
+    assert not event.done
+
+
+def test_chat_chunks_without_text_carry_none() -> None:
+    role = chat_chunk(role="assistant")
+    role["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+    assert parse_event(data(role), CHAT).texts == {}
+    assert parse_event(data(chat_chunk(finish_reason="stop")), CHAT).texts == {}
+    assert parse_event(data({"choices": [], "usage": {"total_tokens": 3}}), CHAT).texts == {}
+
+
+def test_chat_multiple_choices() -> None:
+    chunk = chat_chunk("a")
+    chunk["choices"].append({"index": 1, "delta": {"content": "b"}})
+    assert parse_event(data(chunk), CHAT).texts == {0: "a", 1: "b"}
+
+
+def test_completions_text() -> None:
+    chunk = {"object": "text_completion", "choices": [{"index": 2, "text": "xyz"}]}
+    assert parse_event(data(chunk), COMPLETIONS).texts == {2: "xyz"}
+
+
+def test_responses_named_events() -> None:
+    event = parse_event(data(delta_event("hi", 1), "response.output_text.delta"), RESPONSES)
+    assert event.name == "response.output_text.delta"
+    assert event.type == "response.output_text.delta"
+    assert event.texts == {1: "hi"}
+    done = {"type": "response.output_text.done", "output_index": 1, "text": "hi there"}
+    assert parse_event(data(done, "response.output_text.done"), RESPONSES).texts == {}
+
+
+def test_done_marker() -> None:
+    for raw in (b"data: [DONE]\n\n", b"data:[DONE]\r\n\r\n"):
+        event = parse_event(raw, CHAT)
+        assert event.done
+        assert event.data is None
+        assert event.texts == {}
+
+
+def test_comments_and_non_json_are_kept_raw_without_data() -> None:
+    for raw in (b": ping\n\n", b"data: not json\n\n", b"event: x\n\n"):
+        event = parse_event(raw, CHAT)
+        assert event.raw == raw
+        assert event.data is None
+        assert not event.done
+
+
+def test_multi_line_data_is_joined() -> None:
+    raw = b'data: {"choices": [{"index": 0,\ndata: "delta": {"content": "ok"}}]}\n\n'
+    assert parse_event(raw, CHAT).texts == {0: "ok"}
+
+
+# --- rewrites ----------------------------------------------------------------------------
+
+
+def test_with_texts_rewrites_chat_deltas_and_leaves_the_original() -> None:
+    chunk = chat_chunk("call 555-0100")
+    chunk["choices"].append({"index": 1, "delta": {"content": "untouched"}})
+    event = parse_event(data(chunk), CHAT)
+    out = with_texts(event, CHAT, {0: "call [REDACTED:PHONE]"})
+    again = parse_event(out, CHAT)
+    assert again.texts == {0: "call [REDACTED:PHONE]", 1: "untouched"}
+    assert again.data is not None and again.data["id"] == "chatcmpl-1"
+    assert event.texts == {0: "call 555-0100", 1: "untouched"}
+    assert event.data is not None
+    assert event.data["choices"][0]["delta"]["content"] == "call 555-0100"
+
+
+def test_with_texts_completions() -> None:
+    event = parse_event(data({"choices": [{"index": 0, "text": "secret"}]}), COMPLETIONS)
+    assert parse_event(with_texts(event, COMPLETIONS, {0: "[X]"}), COMPLETIONS).texts == {0: "[X]"}
+
+
+def test_with_texts_responses_keeps_the_event_name() -> None:
+    event = parse_event(data(delta_event("secret", 2), "response.output_text.delta"), RESPONSES)
+    out = with_texts(event, RESPONSES, {2: ""})
+    assert out.startswith(b"event: response.output_text.delta\ndata: ")
+    again = parse_event(out, RESPONSES)
+    assert again.data is not None and again.data["delta"] == ""
+    assert again.data["item_id"] == "msg_1"
+
+
+def message_item(text: str) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("payload", "pick"),
+    [
+        (
+            {"type": "response.output_text.done", "output_index": 1, "text": "a@b.co"},
+            lambda d: d["text"],
+        ),
+        (
+            {
+                "type": "response.content_part.done",
+                "output_index": 1,
+                "part": {"type": "output_text", "text": "a@b.co"},
+            },
+            lambda d: d["part"]["text"],
+        ),
+        (
+            {
+                "type": "response.output_item.done",
+                "output_index": 1,
+                "item": message_item("a@b.co"),
+            },
+            lambda d: d["item"]["content"][0]["text"],
+        ),
+        (
+            {
+                "type": "response.completed",
+                "response": {
+                    "status": "completed",
+                    "output": [{"type": "reasoning", "summary": []}, message_item("a@b.co")],
+                },
+            },
+            lambda d: d["response"]["output"][1]["content"][0]["text"],
+        ),
+    ],
+)
+def test_with_final_text_restates_the_released_text(payload: dict, pick: Any) -> None:
+    event = parse_event(data(payload, payload["type"]), RESPONSES)
+    out = with_final_text(event, {1: "[REDACTED:EMAIL]"})
+    assert out.startswith(f"event: {payload['type']}\n".encode())
+    again = parse_event(out, RESPONSES)
+    assert again.data is not None
+    assert pick(again.data) == "[REDACTED:EMAIL]"
+    assert b"a@b.co" not in out
+    assert pick(event.data) == "a@b.co"  # the original event is not mutated
+
+
+def test_with_final_text_leaves_other_outputs_alone() -> None:
+    done = {"type": "response.output_text.done", "output_index": 0, "text": "keep me"}
+    out = with_final_text(parse_event(data(done, done["type"]), RESPONSES), {1: "other"})
+    assert orjson.loads(out.split(b"data: ", 1)[1])["text"] == "keep me"
+
+
+# --- usage -------------------------------------------------------------------------------
+
+
+def test_usage_of_chat_usage_chunk() -> None:
+    usage = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+    assert usage_of(parse_event(data({"choices": [], "usage": usage}), CHAT)) == usage
+    assert usage_of(parse_event(data(chat_chunk("x") | {"usage": None}), CHAT)) is None
+
+
+def test_usage_of_response_completed() -> None:
+    usage = {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}
+    payload = {"type": "response.completed", "response": {"status": "completed", "usage": usage}}
+    assert usage_of(parse_event(data(payload, "response.completed"), RESPONSES)) == usage
+
+
+def test_usage_of_events_without_data() -> None:
+    assert usage_of(parse_event(b"data: [DONE]\n\n", CHAT)) is None
+    assert usage_of(parse_event(b": ping\n\n", CHAT)) is None
