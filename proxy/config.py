@@ -6,6 +6,7 @@ Invalid config is refused with one ConfigError whose message names the key, e.g.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -136,6 +137,35 @@ def expand_env(text: str, env: Mapping[str, str]) -> str:
     return _VAR.sub(sub, text)
 
 
+REQUIRED: Any = object()
+
+
+def _coerce(value: Any, kind: type) -> Any:
+    """Numbers and booleans written as strings (as `${VAR}` expansions are) become typed."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and kind in (int, float):
+        try:
+            return kind(value.strip())
+        except ValueError:
+            return value
+    if kind is bool and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return value
+
+
+def expand_tree(data: Any, env: Mapping[str, str]) -> Any:
+    """Expand variables in every string of the parsed YAML: a value is never re-read as
+    YAML, so `#`, `:` or digits in a secret stay exactly as they are."""
+    if isinstance(data, str):
+        return expand_env(data, env)
+    if isinstance(data, list):
+        return [expand_tree(item, env) for item in data]
+    if isinstance(data, dict):
+        return {key: expand_tree(value, env) for key, value in data.items()}
+    return data
+
+
 class _Reader:
     """Walks the raw mapping, tracking the dotted key path for error messages."""
 
@@ -158,16 +188,13 @@ class _Reader:
                     self._path(str(name)), f"unknown key (expected one of {', '.join(allowed)})"
                 )
 
-    def get(self, name: str, kind: type, default: Any = None, choices: tuple = ()) -> Any:
-        value = self.data.get(name, default)
+    def get(self, name: str, kind: type, default: Any = REQUIRED, choices: tuple = ()) -> Any:
+        value = self.data.get(name)
         if value is None:
-            if default is None and kind is not type(None):
+            if default is REQUIRED:
                 raise ConfigError(self._path(name), "is required")
             return default
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if kind is int and isinstance(value, str) and value.isdigit():
-            value = int(value)
+        value = _coerce(value, kind)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ConfigError(self._path(name), f"must be {kind.__name__} (got {value!r})")
         if choices and value not in choices:
@@ -316,22 +343,29 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
         for key in keys:
             if key.startswith("sha256:") and not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", key):
                 raise ConfigError(t._path("keys"), "a sha256: key must carry 64 hex digits")
-            if key in seen_keys:
+            digest = (
+                key[7:].lower()
+                if key.startswith("sha256:")
+                else hashlib.sha256(key.encode()).hexdigest()
+            )
+            if digest in seen_keys:
                 raise ConfigError(
-                    t._path("keys"), f"a key is shared with tenant {seen_keys[key]!r}"
+                    t._path("keys"), f"a key is shared with tenant {seen_keys[digest]!r}"
                 )
-            seen_keys[key] = name
-        route = t.get("route", str, None) if "route" in t.data else None
+            seen_keys[digest] = name
+        route = t.get("route", str, None)
+        if route is not None and route not in routes:
+            raise ConfigError(t._path("route"), f"names no route {route!r}")
         by_model_raw = t.data.get("routes") or {}
         if not isinstance(by_model_raw, dict):
             raise ConfigError(t._path("routes"), "must map model globs to route names")
         by_model = tuple((str(g), str(rn)) for g, rn in by_model_raw.items())
         if route is None and not by_model:
             raise ConfigError(t._path("route"), "a tenant needs `route` or `routes`")
-        for glob, route_name in ((("*", route),) if route else ()) + by_model:
+        for glob, route_name in by_model:
             if route_name not in routes:
                 raise ConfigError(
-                    t._path("routes" if by_model else "route"),
+                    t._path("routes"),
                     f"names no route {route_name!r} (glob {glob!r})",
                 )
         tenants[name] = Tenant(name=name, keys=keys, route=route, routes=by_model)
@@ -351,7 +385,7 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
         queue_size=au.get("queue_size", int, 10_000),
         batch_size=au.get("batch_size", int, 256),
         flush_interval_s=au.get("flush_interval_s", float, 0.2),
-        spill_path=au.get("spill_path", str, None) if "spill_path" in au.data else None,
+        spill_path=au.get("spill_path", str, None),
     )
 
     te = root.child("telemetry")
@@ -384,7 +418,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     except OSError as exc:
         raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(expand_env(text, os.environ if env is None else env))
+        data = expand_tree(yaml.safe_load(text), os.environ if env is None else env)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

@@ -341,7 +341,9 @@ class ProxyHandler:
             return
         audit_content = self.gw.config.audit.content != "none"
         if audit_content:
-            ex.content["input"] = render(input_slots(body, "conversation"), "conversation")
+            ex.content["input"] = render(
+                input_slots(body, "conversation", ex.endpoint), "conversation"
+            )
         pending: asyncio.Future[UpstreamResponse] | None = None
         if side.mode == "parallel":
             pending = asyncio.ensure_future(self._upstream_call(ex, scope, raw))
@@ -349,7 +351,7 @@ class ProxyHandler:
         try:
             if side.policies or side.shadow:
                 started = time.perf_counter()
-                inputs = await self.gw.guard.check_request(side, policies, body)
+                inputs = await self.gw.guard.check_request(side, policies, body, ex.endpoint)
                 ex.add(inputs, (time.perf_counter() - started) * 1000)
             decision = inputs.decision(route.fail)
             ex.decision = decision
@@ -364,7 +366,7 @@ class ProxyHandler:
                 raw = orjson.dumps(body)
                 if audit_content:
                     ex.content["input_redacted"] = render(
-                        input_slots(body, "conversation"), "conversation"
+                        input_slots(body, "conversation", ex.endpoint), "conversation"
                     )
             response = await (
                 pending if pending is not None else self._upstream_call(ex, scope, raw)

@@ -91,43 +91,46 @@ def _content_slots(holder: dict[str, Any], key: str, role: str) -> Iterator[Slot
                 yield Slot(part, "output", role)
 
 
-def _messages(body: dict[str, Any]) -> Iterator[tuple[str, list[Slot]]]:
-    """(role, slots) per turn, in order, for any of the three generation APIs."""
-    if isinstance(body.get("messages"), list):
-        for message in body["messages"]:
-            if isinstance(message, dict):
-                role = str(message.get("role", "user"))
-                yield role, list(_content_slots(message, "content", role))
-        return
-    if "prompt" in body:
-        prompt = body["prompt"]
+def _messages(body: dict[str, Any], endpoint: str) -> Iterator[tuple[str, list[Slot]]]:
+    """(role, slots) per turn, in order, read the way this endpoint's API defines them."""
+    if endpoint == COMPLETIONS:
+        prompt = body.get("prompt")
         if isinstance(prompt, str):
             yield "user", [Slot(body, "prompt", "user")]
         elif isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
             yield "user", [Slot(prompt, i, "user") for i in range(len(prompt))]
+        elif prompt is not None:
+            # Token ids cannot be read without the upstream's tokenizer: never let them by.
+            raise bad_request(
+                "A guarded route needs the prompt as text, not token ids.", param="prompt"
+            )
         return
-    if isinstance(body.get("instructions"), str):
-        yield "system", [Slot(body, "instructions", "system")]
-    items = body.get("input")
-    if isinstance(items, str):
-        yield "user", [Slot(body, "input", "user")]
-    elif isinstance(items, list):
-        for item in items:
+    if endpoint == RESPONSES:
+        if isinstance(body.get("instructions"), str):
+            yield "system", [Slot(body, "instructions", "system")]
+        items = body.get("input")
+        if isinstance(items, str):
+            yield "user", [Slot(body, "input", "user")]
+            return
+        for item in items if isinstance(items, list) else ():
             if not isinstance(item, dict):
                 continue
             if item.get("type") == "function_call_output":
-                yield (
-                    "tool",
-                    [Slot(item, "output", "tool")] if isinstance(item.get("output"), str) else [],
-                )
+                output = item.get("output")
+                yield "tool", [Slot(item, "output", "tool")] if isinstance(output, str) else []
             elif "content" in item:
                 role = str(item.get("role", "user"))
                 yield role, list(_content_slots(item, "content", role))
+        return
+    for message in body.get("messages") or ():
+        if isinstance(message, dict):
+            role = str(message.get("role", "user"))
+            yield role, list(_content_slots(message, "content", role))
 
 
-def input_slots(body: dict[str, Any], scope: str) -> list[Slot]:
+def input_slots(body: dict[str, Any], scope: str, endpoint: str = CHAT) -> list[Slot]:
     """The request text a policy of this scope reads (and redaction may rewrite)."""
-    turns = list(_messages(body))
+    turns = list(_messages(body, endpoint))
     if scope == "last_user":
         for role, slots in reversed(turns):
             if role == "user":

@@ -119,87 +119,73 @@ class Guard:
             self.telemetry.record_verdict(span, verdict)
         return verdict
 
-    async def _judge(self, policy: Policy, *args: Any, **kwargs: Any) -> Outcome | None:
-        outcome = await self._evaluate(policy, *args, **kwargs)
+    def _detect(self, job: _Job) -> None:
+        """Pattern detectors, synchronously: redact policies rewrite their slots here, before
+        any policy's text is rendered for the model (shadow policies only look)."""
+        for slot in job.slots if job.policy.detectors else ():
+            spans = find_spans(slot.text, job.policy.detectors)
+            if not spans:
+                continue
+            job.labels.extend(s.label for s in spans)
+            if job.action == "redact" and not job.shadow:
+                slot.text = redact(slot.text, spans)
+                job.redacted = True
+
+    async def _judge(self, job: _Job) -> Outcome | None:
+        outcome = await self._classify(job)
         if outcome is not None:
             self.metrics.observe_verdict(outcome.verdict, side=outcome.side, action=outcome.effect)
         return outcome
 
-    async def _evaluate(
-        self,
-        policy: Policy,
-        action: str,
-        side: str,
-        slots: list[Slot],
-        scope: str,
-        *,
-        shadow: bool = False,
-        choice: int | None = None,
-        context: str = "",
-    ) -> Outcome | None:
-        labels: list[str] = []
-        redacted = False
-        for slot in slots if policy.detectors else ():
-            spans = find_spans(slot.text, policy.detectors)
-            if not spans:
-                continue
-            labels.extend(s.label for s in spans)
-            if action == "redact" and not shadow:
-                slot.text = redact(slot.text, spans)
-                redacted = True
-        if labels and action != "redact":
+    async def _classify(self, job: _Job) -> Outcome | None:
+        policy, labels = job.policy, job.labels
+        if labels and not job.redacted:
             # Triage: a pattern hit is a violation without spending a model call.
+            found = ", ".join(sorted(set(labels)))
             verdict = Verdict(
                 policy.id,
                 policy.version,
                 True,
                 category=labels[0],
-                rationale=f"pattern detectors matched: {', '.join(sorted(set(labels)))}",
+                rationale=f"pattern detectors matched: {found}",
                 source="detector",
-                shadow=shadow,
+                shadow=job.shadow,
             )
-            return Outcome(policy, action, side, verdict, choice=choice)
-        content = render(slots, scope)
+            return Outcome(policy, job.action, job.side, verdict, choice=job.choice)
+        content = render(job.slots, job.scope)
         if not content:
             return None
-        content = context + content
-        verdict = await self.verdict(policy, content, side)
-        if shadow:
+        verdict = await self.verdict(policy, job.context + content, job.side)
+        if job.shadow:
             verdict = replace(verdict, shadow=True)
-        if redacted and not verdict.violation and not verdict.error:
+        if job.redacted and not verdict.violation and not verdict.error:
             rationale = f"pattern detectors redacted: {', '.join(sorted(set(labels)))}"
             verdict = replace(verdict, violation=True, category=labels[0], rationale=rationale)
-        return Outcome(policy, action, side, verdict, redacted=redacted, choice=choice)
+        return Outcome(
+            policy, job.action, job.side, verdict, redacted=job.redacted, choice=job.choice
+        )
+
+    async def _run(self, enforced: list[_Job], shadow: list[_Job]) -> SideResult:
+        for job in enforced + shadow:
+            self._detect(job)
+        result = SideResult(shadow=[asyncio.ensure_future(self._judge(job)) for job in shadow])
+        outcomes = await asyncio.gather(*(self._judge(job) for job in enforced))
+        result.outcomes = [o for o in outcomes if o is not None]
+        return result
 
     async def check_request(
-        self, side: Side, policies: Mapping[str, Policy], body: dict[str, Any]
+        self, side: Side, policies: Mapping[str, Policy], body: dict[str, Any], endpoint: str
     ) -> SideResult:
         """The input side: each policy reads its scope of the request (and may redact it)."""
-        result = SideResult()
-        jobs = []
-        for ref in side.policies:
+
+        def job(ref: PolicyRef, shadow: bool) -> _Job:
             policy = policies[ref.id]
-            jobs.append(
-                self._judge(
-                    policy,
-                    _action(ref, policy),
-                    "input",
-                    input_slots(body, policy.scope),
-                    policy.scope,
-                )
-            )
-        for ref in side.shadow:
-            policy = policies[ref.id]
-            slots = input_slots(body, policy.scope)
-            result.shadow.append(
-                asyncio.ensure_future(
-                    self._judge(
-                        policy, _action(ref, policy), "input", slots, policy.scope, shadow=True
-                    )
-                )
-            )
-        result.outcomes = [o for o in await asyncio.gather(*jobs) if o is not None]
-        return result
+            slots = input_slots(body, policy.scope, endpoint)
+            return _Job(policy, _action(ref, policy), "input", slots, policy.scope, shadow)
+
+        return await self._run(
+            [job(ref, False) for ref in side.policies], [job(ref, True) for ref in side.shadow]
+        )
 
     async def check_completion(
         self,
@@ -209,40 +195,24 @@ class Guard:
         context: str = "",
     ) -> SideResult:
         """The output side: every policy reads each choice's text (and may redact it)."""
-        result = SideResult()
-        jobs = []
-        for index, slots in enumerate(choices):
-            for ref in side.policies:
-                policy = policies[ref.id]
-                jobs.append(
-                    self._judge(
-                        policy,
-                        _action(ref, policy),
-                        "output",
-                        slots,
-                        "last_user",
-                        choice=index,
-                        context=context,
-                    )
+
+        def jobs(refs: tuple[PolicyRef, ...], shadow: bool) -> list[_Job]:
+            return [
+                _Job(
+                    policies[ref.id],
+                    _action(ref, policies[ref.id]),
+                    "output",
+                    slots,
+                    "last_user",
+                    shadow,
+                    choice=index,
+                    context=context,
                 )
-            for ref in side.shadow:
-                policy = policies[ref.id]
-                result.shadow.append(
-                    asyncio.ensure_future(
-                        self._judge(
-                            policy,
-                            _action(ref, policy),
-                            "output",
-                            slots,
-                            "last_user",
-                            shadow=True,
-                            choice=index,
-                            context=context,
-                        )
-                    )
-                )
-        result.outcomes = [o for o in await asyncio.gather(*jobs) if o is not None]
-        return result
+                for index, slots in enumerate(choices)
+                for ref in refs
+            ]
+
+        return await self._run(jobs(side.policies, False), jobs(side.shadow, True))
 
     async def check_text(
         self,
@@ -260,6 +230,22 @@ class Guard:
         for outcome in result.outcomes:
             outcome.choice = choice
         return result, slot.text
+
+
+@dataclass(slots=True)
+class _Job:
+    """One policy over one set of slots, between detection and classification."""
+
+    policy: Policy
+    action: str
+    side: str
+    slots: list[Slot]
+    scope: str
+    shadow: bool
+    choice: int | None = None
+    context: str = ""
+    labels: list[str] = field(default_factory=list)
+    redacted: bool = False
 
 
 def _action(ref: PolicyRef, policy: Policy) -> str:

@@ -79,6 +79,9 @@ def parse_verdict(content: str | None) -> tuple[bool, str | None, str | None]:
     final = _HARMONY_FINAL.search(text)
     if final:
         text = final.group(1).replace("<|return|>", "").replace("<|end|>", "").strip()
+    elif text.startswith(("analysis", "<|channel|>analysis", "<|start|>")):
+        # Raw harmony cut off before its final channel: whatever it mentions is no verdict.
+        raise ClassifierError("unparseable", "classifier output ended before a final answer")
     if text.startswith("```"):
         text = text.strip("`").removeprefix("json").strip()
     if text in ("0", "1"):
@@ -89,15 +92,27 @@ def parse_verdict(content: str | None) -> tuple[bool, str | None, str | None]:
             data = orjson.loads(match.group(0))
         except orjson.JSONDecodeError:
             data = None
-        if isinstance(data, dict) and data.get("violation") in (0, 1, True, False, "0", "1"):
+        label = _label(data.get("violation")) if isinstance(data, dict) else None
+        if label is not None:
             category = data.get("policy_category")
             rationale = data.get("rationale")
             return (
-                str(data["violation"]) in ("1", "True"),
+                label,
                 str(category) if category not in (None, "") else None,
                 str(rationale) if rationale else None,
             )
     raise ClassifierError("unparseable", f"no verdict in classifier output {text[:120]!r}")
+
+
+def _label(value: object) -> bool | None:
+    """0/1 as the guide writes it (int, float, bool or string); anything else is no label."""
+    if isinstance(value, str):
+        value = value.strip()
+    if value in (1, "1", True):
+        return True
+    if value in (0, "0", False):
+        return False
+    return None
 
 
 class SafeguardClient:
