@@ -454,6 +454,7 @@ class ProxyHandler:
                     ex.pending.append(asyncio.ensure_future(self._judge_passthrough(ex, guard)))
                 else:
                     self._take_stream_result(ex, guard)
+                    ex.pending += guard.shadow
 
     def _take_stream_result(self, ex: Exchange, guard: StreamGuard) -> None:
         ex.outcomes += guard.outcomes
@@ -466,6 +467,8 @@ class ProxyHandler:
         """Everything was sent already: classify the whole answer for the record only."""
         await guard.judge_passthrough()
         self._take_stream_result(ex, guard)
+        shadow = await asyncio.gather(*guard.shadow, return_exceptions=True)
+        ex.outcomes += [o for o in shadow if isinstance(o, Outcome)]
 
     # -- endings -------------------------------------------------------------------------
 

@@ -19,10 +19,37 @@ import yaml
 from tests.conftest import ADMIN_KEY, KEY, UPSTREAM_KEY, audit_records, base_config
 from tests.test_guard import GUARDED, chat
 
-RECORD_FIELDS = {"request_id", "time", "tenant", "route", "endpoint", "model", "stream", "decision",
-                 "status", "error", "verdicts", "timings", "content"}
-VERDICT_FIELDS = {"policy", "version", "label", "category", "rationale", "reasoning", "source",
-                  "cache_hit", "latency_ms", "error", "shadow", "side", "action", "choice"}
+RECORD_FIELDS = {
+    "request_id",
+    "time",
+    "tenant",
+    "route",
+    "endpoint",
+    "model",
+    "stream",
+    "decision",
+    "status",
+    "error",
+    "verdicts",
+    "timings",
+    "content",
+}
+VERDICT_FIELDS = {
+    "policy",
+    "version",
+    "label",
+    "category",
+    "rationale",
+    "reasoning",
+    "source",
+    "cache_hit",
+    "latency_ms",
+    "error",
+    "shadow",
+    "side",
+    "action",
+    "choice",
+}
 
 
 def test_records_for_allowed_blocked_redacted_and_failed(make_gateway, classifier, caplog):
@@ -85,11 +112,17 @@ def test_admin_audit_endpoint_pages_records(make_gateway):
         chat(gw, "guarded-1", f"hello {i}")
     audit_records(gw, 3)
     assert httpx.get(gw.url + "/admin/audit").status_code == 401
-    page = httpx.get(gw.url + "/admin/audit", params={"limit": 2},
-                     headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
+    page = httpx.get(
+        gw.url + "/admin/audit",
+        params={"limit": 2},
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+    ).json()
     assert len(page["data"]) == 2 and page["has_more"] is True
-    rest = httpx.get(gw.url + "/admin/audit", params={"limit": 2, "offset": page["next_offset"]},
-                     headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
+    rest = httpx.get(
+        gw.url + "/admin/audit",
+        params={"limit": 2, "offset": page["next_offset"]},
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+    ).json()
     ids = {r["request_id"] for r in page["data"] + rest["data"]}
     assert len(ids) == 3 and rest["has_more"] is False
 
@@ -100,17 +133,32 @@ def test_sigterm_drains_in_flight_requests_into_the_audit_log(upstream, classifi
     from tests.conftest import TEST_POLICIES
 
     (tmp_path / "policies" / "cheating.md").write_text(TEST_POLICIES["cheating"])
-    config = base_config(upstream[1].url, classifier[1].url, tmp_path,
-                         guarded={"upstream": "main", "input": {"policies": ["cheating"]}})
+    config = base_config(
+        upstream[1].url,
+        classifier[1].url,
+        tmp_path,
+        guarded={"upstream": "main", "input": {"policies": ["cheating"]}},
+    )
     config["upstreams"]["main"]["timeout_s"] = 30
     config["audit"]["content"] = "none"
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     sock_port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--config", str(path), "--port", str(sock_port),
-         "--log-level", "warning"],
-        cwd=Path(__file__).parent.parent, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--config",
+            str(path),
+            "--port",
+            str(sock_port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=Path(__file__).parent.parent,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     base = f"http://127.0.0.1:{sock_port}"
     try:
@@ -133,10 +181,16 @@ def test_sigterm_drains_in_flight_requests_into_the_audit_log(upstream, classifi
 async def _fire_and_terminate(base, proc, fake_upstream, n):
     limits = httpx.Limits(max_connections=n + 10)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+
         async def one(i):
-            return await client.post("/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
-                                     json={"model": "guarded-x", "messages": [
-                                         {"role": "user", "content": f"request {i}"}]})
+            return await client.post(
+                "/v1/chat/completions",
+                headers={"authorization": f"Bearer {KEY}"},
+                json={
+                    "model": "guarded-x",
+                    "messages": [{"role": "user", "content": f"request {i}"}],
+                },
+            )
 
         tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
         deadline = time.monotonic() + 20

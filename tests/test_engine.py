@@ -10,9 +10,10 @@ import pytest
 from proxy.config import PolicyRef, Side
 from proxy.config import Telemetry as TelemetryConfig
 from proxy.guard.cache import VerdictCache
-from proxy.guard.engine import Guard, Outcome, decide
+from proxy.guard.engine import Guard, Outcome, SideResult, decide
 from proxy.guard.safeguard import ClassifierError, Verdict
 from proxy.metrics import Metrics
+from proxy.openai_api import CHAT, RESPONSES
 from proxy.policies import Policy, parse_policy
 from proxy.telemetry import Telemetry
 
@@ -68,6 +69,12 @@ def side(*refs: str | PolicyRef, shadow: tuple[str | PolicyRef, ...] = ()) -> Si
         return r if isinstance(r, PolicyRef) else PolicyRef(r)
 
     return Side(policies=tuple(map(ref, refs)), shadow=tuple(map(ref, shadow)))
+
+
+async def check(
+    classifier: FakeClassifier, refs: Side, body: dict[str, Any], endpoint: str = CHAT
+) -> SideResult:
+    return await make_guard(classifier).check_request(refs, POLICIES, body, endpoint)
 
 
 def chat(*turns: tuple[str, str]) -> dict[str, Any]:
@@ -140,7 +147,7 @@ def test_filter_result_is_azure_shaped() -> None:
 async def test_a_flagged_block_policy_blocks() -> None:
     classifier = FakeClassifier(cheating="aimbot")
     body = chat(("user", "hello"), ("assistant", "hi"), ("user", "sell me an aimbot"))
-    result = await make_guard(classifier).check_request(side("cheating"), POLICIES, body)
+    result = await check(classifier, side("cheating"), body)
     assert result.decision("closed") == "block"
     assert [o.policy.id for o in result.blocked()] == ["cheating"]
     assert classifier.seen("cheating") == ["sell me an aimbot"]  # last_user only
@@ -149,7 +156,7 @@ async def test_a_flagged_block_policy_blocks() -> None:
 async def test_safe_content_is_allowed() -> None:
     classifier = FakeClassifier(cheating="aimbot", spam="buy now")
     body = chat(("user", "what is the capital of France?"))
-    result = await make_guard(classifier).check_request(side("cheating", "spam"), POLICIES, body)
+    result = await check(classifier, side("cheating", "spam"), body)
     assert result.decision("closed") == "allow"
     assert [o.effect for o in result.outcomes] == ["allow", "allow"]
 
@@ -157,7 +164,7 @@ async def test_safe_content_is_allowed() -> None:
 async def test_route_action_overrides_the_policy_default() -> None:
     classifier = FakeClassifier(cheating="aimbot")
     refs = side(PolicyRef("cheating", "annotate"))
-    result = await make_guard(classifier).check_request(refs, POLICIES, chat(("user", "aimbot")))
+    result = await check(classifier, refs, chat(("user", "aimbot")))
     assert result.decision("closed") == "annotate"
     assert result.outcomes[0].action == "annotate"
 
@@ -165,9 +172,7 @@ async def test_route_action_overrides_the_policy_default() -> None:
 async def test_each_policy_reads_its_own_scope() -> None:
     classifier = FakeClassifier()
     body = chat(("system", "be nice"), ("user", "hi"), ("assistant", "hello!"), ("user", "bye"))
-    await make_guard(classifier).check_request(
-        side("cheating", "injection", "tone"), POLICIES, body
-    )
+    await check(classifier, side("cheating", "injection", "tone"), body)
     assert classifier.seen("cheating") == ["bye"]
     assert classifier.seen("injection") == [
         "[system] be nice\n\n[user] hi\n\n[assistant] hello!\n\n[user] bye"
@@ -175,10 +180,17 @@ async def test_each_policy_reads_its_own_scope() -> None:
     assert classifier.seen("tone") == ["hello!"]
 
 
+async def test_responses_input_is_checked_beside_a_prompt_template() -> None:
+    classifier = FakeClassifier(cheating="aimbot")
+    body = {"model": "m", "prompt": {"id": "pmpt_1"}, "input": "sell me an aimbot"}
+    result = await check(classifier, side("cheating"), body, RESPONSES)
+    assert result.decision("closed") == "block"
+
+
 async def test_nothing_to_read_means_no_call_and_no_outcome() -> None:
     classifier = FakeClassifier()
     body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}
-    result = await make_guard(classifier).check_request(side("cheating"), POLICIES, body)
+    result = await check(classifier, side("cheating"), body)
     assert result.outcomes == []
     assert classifier.calls == []
 
@@ -186,9 +198,7 @@ async def test_nothing_to_read_means_no_call_and_no_outcome() -> None:
 async def test_classifier_down_is_an_error_outcome_handled_by_fail_mode() -> None:
     classifier = FakeClassifier(spam="buy now")
     classifier.down = True
-    result = await make_guard(classifier).check_request(
-        side("cheating", "spam"), POLICIES, chat(("user", "buy now"))
-    )
+    result = await check(classifier, side("cheating", "spam"), chat(("user", "buy now")))
     assert [o.verdict.label for o in result.outcomes] == ["error", "error"]
     assert result.outcomes[0].verdict.error == "timeout: no answer within 1s"
     assert result.decision("closed") == "error"
@@ -200,7 +210,9 @@ async def test_verdicts_are_cached_across_requests() -> None:
     classifier = FakeClassifier(cheating="aimbot")
     guard = make_guard(classifier)
     for _ in range(3):
-        result = await guard.check_request(side("cheating"), POLICIES, chat(("user", "aimbot")))
+        result = await guard.check_request(
+            side("cheating"), POLICIES, chat(("user", "aimbot")), CHAT
+        )
     assert len(classifier.calls) == 1
     assert result.outcomes[0].verdict.cache_hit
 
@@ -211,7 +223,7 @@ async def test_verdicts_are_cached_across_requests() -> None:
 async def test_redaction_rewrites_the_body_before_the_classifier_reads_it() -> None:
     classifier = FakeClassifier()
     body = chat(("user", f"mail me at {EMAIL} please"))
-    result = await make_guard(classifier).check_request(side("pii"), POLICIES, body)
+    result = await check(classifier, side("pii"), body)
     assert body["messages"][0]["content"] == "mail me at [REDACTED:EMAIL] please"
     assert classifier.seen("pii") == ["mail me at [REDACTED:EMAIL] please"]
     (only,) = result.outcomes
@@ -229,34 +241,24 @@ async def test_redaction_rewrites_the_body_before_the_classifier_reads_it() -> N
 async def test_a_redact_policy_the_model_still_flags_is_annotated() -> None:
     classifier = FakeClassifier(pii="my address is")
     body = chat(("user", "my address is 12 Elm Street"))
-    result = await make_guard(classifier).check_request(side("pii"), POLICIES, body)
+    result = await check(classifier, side("pii"), body)
     assert body["messages"][0]["content"] == "my address is 12 Elm Street"
     assert result.decision("closed") == "annotate"
 
 
-@pytest.mark.xfail(
-    reason="BUG: policies run as parallel tasks, so one listed before the redacting "
-    "policy renders and classifies the text before the redaction lands",
-    strict=True,
-)
-async def test_other_policies_see_the_redacted_text_whatever_their_order() -> None:
+@pytest.mark.parametrize("order", [("cheating", "pii"), ("pii", "cheating")])
+async def test_other_policies_see_the_redacted_text_whatever_their_order(
+    order: tuple[str, str],
+) -> None:
     classifier = FakeClassifier()
-    body = chat(("user", f"write to {EMAIL}"))
-    await make_guard(classifier).check_request(side("cheating", "pii"), POLICIES, body)
-    assert classifier.seen("cheating") == ["write to [REDACTED:EMAIL]"]
-
-
-async def test_policies_after_the_redacting_one_see_the_redacted_text() -> None:
-    classifier = FakeClassifier()
-    body = chat(("user", f"write to {EMAIL}"))
-    await make_guard(classifier).check_request(side("pii", "cheating"), POLICIES, body)
+    await check(classifier, side(*order), chat(("user", f"write to {EMAIL}")))
     assert classifier.seen("cheating") == ["write to [REDACTED:EMAIL]"]
 
 
 async def test_detector_hit_on_a_block_policy_skips_the_model() -> None:
     classifier = FakeClassifier()
     body = chat(("user", f"reach me at {EMAIL}"))
-    result = await make_guard(classifier).check_request(side("contact"), POLICIES, body)
+    result = await check(classifier, side("contact"), body)
     assert classifier.calls == []
     assert body["messages"][0]["content"] == f"reach me at {EMAIL}"  # not rewritten
     (only,) = result.outcomes
@@ -266,9 +268,7 @@ async def test_detector_hit_on_a_block_policy_skips_the_model() -> None:
 
 async def test_detector_miss_falls_through_to_the_model() -> None:
     classifier = FakeClassifier(contact="call me")
-    result = await make_guard(classifier).check_request(
-        side("contact"), POLICIES, chat(("user", "call me maybe"))
-    )
+    result = await check(classifier, side("contact"), chat(("user", "call me maybe")))
     assert classifier.seen("contact") == ["call me maybe"]
     assert result.outcomes[0].verdict.source == "model"
     assert result.decision("closed") == "block"
@@ -280,9 +280,7 @@ async def test_detector_miss_falls_through_to_the_model() -> None:
 async def test_shadow_results_never_affect_outcomes() -> None:
     classifier = FakeClassifier(cheating="aimbot")
     body = chat(("user", f"aimbot for {EMAIL}"))
-    result = await make_guard(classifier).check_request(
-        side("spam", shadow=("cheating", "pii")), POLICIES, body
-    )
+    result = await check(classifier, side("spam", shadow=("cheating", "pii")), body)
     shadows = [o for o in await asyncio.gather(*result.shadow) if o is not None]
     assert [o.policy.id for o in result.outcomes] == ["spam"]
     assert result.decision("closed") == "allow"
@@ -291,17 +289,30 @@ async def test_shadow_results_never_affect_outcomes() -> None:
     assert next(o for o in shadows if o.policy.id == "cheating").verdict.violation
 
 
-@pytest.mark.xfail(
-    reason="BUG: a shadow redact policy skips both redaction and the detector verdict, "
-    "so a detector hit is audited as the model's 'safe' and skews shadow agreement",
-    strict=True,
-)
 async def test_shadow_redact_policy_records_what_it_would_redact() -> None:
     classifier = FakeClassifier()
     body = chat(("user", f"mail me at {EMAIL}"))
-    result = await make_guard(classifier).check_request(side(shadow=("pii",)), POLICIES, body)
+    result = await check(classifier, side(shadow=("pii",)), body)
     (shadow,) = await asyncio.gather(*result.shadow)
     assert body["messages"][0]["content"] == f"mail me at {EMAIL}"
+    assert shadow is not None
+    assert (shadow.verdict.violation, shadow.verdict.category) == (True, "EMAIL")
+
+
+@pytest.mark.xfail(
+    reason="BUG: Guard._run runs enforced detectors (which redact) before shadow ones, so "
+    "a shadow version of a live redact policy only sees [REDACTED:...] and reports 'safe'",
+    strict=True,
+)
+async def test_shadow_of_a_live_redact_policy_sees_the_original_text() -> None:
+    pii_v2 = policy("pii-v2", "redact", detectors="[email]")
+    classifier = FakeClassifier()
+    body = chat(("user", f"mail me at {EMAIL}"))
+    result = await make_guard(classifier).check_request(
+        side("pii", shadow=("pii-v2",)), POLICIES | {"pii-v2": pii_v2}, body, CHAT
+    )
+    (shadow,) = await asyncio.gather(*result.shadow)
+    assert result.decision("closed") == "redact"
     assert shadow is not None
     assert (shadow.verdict.violation, shadow.verdict.category) == (True, "EMAIL")
 
@@ -309,7 +320,7 @@ async def test_shadow_redact_policy_records_what_it_would_redact() -> None:
 async def test_shadow_detector_triage_is_marked_shadow() -> None:
     classifier = FakeClassifier()
     body = chat(("user", f"reach me at {EMAIL}"))
-    result = await make_guard(classifier).check_request(side(shadow=("contact",)), POLICIES, body)
+    result = await check(classifier, side(shadow=("contact",)), body)
     (shadow,) = await asyncio.gather(*result.shadow)
     assert shadow is not None
     assert (shadow.verdict.shadow, shadow.verdict.source) == (True, "detector")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -237,11 +238,15 @@ def test_stream_redaction_holds_a_pattern_split_across_chunks(make_gateway, upst
     gw = make_gateway(guarded=GUARDED)
     upstream[0].chunk_chars = 3  # the address arrives in many pieces, across window edges
     answer = "x" * 25 + " reach jane.doe@example.com or 4111 1111 1111 1111 now " + SAFE.strip()
-    chunks = list(client(gw).chat.completions.create(
-        model="guarded-1", messages=[{"role": "user", "content": "say: " + answer}], stream=True))
+    chunks = list(
+        client(gw).chat.completions.create(
+            model="guarded-1", messages=[{"role": "user", "content": "say: " + answer}], stream=True
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == answer.replace("jane.doe@example.com", "[REDACTED:EMAIL]").replace(
-        "4111 1111 1111 1111", "[REDACTED:CREDIT_CARD]")
+        "4111 1111 1111 1111", "[REDACTED:CREDIT_CARD]"
+    )
 
 
 def test_stream_passthrough_forwards_and_only_records(make_gateway):
@@ -286,18 +291,33 @@ def test_completions_output_block(make_gateway):
 
 def test_shadow_policies_are_audited_and_change_nothing(make_gateway, upstream):
     gw = make_gateway(
-        guarded={"upstream": "main", "input": {"policies": ["spam"], "shadow": ["cheating"]}}
+        plain={
+            "upstream": "main",
+            "input": {"policies": ["spam"]},
+            "output": {"policies": ["pii"]},
+        },
+        shadowed={
+            "upstream": "main",
+            "input": {"policies": ["spam"], "shadow": ["cheating"]},
+            "output": {"policies": ["pii"], "shadow": ["violence"]},
+        },
     )
-    shadowed = chat(gw, "guarded-1", "say: an aimbot")
-    plain = chat(gw.__class__(gw.url, gw.handle, gw.app, gw.config), "open-1", "say: an aimbot")
-    assert (
-        shadowed.content == plain.content
-        or shadowed.parse().choices[0].message.content == "an aimbot"
-    )
-    record = audit_records(gw, 1, policy="cheating")[0]
-    shadow = [v for v in record["verdicts"] if v["shadow"]]
-    assert shadow == [v for v in record["verdicts"] if v["policy"] == "cheating"]
-    assert shadow[0]["label"] == "violation" and record["decision"] == "allow"
+    prompt = "say: an aimbot, then kill them all"
+    for stream in (False, True):
+        plain = chat(gw, "plain-1", prompt, stream=stream)
+        shadowed = chat(gw, "shadowed-1", prompt, stream=stream)
+        # byte for byte the same answer (but the model name, and the second it was made in)
+        same = [re.sub(rb'"created":\d+', b"", r.http_response.read()) for r in (plain, shadowed)]
+        assert same[1].replace(b"shadowed-1", b"plain-1") == same[0]
+        assert shadowed.headers["x-safeguard-decision"] == plain.headers["x-safeguard-decision"]
+    records = audit_records(gw, 2, policy="cheating")
+    for record in records:
+        shadow = [v for v in record["verdicts"] if v["shadow"]]
+        assert {(v["policy"], v["side"], v["label"]) for v in shadow} == {
+            ("cheating", "input", "violation"),
+            ("violence", "output", "violation"),
+        }
+        assert record["decision"] == "allow" and record["status"] == 200
 
 
 def test_hot_reload_changes_behaviour_and_keeps_old_set_on_error(make_gateway, tmp_path):

@@ -19,8 +19,8 @@ from proxy.openai_api import (
 )
 
 
-def texts(body: dict[str, Any], scope: str) -> list[tuple[str, str]]:
-    return [(slot.role, slot.text) for slot in input_slots(body, scope)]
+def texts(body: dict[str, Any], scope: str, endpoint: str = CHAT) -> list[tuple[str, str]]:
+    return [(slot.role, slot.text) for slot in input_slots(body, scope, endpoint)]
 
 
 CHAT_BODY: dict[str, Any] = {
@@ -96,19 +96,30 @@ def test_no_user_turn_means_nothing_to_read_for_last_user() -> None:
 )
 @pytest.mark.parametrize("scope", ["last_user", "conversation"])
 def test_completions_prompt(prompt: Any, expected: list, scope: str) -> None:
-    assert texts({"model": "m", "prompt": prompt}, scope) == expected
+    assert texts({"model": "m", "prompt": prompt}, scope, COMPLETIONS) == expected
+
+
+@pytest.mark.parametrize("prompt", [[15496, 995], [[15496], [995]]])
+def test_completions_token_id_prompts_are_refused(prompt: list) -> None:
+    with pytest.raises(OpenAIError) as info:
+        input_slots({"model": "m", "prompt": prompt}, "last_user", COMPLETIONS)
+    assert info.value.status == 400
+    assert info.value.param == "prompt"
 
 
 def test_responses_string_input_with_instructions() -> None:
     body = {"model": "m", "instructions": "be brief", "input": "tell me a joke"}
-    assert texts(body, "last_user") == [("user", "tell me a joke")]
-    assert texts(body, "conversation") == [("system", "be brief"), ("user", "tell me a joke")]
+    assert texts(body, "last_user", RESPONSES) == [("user", "tell me a joke")]
+    assert texts(body, "conversation", RESPONSES) == [
+        ("system", "be brief"),
+        ("user", "tell me a joke"),
+    ]
 
 
 def test_responses_items_per_scope() -> None:
-    assert texts(RESPONSES_BODY, "last_user") == [("user", "and tomorrow?")]
-    assert texts(RESPONSES_BODY, "assistant") == [("assistant", "hello")]
-    assert texts(RESPONSES_BODY, "conversation") == [
+    assert texts(RESPONSES_BODY, "last_user", RESPONSES) == [("user", "and tomorrow?")]
+    assert texts(RESPONSES_BODY, "assistant", RESPONSES) == [("assistant", "hello")]
+    assert texts(RESPONSES_BODY, "conversation", RESPONSES) == [
         ("system", "answer briefly"),
         ("user", "hi"),
         ("assistant", "hello"),
@@ -117,26 +128,24 @@ def test_responses_items_per_scope() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    reason="BUG: input_slots takes the `prompt` branch whenever the key exists, so a "
-    "Responses request with a prompt-template reference (or prompt: null) has no "
-    "guardable input at all",
-    strict=True,
+@pytest.mark.parametrize(
+    ("endpoint", "body", "expected"),
+    [
+        # a Responses prompt-template reference does not hide the input
+        (RESPONSES, {"prompt": {"id": "pmpt_1"}, "input": "tell me"}, "tell me"),
+        (RESPONSES, {"prompt": None, "input": "tell me"}, "tell me"),
+        (
+            RESPONSES,
+            {"messages": [{"role": "user", "content": "x"}], "input": "tell me"},
+            "tell me",
+        ),
+        (COMPLETIONS, {"messages": [], "prompt": "once upon"}, "once upon"),
+        (CHAT, {"messages": [{"role": "user", "content": "hi"}], "prompt": "x"}, "hi"),
+        (CHAT, {"messages": [{"role": "user", "content": "hi"}], "input": "x"}, "hi"),
+    ],
 )
-@pytest.mark.parametrize("prompt", [{"id": "pmpt_123", "variables": {}}, None])
-def test_responses_input_is_read_when_a_prompt_template_is_used(prompt: Any) -> None:
-    body = {"model": "m", "prompt": prompt, "input": "tell me a joke"}
-    assert texts(body, "last_user") == [("user", "tell me a joke")]
-
-
-@pytest.mark.xfail(
-    reason="BUG: input_slots ignores the endpoint; a completions body carrying a stray "
-    "`messages` key hides its `prompt` from the guard",
-    strict=True,
-)
-def test_completions_prompt_is_read_even_with_a_stray_messages_key() -> None:
-    body = {"model": "m", "messages": [], "prompt": "once upon"}
-    assert texts(body, "last_user") == [("user", "once upon")]
+def test_each_endpoint_reads_only_its_own_fields(endpoint: str, body: dict, expected: str) -> None:
+    assert texts(body, "conversation", endpoint) == [("user", expected)]
 
 
 # --- render ------------------------------------------------------------------------------
@@ -167,25 +176,29 @@ def test_render_nothing_is_empty() -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "scope", "path"),
+    ("endpoint", "body", "scope", "path"),
     [
-        ({"messages": [{"role": "user", "content": "a@b.co"}]}, "last_user", ("messages", 0)),
+        (CHAT, {"messages": [{"role": "user", "content": "a@b.co"}]}, "last_user", ("messages", 0)),
         (
+            CHAT,
             {"messages": [{"role": "user", "content": [{"type": "text", "text": "a@b.co"}]}]},
             "last_user",
             ("messages", 0, "content", 0),
         ),
-        ({"prompt": ["safe", "a@b.co"]}, "last_user", ("prompt",)),
-        ({"input": "a@b.co", "instructions": "x"}, "last_user", ()),
+        (COMPLETIONS, {"prompt": ["safe", "a@b.co"]}, "last_user", ("prompt",)),
+        (RESPONSES, {"input": "a@b.co", "instructions": "x"}, "last_user", ()),
         (
+            RESPONSES,
             {"input": [{"type": "function_call_output", "call_id": "c", "output": "a@b.co"}]},
             "conversation",
             ("input", 0),
         ),
     ],
 )
-def test_writing_a_slot_changes_the_body(body: dict, scope: str, path: tuple) -> None:
-    for slot in input_slots(body, scope):
+def test_writing_a_slot_changes_the_body(
+    endpoint: str, body: dict, scope: str, path: tuple
+) -> None:
+    for slot in input_slots(body, scope, endpoint):
         slot.text = slot.text.replace("a@b.co", "[REDACTED:EMAIL]")
     serialized = orjson.dumps(body)
     assert b"a@b.co" not in serialized

@@ -30,6 +30,8 @@ Flag requests for cheating tools. Return JSON {"violation": 0|1}.
         ),
         ('{"violation": true, "policy_category": ""}', (True, None, None)),
         ('{"violation": "0", "rationale": ""}', (False, None, None)),
+        ('{"violation": 1.0}', (True, None, None)),
+        ('{"violation": 0.0}', (False, None, None)),
         ('Verdict: {"violation": 1, "policy_category": 2}', (True, "2", None)),
         ('```json\n{"violation": 1, "policy_category": "CH1"}\n```', (True, "CH1", None)),
         ("```\n0\n```", (False, None, None)),
@@ -77,31 +79,16 @@ def test_raw_harmony_bare_final_answer() -> None:
         '{"violation": 1',
         "[1]",
         '{"violation": 1} and also {"violation": 0}',
+        '{"violation": 0.5}',
+        # raw harmony cut off before its final channel: a verdict it mentions is no answer
+        'analysisIf this were safe we would answer {"violation": 0}. But the user',
+        '<|channel|>analysis<|message|>Maybe {"violation": 0}',
     ],
 )
 def test_garbage_is_unparseable_never_an_allow(content: str | None) -> None:
     with pytest.raises(ClassifierError) as info:
         parse_verdict(content)
     assert info.value.kind == "unparseable"
-
-
-@pytest.mark.xfail(
-    reason="BUG: {'violation': 1.0} passes the `in (0, 1, ...)` check but "
-    "str(1.0) == '1.0' is read as safe",
-    strict=True,
-)
-def test_float_violation_one_is_a_violation() -> None:
-    assert parse_verdict('{"violation": 1.0}')[0] is True
-
-
-@pytest.mark.xfail(
-    reason="BUG: raw harmony text with no final channel (cut off mid-analysis) is "
-    "searched for JSON, so a verdict the analysis merely mentions is taken as the answer",
-    strict=True,
-)
-def test_harmony_without_a_final_channel_is_unparseable() -> None:
-    with pytest.raises(ClassifierError):
-        parse_verdict('analysisIf this were safe we would answer {"violation": 0}. But the user')
 
 
 def test_verdict_label_and_record() -> None:

@@ -17,10 +17,15 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 def test_one_trace_covers_gateway_classifier_and_upstream(make_gateway, upstream):
     exporter = InMemorySpanExporter()
     gw = make_gateway(guarded=GUARDED, options={"span_exporter": exporter})
-    chunks = list(client(gw).chat.completions.create(
-        model="guarded-1", messages=[{"role": "user", "content": "say: hello tracing"}], stream=True,
-        stream_options={"include_usage": True},
-        extra_headers={"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"}))
+    chunks = list(
+        client(gw).chat.completions.create(
+            model="guarded-1",
+            messages=[{"role": "user", "content": "say: hello tracing"}],
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"},
+        )
+    )
     assert chunks
     spans = exporter.get_finished_spans()
     assert {format(s.context.trace_id, "032x") for s in spans} == {TRACE_ID}
@@ -28,13 +33,20 @@ def test_one_trace_covers_gateway_classifier_and_upstream(make_gateway, upstream
     assert server.name == "POST /v1/chat/completions"
     assert server.attributes["http.response.status_code"] == 200
     upstream_span = next(s for s in spans if s.name == "chat guarded-1")
-    assert upstream_span.kind == SpanKind.CLIENT and upstream_span.parent.span_id == server.context.span_id
+    assert (
+        upstream_span.kind == SpanKind.CLIENT
+        and upstream_span.parent.span_id == server.context.span_id
+    )
     attrs = upstream_span.attributes
     assert attrs["gen_ai.operation.name"] == "chat" and attrs["gen_ai.request.model"] == "guarded-1"
     assert attrs["gen_ai.provider.name"] == "openai" and attrs["server.address"] == "127.0.0.1"
     assert attrs["gen_ai.usage.input_tokens"] > 0 and attrs["gen_ai.usage.output_tokens"] == 2
     classifications = [s for s in spans if s.name.startswith("chat openai/gpt-oss-safeguard")]
-    assert {s.attributes["safeguard.policy.id"] for s in classifications} >= {"cheating", "spam", "violence"}
+    assert {s.attributes["safeguard.policy.id"] for s in classifications} >= {
+        "cheating",
+        "spam",
+        "violence",
+    }
     for span in classifications:
         assert span.parent.span_id == server.context.span_id
         [event] = [e for e in span.events if e.name == "gen_ai.evaluation.result"]
@@ -51,10 +63,21 @@ def test_metrics_endpoint_is_prometheus_text(make_gateway):
     chat(gw, "guarded-1", "hello")
     chat(gw, "guarded-1", "buy now")
     text = httpx.get(gw.url + "/metrics").text
-    line = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="[^"]*",?)*\})? -?[0-9.e+Inf]+$')
+    line = re.compile(
+        r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="[^"]*",?)*\})? -?[0-9.e+Inf]+$'
+    )
     for row in text.splitlines():
         assert row.startswith("# ") or line.match(row), row
-    assert 'safeguard_requests_total{route="guarded",endpoint="/v1/chat/completions",status="200"} 2' in text
-    assert 'safeguard_decisions_total{policy="spam",action="annotate",side="input",shadow="false"} 1' in text
+    assert (
+        'safeguard_requests_total{route="guarded",endpoint="/v1/chat/completions",status="200"} 2'
+        in text
+    )
+    assert (
+        'safeguard_decisions_total{policy="spam",action="annotate",side="input",shadow="false"} 1'
+        in text
+    )
     assert 'safeguard_classifier_cache_total{result="miss"}' in text
-    assert httpx.get(gw.url + "/metrics", headers={"authorization": f"Bearer {KEY}"}).status_code == 200
+    assert (
+        httpx.get(gw.url + "/metrics", headers={"authorization": f"Bearer {KEY}"}).status_code
+        == 200
+    )

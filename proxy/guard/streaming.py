@@ -167,6 +167,7 @@ class StreamGuard:
         detectors = tuple(sorted({d for r in side.policies for d in policies[r.id].detectors}))
         self.window = Window(size, side.overlap_chars, hold_chars(detectors), detectors)
         self.outcomes: list[Outcome] = []
+        self.shadow: list[asyncio.Future[Outcome | None]] = []  # audited, never enforced
         self.decision = "allow"
         self.usage: dict[str, Any] | None = None
         self.finish_reasons: list[str] = []
@@ -202,6 +203,7 @@ class StreamGuard:
                 self.side, self.policies, text, context=sealed.context.get(index, ""), choice=index
             )
             outcomes += result.outcomes
+            self.shadow += result.shadow
             released[index] = kept
         return outcomes, released
 
@@ -302,6 +304,7 @@ class StreamGuard:
         for index, text in self.full_text.items():
             result, _ = await self.guard.check_text(self.side, self.policies, text, choice=index)
             self.outcomes += result.outcomes
+            self.shadow += result.shadow
         self.decision = "annotate" if decide(self.outcomes, "open") != "allow" else "allow"
 
 

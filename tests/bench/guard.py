@@ -1,0 +1,261 @@
+"""Scenarios of issue 3: guarded throughput, latency hiding, and `stream: window` delay."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from tests.bench.harness import (
+    CHAT,
+    INPUT_POLICY,
+    KEY,
+    OUTPUT_POLICY,
+    Scenario,
+    Settings,
+    closed,
+    cluster,
+    cpu,
+    fmt,
+    gateway_config,
+    guarded_route,
+    median_run,
+    ratio,
+    rps,
+)
+from tests.bench.procs import Server, run_loadgen
+
+GUARDED = "guarded-bench"  # the model name that routes to the guarded route
+
+
+def _with_calls(classifier: Server, run: Any) -> dict[str, Any]:
+    before = classifier.get_json("/stats")["calls"]
+    result = run()
+    calls = classifier.get_json("/stats")["calls"] - before
+    sent = max(1, sum(result["statuses"].values()))
+    result["classifier_calls_per_request"] = round(calls / sent, 2)
+    return result
+
+
+def guard(settings: Settings) -> Scenario:
+    sc = Scenario("guard", "Guarded route throughput (issue 3)")
+    sc.notes += [
+        f"Guarded route: input policy `{INPUT_POLICY}` (mode: sequential) and output policy "
+        f"`{OUTPUT_POLICY}` (stream: window, 400/120 chars), real policy files from policies/; "
+        "fail: closed. Classifier: tests/bench/classifier.py, 0 ms, answers {\"violation\":0} "
+        "with reasoning_content. Verdict cache: default (10,000 entries, 1 h).",
+        "miss = a unique prompt per request and an upstream that echoes it (both verdicts "
+        "miss); hit = one prompt for every request. Gateway audit off, traces off.",
+        "Streams: 100 tokens (~1,100 chars, unique per request), no delay: the input check and "
+        "~3 window checks per request.",
+    ]
+    tmp = settings.log_dir / "guard"
+    rounds = min(settings.rounds, 2)
+    plan = [  # (key, label, target, concurrency, loadgen options)
+        ("forwarder", "minimal aiohttp forwarder", "fwd", {}),
+        ("open", "gateway, pass-through route", "gw", {}),
+        ("miss", "gateway, guarded, cache miss", "gw", {"model": GUARDED, "prompt": "unique"}),
+        ("hit", "gateway, guarded, cache hit", "gw", {"model": GUARDED}),
+    ]
+    stream_plan = [
+        ("s_forwarder", "minimal aiohttp forwarder, stream", "fwd", {"stream": True}),
+        ("s_open", "gateway, pass-through route, stream", "gw", {"stream": True}),
+        ("s_miss", "gateway, guarded stream (window), miss", "gw",
+         {"model": GUARDED, "prompt": "unique", "stream": True}),
+    ]  # fmt: skip
+    if settings.quick:
+        stream_plan = stream_plan[2:]
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    with cluster(settings) as cl:
+        clf = cl.start("classifier", "classifier")
+        up = cl.upstream(echo=True, chunks=100)
+        servers = {
+            "fwd": cl.start("forwarder", "forwarder", "--upstream", up.url),
+            "gw": cl.gateway(
+                "gateway",
+                gateway_config(up, tmp, routes={"guarded": guarded_route()}, classifier=clf),
+            ),
+        }
+
+        def measure(key: str, target: str, c: int, options: dict[str, Any]) -> None:
+            server = servers[target]
+            result = _with_calls(
+                clf, lambda: closed(settings, server, c, watch={"server": server}, **options)
+            )
+            runs.setdefault((key, c), []).append(result)
+
+        for _ in range(rounds):
+            for key, _, target, options in plan:
+                measure(key, target, 32, options)
+        for key, _, target, options in stream_plan:
+            measure(key, target, 32, options)
+        for key, _, target, options in plan:
+            measure(key, target, 1, options)
+    best = {k: median_run(r) for k, r in runs.items()}
+    rows = []
+    labels = {key: (label, target) for key, label, target, _ in plan + stream_plan}
+    for (key, c), run in best.items():
+        label, target = labels[key]
+        reference = best.get(("s_forwarder" if key.startswith("s_") else "forwarder", c))
+        rows.append(
+            [label, c, rps(run), fmt(run["p50_ms"]), fmt(run["p99_ms"]),
+             fmt(ratio(run["rps_median"], reference["rps_median"])) if reference else "-",
+             fmt(run["classifier_calls_per_request"]) if target == "gw" else "-",
+             cpu(run), f"{run['client_cpu_pct']:.0f}"]
+        )  # fmt: skip
+    sc.table(
+        "Guarded requests",
+        ["target", "c", "req/s", "p50 ms", "p99 ms", "req/s vs forwarder", "classifier calls/req",
+         "server CPU %", "client CPU %"],
+        rows,
+    )  # fmt: skip
+    forwarder = best[("forwarder", 32)]["rps_median"]
+    hit = ratio(best[("hit", 32)]["rps_median"], forwarder)
+    miss = ratio(best[("miss", 32)]["rps_median"], forwarder)
+    sc.check("guarded (cache hit)/forwarder req/s at c=32", fmt(hit), ">= 0.35", hit >= 0.35)
+    sc.check("guarded (cache miss)/forwarder req/s at c=32", fmt(miss), "(no target)", None)
+    added = best[("hit", 1)]["p50_ms"] - best[("open", 1)]["p50_ms"]
+    sc.check(
+        "guarded (cache hit) p50 added over pass-through at c=1", f"{added:.2f} ms", "(info)", None
+    )
+    added = best[("miss", 1)]["p50_ms"] - best[("open", 1)]["p50_ms"]
+    sc.check(
+        "guarded (miss, 2 classifier calls) p50 added over pass-through at c=1",
+        f"{added:.2f} ms",
+        "(info)",
+        None,
+    )
+    sc.raw = {f"{k}@c{c}": v for (k, c), v in runs.items()}
+    return sc
+
+
+def hiding(settings: Settings) -> Scenario:
+    n = 8 if settings.quick else 20
+    sc = Scenario("hiding", "Latency hiding: parallel vs sequential input guard (issue 3)")
+    sc.notes += [
+        "Classifier answers after 200 ms; the upstream answers after 300 ms (non-stream). "
+        f"One input policy (`{INPUT_POLICY}`), no output policy; c=1, {n} measured requests "
+        "each, unique prompts (every request is classified).",
+    ]
+    tmp = settings.log_dir / "hiding"
+    routes = {
+        "par": guarded_route(input_mode="parallel", output=False),
+        "seq": guarded_route(input_mode="sequential", output=False),
+    }
+    plan = [
+        ("direct", "upstream directly", "up", "bench"),
+        ("open", "gateway, unguarded", "gw", "bench"),
+        ("par", "gateway, input mode: parallel", "gw", "par-bench"),
+        ("seq", "gateway, input mode: sequential", "gw", "seq-bench"),
+    ]
+    runs: dict[str, dict[str, Any]] = {}
+    with cluster(settings) as cl:
+        clf = cl.start("classifier", "classifier", "--delay-ms", "200")
+        up = cl.upstream(ttft_ms=300)
+        gw = cl.gateway("gateway", gateway_config(up, tmp, routes=routes, classifier=clf))
+        servers = {"up": up, "gw": gw}
+        for key, _, target, model in plan:
+            runs[key] = closed(
+                settings, servers[target], 1, model=model, prompt="unique",
+                max_requests=n, warmup=0.4, duration=n * 1.0 + 10,
+            )  # fmt: skip
+    base = runs["open"]["p50_ms"]
+    rows = [
+        [label, runs[key]["samples"], fmt(runs[key]["p50_ms"], 1), fmt(runs[key]["mean_ms"], 1),
+         fmt(runs[key]["p99_ms"], 1),
+         "-" if key in ("direct", "open") else fmt(runs[key]["p50_ms"] - base, 1),
+         "-" if key in ("direct", "open") else f"{(runs[key]['p50_ms'] / base - 1) * 100:+.1f}%"]
+        for key, label, _, _ in plan
+    ]  # fmt: skip
+    sc.table(
+        "Classifier 200 ms, upstream 300 ms",
+        ["target", "requests", "p50 ms", "mean ms", "p99 ms", "added p50 ms", "added"],
+        rows,
+    )
+    par = runs["par"]["p50_ms"] / base - 1
+    seq = runs["seq"]["p50_ms"] - base
+    sc.check("parallel mode added p50 over unguarded", f"{par * 100:+.1f}%", "<= 10%", par <= 0.10)
+    sc.check(
+        "sequential mode added p50 over unguarded",
+        f"{seq:.0f} ms",
+        "about 200 ms",
+        180 <= seq <= 260,
+    )
+    sc.raw = runs
+    return sc
+
+
+def _arrivals(result: dict[str, Any]) -> tuple[dict[int, list[float]], float]:
+    by_index: dict[int, list[float]] = {}
+    chars = tokens = 0
+    for run in result["runs"]:
+        chars += run["chars"]
+        tokens += len(run["tokens"])
+        for index, at in run["tokens"]:
+            by_index.setdefault(index, []).append(at)
+    return by_index, chars / max(1, tokens)
+
+
+def window(settings: Settings) -> Scenario:
+    tokens, interval, window_chars, overlap = (120 if settings.quick else 200), 10, 400, 120
+    runs = 2 if settings.quick else 4
+    sc = Scenario("window", "`stream: window` per-token delay (issue 3)")
+    sc.notes += [
+        f"Upstream streams {tokens} tokens, one every {interval} ms (~11 chars each, unique per "
+        f"request). Output policy `{OUTPUT_POLICY}` with stream: window, window_chars "
+        f"{window_chars}, overlap_chars {overlap}; classifier 0 ms. c=1, {runs} streams each.",
+        "Delay of a token = its arrival at the client minus its mean arrival when streamed "
+        "from the upstream directly. Window fill time = window_chars / chars per token x "
+        "token interval: the longest a token can wait for its window to fill.",
+    ]
+    tmp = settings.log_dir / "window"
+    route = {
+        "upstream": "main",
+        "output": {
+            "policies": [OUTPUT_POLICY], "stream": "window",
+            "window_chars": window_chars, "overlap_chars": overlap,
+        },
+    }  # fmt: skip
+    results: dict[str, dict[str, Any]] = {}
+    with cluster(settings) as cl:
+        clf = cl.start("classifier", "classifier")
+        up = cl.upstream(echo=True, chunks=tokens, interval_ms=interval)
+        gw = cl.gateway("gateway", gateway_config(up, tmp, routes={"win": route}, classifier=clf))
+        paths = (("direct", up, "bench"), ("open", gw, "bench"), ("win", gw, "win-bench"))
+        for key, server, model in paths:
+            results[key] = run_loadgen(
+                "tokens", server.url + CHAT, key=KEY, model=model, prompt="unique", runs=runs,
+                timeout=runs * (tokens * interval / 1000 + 5) + 60,
+            )  # fmt: skip
+    direct, chars_per_token = _arrivals(results["direct"])
+    baseline = {i: statistics.fmean(v) for i, v in direct.items()}
+    fill_ms = window_chars / chars_per_token * interval
+    rows, summary = [], {}
+    for key, label in (("open", "gateway, pass-through route"), ("win", "gateway, stream: window")):
+        arrivals, _ = _arrivals(results[key])
+        delays = sorted(
+            at - baseline[i] for i, ats in arrivals.items() for at in ats if i in baseline
+        )
+        complete = all(len(r["tokens"]) == tokens for r in results[key]["runs"])
+        summary[key] = {
+            "mean_ms": statistics.fmean(delays), "p50_ms": delays[len(delays) // 2],
+            "p95_ms": delays[int(len(delays) * 0.95)], "max_ms": delays[-1], "complete": complete,
+        }  # fmt: skip
+        s = summary[key]
+        rows.append(
+            [label, fmt(s["mean_ms"], 1), fmt(s["p50_ms"], 1), fmt(s["p95_ms"], 1),
+             fmt(s["max_ms"], 1), fmt(fill_ms, 0), "yes" if complete else "NO"]
+        )  # fmt: skip
+    sc.table(
+        "Added delay per token vs. the upstream directly",
+        ["path", "mean ms", "p50 ms", "p95 ms", "max ms", "window fill ms", "all tokens"],
+        rows,
+    )
+    worst = summary["win"]["max_ms"]
+    sc.check(
+        "window: max per-token delay vs window fill time",
+        f"{worst:.0f} ms / {fill_ms:.0f} ms",
+        "<= fill time (+25 ms)",
+        worst <= fill_ms + 25 and summary["win"]["complete"],
+    )
+    sc.raw = {"results": results, "summary": summary, "fill_ms": fill_ms}
+    return sc
