@@ -3,18 +3,23 @@ classifier (both started once per session) and gateways built from small configs
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from proxy.app import build_app
 from proxy.config import Config, parse_config
 from tests.fakes.classifier import FakeSafeguard
-from tests.fakes.serve import ServerHandle, serve
+from tests.fakes.serve import ServerHandle, free_socket, serve
 from tests.fakes.upstream import FakeOpenAI
 
 KEY = "sk-acme-test-key"
@@ -193,3 +198,36 @@ def audit_records(
             return records
         time.sleep(0.02)
     return records
+
+
+def start_gateway_process(config_path: Path) -> tuple[subprocess.Popen, str]:
+    """`python -m proxy serve` in its own process (signals reach its main thread)."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--config",
+            str(config_path),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=Path(__file__).parent.parent,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("gateway process did not start")

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +13,14 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import ADMIN_KEY, KEY, UPSTREAM_KEY, audit_records, base_config
+from tests.conftest import (
+    ADMIN_KEY,
+    KEY,
+    UPSTREAM_KEY,
+    audit_records,
+    base_config,
+    start_gateway_process,
+)
 from tests.test_guard import GUARDED, chat
 
 RECORD_FIELDS = {
@@ -142,27 +146,9 @@ def test_sigterm_drains_in_flight_requests_into_the_audit_log(upstream, classifi
     config["upstreams"]["main"]["timeout_s"] = 30
     config["audit"]["content"] = "none"
     path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    sock_port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "proxy",
-            "serve",
-            "--config",
-            str(path),
-            "--port",
-            str(sock_port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=Path(__file__).parent.parent,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    base = f"http://127.0.0.1:{sock_port}"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    proc, base = start_gateway_process(path)
     try:
-        _wait_ready(base)
         upstream[0].first_token_delay_s = 1.0
         responses = asyncio.run(_fire_and_terminate(base, proc, upstream[0], 200))
         # uvicorn re-raises SIGTERM once it has drained, so the exit status says SIGTERM
@@ -199,23 +185,3 @@ async def _fire_and_terminate(base, proc, fake_upstream, n):
         assert len(fake_upstream.requests) == n  # all 200 are inside the gateway now
         proc.send_signal(signal.SIGTERM)
         return await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _free_port() -> int:
-    from tests.fakes.serve import free_socket
-
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
-def _wait_ready(base: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise RuntimeError("gateway did not start")

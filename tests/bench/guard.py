@@ -41,7 +41,7 @@ def guard(settings: Settings) -> Scenario:
     sc.notes += [
         f"Guarded route: input policy `{INPUT_POLICY}` (mode: sequential) and output policy "
         f"`{OUTPUT_POLICY}` (stream: window, 400/120 chars), real policy files from policies/; "
-        "fail: closed. Classifier: tests/bench/classifier.py, 0 ms, answers {\"violation\":0} "
+        'fail: closed. Classifier: tests/bench/classifier.py, 0 ms, answers {"violation":0} '
         "with reasoning_content. Verdict cache: default (10,000 entries, 1 h).",
         "miss = a unique prompt per request and an upstream that echoes it (both verdicts "
         "miss); hit = one prompt for every request. Gateway audit off, traces off.",
