@@ -154,16 +154,30 @@ def _coerce(value: Any, kind: type) -> Any:
     return value
 
 
-def expand_tree(data: Any, env: Mapping[str, str]) -> Any:
-    """Expand variables in every string of the parsed YAML: a value is never re-read as
-    YAML, so `#`, `:` or digits in a secret stay exactly as they are."""
-    if isinstance(data, str):
-        return expand_env(data, env)
-    if isinstance(data, list):
-        return [expand_tree(item, env) for item in data]
-    if isinstance(data, dict):
-        return {key: expand_tree(value, env) for key, value in data.items()}
-    return data
+def _load_yaml_with_env(text: str, env: Mapping[str, str]) -> Any:
+    """Parse YAML with each `${...}` standing in as a plain placeholder, then expand the
+    placeholders inside the parsed strings: the references work anywhere (flow mappings
+    included) and a value is never re-read as YAML, so `#`, `:` or digits in a secret
+    stay exactly as they are."""
+    references: list[str] = []
+
+    def hold(match: re.Match[str]) -> str:
+        references.append(match.group(0))
+        return f"__SAFEGUARD_ENV_{len(references) - 1}__"
+
+    def expand(data: Any) -> Any:
+        if isinstance(data, str):
+            return _PLACEHOLDER.sub(lambda m: expand_env(references[int(m.group(1))], env), data)
+        if isinstance(data, list):
+            return [expand(item) for item in data]
+        if isinstance(data, dict):
+            return {key: expand(value) for key, value in data.items()}
+        return data
+
+    return expand(yaml.safe_load(_VAR.sub(hold, text)))
+
+
+_PLACEHOLDER = re.compile(r"__SAFEGUARD_ENV_(\d+)__")
 
 
 class _Reader:
@@ -190,7 +204,7 @@ class _Reader:
 
     def get(self, name: str, kind: type, default: Any = REQUIRED, choices: tuple = ()) -> Any:
         value = self.data.get(name)
-        if value is None:
+        if value is None or (value == "" and default is not REQUIRED):  # unset ${VAR}
             if default is REQUIRED:
                 raise ConfigError(self._path(name), "is required")
             return default
@@ -418,7 +432,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     except OSError as exc:
         raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from None
     try:
-        data = expand_tree(yaml.safe_load(text), os.environ if env is None else env)
+        data = _load_yaml_with_env(text, os.environ if env is None else env)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

@@ -123,11 +123,6 @@ def test_a_seal_never_splits_a_detector_match() -> None:
     assert [s.texts for s in sealed] == [{0: pieces[0] + pieces[1]}]
 
 
-@pytest.mark.xfail(
-    reason="BUG: Window._cut moves the seal back once per match in a single pass; a move "
-    "for a later match can land inside an earlier match already checked",
-    strict=True,
-)
 def test_windows_redact_like_the_whole_text_with_adjacent_matches() -> None:
     pieces = ("cards: 4111 1111", " 1111 1111 and 5555", " 5555 5555 4444 ok")
     window = Window(16, overlap=0, hold=4, detectors=("credit_card",))

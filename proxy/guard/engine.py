@@ -166,7 +166,7 @@ class Guard:
         )
 
     async def _run(self, enforced: list[_Job], shadow: list[_Job]) -> SideResult:
-        for job in enforced + shadow:
+        for job in shadow + enforced:  # shadow jobs only look: they see the original text
             self._detect(job)
         result = SideResult(shadow=[asyncio.ensure_future(self._judge(job)) for job in shadow])
         outcomes = await asyncio.gather(*(self._judge(job) for job in enforced))

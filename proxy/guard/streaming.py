@@ -87,15 +87,22 @@ class Window:
             kept += _chars(self._events[cut])
         if not self.detectors:
             return cut
+        matches = []  # per choice: event start offsets and the spans found in its text
         for index in {i for e in self._events for i in e.texts}:
             starts, text = [], ""
             for event in self._events:
                 starts.append(len(text))
                 text += event.texts.get(index, "")
-            for span in find_spans(text, self.detectors):
-                boundary = starts[cut] if cut < len(starts) else len(text)
-                if span.start < boundary < span.end:
-                    cut = max(i for i, at in enumerate(starts) if at <= span.start)
+            matches.append((starts, len(text), find_spans(text, self.detectors)))
+        moved = True
+        while moved:  # moving back past one match can land inside an earlier one
+            moved = False
+            for starts, length, spans in matches:
+                boundary = starts[cut] if cut < len(starts) else length
+                for span in spans:
+                    if span.start < boundary < span.end:
+                        cut = max(i for i, at in enumerate(starts) if at <= span.start)
+                        boundary, moved = starts[cut], True
         return cut
 
     def _seal(self, cut: int) -> Sealed | None:

@@ -14,13 +14,14 @@ from tests.bench.harness import (
     Settings,
     closed,
     cluster,
-    cpu,
     fmt,
     gateway_config,
     guarded_route,
-    median_run,
-    ratio,
+    interleaved,
+    paired,
     rps,
+    spread,
+    summary,
 )
 from tests.bench.procs import Server, run_loadgen
 
@@ -49,8 +50,7 @@ def guard(settings: Settings) -> Scenario:
         "~3 window checks per request.",
     ]
     tmp = settings.log_dir / "guard"
-    rounds = min(settings.rounds, 2)
-    plan = [  # (key, label, target, concurrency, loadgen options)
+    plan = [  # (key, label, target, loadgen options)
         ("forwarder", "minimal aiohttp forwarder", "fwd", {}),
         ("open", "gateway, pass-through route", "gw", {}),
         ("miss", "gateway, guarded, cache miss", "gw", {"model": GUARDED, "prompt": "unique"}),
@@ -62,68 +62,62 @@ def guard(settings: Settings) -> Scenario:
         ("s_miss", "gateway, guarded stream (window), miss", "gw",
          {"model": GUARDED, "prompt": "unique", "stream": True}),
     ]  # fmt: skip
-    if settings.quick:
-        stream_plan = stream_plan[2:]
+    side_rounds = 1 if settings.quick else 3
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     with cluster(settings) as cl:
         clf = cl.start("classifier", "classifier")
         up = cl.upstream(echo=True, chunks=100)
+        config = gateway_config(up, tmp, routes={"guarded": guarded_route()}, classifier=clf)
         servers = {
             "fwd": cl.start("forwarder", "forwarder", "--upstream", up.url),
-            "gw": cl.gateway(
-                "gateway",
-                gateway_config(up, tmp, routes={"guarded": guarded_route()}, classifier=clf),
-            ),
+            "gw": cl.gateway("gateway", config),
         }
 
-        def measure(key: str, target: str, c: int, options: dict[str, Any]) -> None:
+        def job(target: str, c: int, options: dict[str, Any]) -> Any:
             server = servers[target]
-            result = _with_calls(
+            return lambda: _with_calls(
                 clf, lambda: closed(settings, server, c, watch={"server": server}, **options)
             )
-            runs.setdefault((key, c), []).append(result)
 
-        for _ in range(rounds):
-            for key, _, target, options in plan:
-                measure(key, target, 32, options)
-        for key, _, target, options in stream_plan:
-            measure(key, target, 32, options)
-        for key, _, target, options in plan:
-            measure(key, target, 1, options)
-    best = {k: median_run(r) for k, r in runs.items()}
+        for c, steps, rounds in (
+            (32, plan, settings.rounds),
+            (32, stream_plan, side_rounds),
+            (1, plan, side_rounds),
+        ):
+            done = interleaved({key: job(t, c, o) for key, _, t, o in steps}, rounds)
+            runs.update({(key, c): r for key, r in done.items()})
     rows = []
     labels = {key: (label, target) for key, label, target, _ in plan + stream_plan}
-    for (key, c), run in best.items():
+    for (key, c), by in runs.items():
         label, target = labels[key]
-        reference = best.get(("s_forwarder" if key.startswith("s_") else "forwarder", c))
+        s = summary(by)
+        reference = runs[("s_forwarder" if key.startswith("s_") else "forwarder", c)]
+        calls = statistics.median(r["classifier_calls_per_request"] for r in by)
         rows.append(
-            [label, c, rps(run), fmt(run["p50_ms"]), fmt(run["p99_ms"]),
-             fmt(ratio(run["rps_median"], reference["rps_median"])) if reference else "-",
-             fmt(run["classifier_calls_per_request"]) if target == "gw" else "-",
-             cpu(run), f"{run['client_cpu_pct']:.0f}"]
+            [label, c, rps(s), fmt(s["p50_ms"]), fmt(s["p99_ms"]), spread(paired(by, reference)),
+             fmt(calls) if target == "gw" else "-", fmt(s["cpu_us_per_req"], 0),
+             fmt(s["cpu_pct"], 0)]
         )  # fmt: skip
     sc.table(
         "Guarded requests",
         ["target", "c", "req/s", "p50 ms", "p99 ms", "req/s vs forwarder", "classifier calls/req",
-         "server CPU %", "client CPU %"],
+         "CPU us/req", "CPU %"],
         rows,
     )  # fmt: skip
-    forwarder = best[("forwarder", 32)]["rps_median"]
-    hit = ratio(best[("hit", 32)]["rps_median"], forwarder)
-    miss = ratio(best[("miss", 32)]["rps_median"], forwarder)
-    sc.check("guarded (cache hit)/forwarder req/s at c=32", fmt(hit), ">= 0.35", hit >= 0.35)
-    sc.check("guarded (cache miss)/forwarder req/s at c=32", fmt(miss), "(no target)", None)
-    added = best[("hit", 1)]["p50_ms"] - best[("open", 1)]["p50_ms"]
+    hit = paired(runs[("hit", 32)], runs[("forwarder", 32)])
+    miss = paired(runs[("miss", 32)], runs[("forwarder", 32)])
     sc.check(
-        "guarded (cache hit) p50 added over pass-through at c=1", f"{added:.2f} ms", "(info)", None
+        "guarded (cache hit)/forwarder req/s at c=32", spread(hit), ">= 0.35", hit["median"] >= 0.35
     )
-    added = best[("miss", 1)]["p50_ms"] - best[("open", 1)]["p50_ms"]
-    sc.check(
-        "guarded (miss, 2 classifier calls) p50 added over pass-through at c=1",
-        f"{added:.2f} ms",
-        "(info)",
-        None,
-    )
+    sc.check("guarded (cache miss)/forwarder req/s at c=32", spread(miss), "(info)", None)
+    for key, what in (("hit", "cache hit"), ("miss", "miss, 2 classifier calls")):
+        added = paired(runs[(key, 1)], runs[("open", 1)], "p50_ms", "diff")
+        sc.check(
+            f"guarded ({what}) p50 added over pass-through at c=1",
+            spread(added) + " ms",
+            "(info)",
+            None,
+        )
     sc.raw = {f"{k}@c{c}": v for (k, c), v in runs.items()}
     return sc
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +30,8 @@ class Settings:
     @classmethod
     def make(cls, quick: bool, log_dir: Path) -> Settings:
         if quick:
-            return cls(True, 2.0, 0.5, 1, log_dir)
-        return cls(False, 5.0, 1.0, 3, log_dir)
+            return cls(True, 1.5, 0.3, 2, log_dir)
+        return cls(False, 2.0, 0.4, 5, log_dir)
 
 
 @dataclass
@@ -154,29 +154,75 @@ def closed(
     )
 
 
-def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median throughput (its latencies with it), all throughputs kept."""
-    ordered = sorted(runs, key=lambda r: r["rps"])
-    chosen = dict(ordered[(len(ordered) - 1) // 2])
-    chosen["rps_runs"] = [r["rps"] for r in runs]
-    chosen["rps_median"] = round(statistics.median(r["rps"] for r in runs), 1)
-    return chosen
+def interleaved(
+    plan: dict[str, Callable[[], dict[str, Any]]], rounds: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Run every measurement once per round, rotating the order each round.
+
+    The host's speed drifts by 2x within minutes on a shared 2-vCPU VM, so a comparison
+    is only fair between runs made close together: ratios are taken per round (`paired`).
+    """
+    names = list(plan)
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            runs[name].append(plan[name]())
+    return runs
 
 
-def cpu(run: dict[str, Any], name: str = "server") -> str:
+def _cpu_us(run: dict[str, Any], name: str) -> float | None:
     value = (run.get("server_cpu_pct") or {}).get(name)
-    return "-" if value is None else f"{value:.0f}"
+    return None if value is None or not run["rps"] else value / 100 / run["rps"] * 1e6
+
+
+def summary(runs: list[dict[str, Any]], cpu_of: str = "server") -> dict[str, Any]:
+    """Medians over the runs of one measurement (each figure's own median)."""
+
+    def med(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return round(statistics.median(present), 3) if present else None
+
+    return {
+        "rps": med([r["rps"] for r in runs]),
+        "rps_runs": [r["rps"] for r in runs],
+        "p50_ms": med([r["p50_ms"] for r in runs]),
+        "p99_ms": med([r["p99_ms"] for r in runs]),
+        "mean_ms": med([r["mean_ms"] for r in runs]),
+        "cpu_pct": med([(r.get("server_cpu_pct") or {}).get(cpu_of) for r in runs]),
+        "cpu_us_per_req": med([_cpu_us(r, cpu_of) for r in runs]),
+        "client_cpu_pct": med([r["client_cpu_pct"] for r in runs]),
+        "errors": sum(r.get("not_ok", 0) + sum((r.get("errors") or {}).values()) for r in runs),
+        "runs": len(runs),
+    }
+
+
+def paired(
+    a: list[dict[str, Any]], b: list[dict[str, Any]], key: str = "rps", op: str = "ratio"
+) -> dict[str, float]:
+    """Per-round a/b (or a-b) of one figure: median, min and max over the rounds."""
+    values = sorted(
+        (x[key] / y[key] if y[key] else 0.0) if op == "ratio" else x[key] - y[key]
+        for x, y in zip(a, b, strict=True)
+    )
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(values[0], 3),
+        "max": round(values[-1], 3),
+    }
+
+
+def spread(p: dict[str, float], digits: int = 2) -> str:
+    """`0.62 (0.55-0.71)`: the median of per-round values and their range."""
+    if p["min"] == p["max"]:
+        return f"{p['median']:.{digits}f}"
+    return f"{p['median']:.{digits}f} ({p['min']:.{digits}f}-{p['max']:.{digits}f})"
 
 
 def fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def rps(run: dict[str, Any]) -> str:
-    text = f"{run.get('rps_median', run['rps']):,.0f}"
-    errors = run.get("not_ok", 0) + sum((run.get("errors") or {}).values())
-    return text + (f" ({errors} errors)" if errors else "")
-
-
-def ratio(a: float, b: float) -> float:
-    return round(a / b, 3) if b else 0.0
+def rps(s: dict[str, Any]) -> str:
+    text = f"{s['rps']:,.0f}"
+    return text + (f" ({s['errors']} errors)" if s["errors"] else "")
