@@ -11,24 +11,21 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
-from proxy.config import Route, Side, Tenant
+from proxy.config import Side
+from proxy.exchange import Exchange, json_or_none, since
 from proxy.gateway import Gateway
-from proxy.guard.engine import Outcome, SideResult
+from proxy.guard.engine import SEVERITY, Outcome, SideResult
 from proxy.guard.streaming import StreamGuard
 from proxy.openai_api import (
-    CHAT,
-    COMPLETIONS,
     EMBEDDINGS,
     GENERATION_ENDPOINTS,
     MODELS,
     OPERATION,
-    RESPONSES,
     OpenAIError,
     input_slots,
     output_slots,
@@ -36,97 +33,23 @@ from proxy.openai_api import (
     render,
 )
 from proxy.policies import Policy
+from proxy.shaping import (
+    JSON,
+    ClientDisconnected,
+    Sender,
+    annotate,
+    content_filter_error,
+    error_from_upstream,
+    guard_unavailable,
+    too_large,
+    withhold,
+)
 from proxy.tenancy import bearer_token
 from proxy.upstream import UpstreamError, UpstreamResponse
 
 log = logging.getLogger("proxy")
 
-JSON = b"application/json"
 WATCH_ONLY = Side(stream="passthrough")
-
-
-@dataclass(slots=True)
-class Exchange:
-    """What one request did, gathered for the response headers, metrics and the audit log."""
-
-    request_id: str
-    endpoint: str
-    started: float = field(default_factory=time.perf_counter)
-    at: float = field(default_factory=time.time)
-    tenant: Tenant | None = None
-    route: Route | None = None
-    model: str | None = None
-    stream: bool = False
-    status: int = 0
-    decision: str = "allow"
-    error: str | None = None
-    outcomes: list[Outcome] = field(default_factory=list)
-    pending: list[asyncio.Future[Any]] = field(default_factory=list)  # finish before audit
-    guard_ms: float = 0.0
-    upstream_span: Any = None
-    upstream_started: float | None = None
-    upstream_ms: float | None = None
-    answer: dict[str, Any] | None = None  # the upstream's JSON body or last stream event
-    usage: dict[str, Any] | None = None
-    finish_reasons: list[str] | None = None
-    ttft_ms: float | None = None
-    content: dict[str, str | None] = field(default_factory=dict)
-
-    def take_answer(self, body: dict[str, Any] | None) -> None:
-        self.answer = body
-        usage = body.get("usage") if body else None
-        self.usage = usage if isinstance(usage, dict) else None
-
-    def take_stream(self, watched: StreamGuard) -> None:
-        self.answer = watched.last
-        self.usage = watched.usage
-        self.finish_reasons = watched.finish_reasons
-
-    def add(self, result: SideResult, spent_ms: float) -> None:
-        self.outcomes += result.outcomes
-        self.pending += result.shadow
-        self.guard_ms += spent_ms
-
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        headers = [(b"x-request-id", self.request_id.encode())]
-        if self.route is not None and self.outcomes:
-            headers.append((b"x-safeguard-decision", self.decision.encode()))
-            flagged = sorted({o.policy.id for o in self.outcomes if o.verdict.violation})
-            if flagged:
-                headers.append((b"x-safeguard-policies", ",".join(flagged).encode()))
-        return headers
-
-
-def _error_from_upstream(exc: UpstreamError) -> OpenAIError:
-    return OpenAIError(exc.status, exc.message, type="server_error", code=exc.code)
-
-
-PROMPT_PARAM = {CHAT: "messages", COMPLETIONS: "prompt", RESPONSES: "input"}
-
-
-class ClientDisconnected(Exception):
-    pass
-
-
-def content_filter_error(
-    endpoint: str, blocked: list[Outcome], results: dict[str, Any]
-) -> OpenAIError:
-    names = ", ".join(f"'{o.policy.id}'" for o in blocked)
-    return OpenAIError(
-        400,
-        f"The prompt was blocked by the gateway's content policy {names}. "
-        "Please modify your prompt and retry.",
-        code="content_filter",
-        param=PROMPT_PARAM.get(endpoint, "messages"),
-        extra={
-            "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": results}
-        },
-    )
-
-
-GUARD_UNAVAILABLE = (
-    "The content guard (gpt-oss-safeguard) is unavailable and this route fails closed. Retry later."
-)
 
 
 class ProxyHandler:
@@ -146,13 +69,13 @@ class ProxyHandler:
         ex = Exchange(request_id, path)
         self.gw.metrics.in_flight.add(1)
         with self.gw.telemetry.server_span(scope["method"], path, scope["headers"]) as span:
-            sent = _Sender(send, receive)
+            sent = Sender(send, receive)
             try:
                 await self._handle(ex, scope, headers, receive, sent)
             except OpenAIError as exc:
                 await self._fail(ex, sent, exc)
             except UpstreamError as exc:
-                await self._fail(ex, sent, _error_from_upstream(exc))
+                await self._fail(ex, sent, error_from_upstream(exc))
             except ClientDisconnected:
                 ex.status, ex.error = ex.status or 499, "client_disconnected"
             except asyncio.CancelledError:
@@ -177,7 +100,7 @@ class ProxyHandler:
     # -- the request -------------------------------------------------------------------
 
     async def _handle(
-        self, ex: Exchange, scope: dict, headers: dict, receive: Any, send: _Sender
+        self, ex: Exchange, scope: dict, headers: dict, receive: Any, send: Sender
     ) -> None:
         tenant = self.gw.tenancy.authenticate(
             bearer_token(headers.get(b"authorization"), headers.get(b"api-key"))
@@ -224,7 +147,7 @@ class ProxyHandler:
     async def _read_body(self, headers: dict, receive: Any) -> bytes:
         declared = headers.get(b"content-length")
         if declared and declared.isdigit() and int(declared) > self.max_body:
-            raise _too_large(self.max_body)
+            raise too_large(self.max_body)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -233,13 +156,13 @@ class ProxyHandler:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                raise _too_large(self.max_body)
+                raise too_large(self.max_body)
             chunks.append(chunk)
             if not message.get("more_body"):
                 return b"".join(chunks)
 
     async def _forward_raw(
-        self, ex: Exchange, scope: dict, raw: bytes | None, send: _Sender
+        self, ex: Exchange, scope: dict, raw: bytes | None, send: Sender
     ) -> None:
         """Pass-through: status, headers and body bytes exactly as the upstream sent them."""
         response = await self._upstream_call(ex, scope, raw)
@@ -269,14 +192,14 @@ class ProxyHandler:
             upstream, scope["method"], path, raw, scope["headers"], trace_headers
         )
 
-    async def _relay(self, ex: Exchange, response: UpstreamResponse, send: _Sender) -> None:
+    async def _relay(self, ex: Exchange, response: UpstreamResponse, send: Sender) -> None:
         """Whole bodies are read first (a drop becomes a clean 502); streams flow through."""
         if not response.is_event_stream:
             body = await response.read()
-            ex.upstream_ms = _since(ex.upstream_started)
+            ex.upstream_ms = since(ex.upstream_started)
             ex.status = response.status
             if self.gw.telemetry.enabled and response.status == 200:
-                ex.take_answer(_json_or_none(body))
+                ex.take_answer(json_or_none(body))
             await send.whole(response.status, response.headers + ex.headers(), body)
             return
         await send.start(response.status, response.headers + ex.headers())
@@ -288,7 +211,7 @@ class ProxyHandler:
             )
         finally:
             response.close()
-            ex.upstream_ms = _since(ex.upstream_started)
+            ex.upstream_ms = since(ex.upstream_started)
             if watched:
                 ex.take_stream(watched)
 
@@ -298,7 +221,7 @@ class ProxyHandler:
             return None
         return StreamGuard(self.gw.guard, WATCH_ONLY, {}, ex.endpoint, "open")
 
-    async def _pump(self, ex: Exchange, frames: AsyncIterator[bytes], send: _Sender) -> None:
+    async def _pump(self, ex: Exchange, frames: AsyncIterator[bytes], send: Sender) -> None:
         """Send frames until they end, the upstream fails, or the client goes away (which
         cancels the upstream read and so closes that connection)."""
         pumping = asyncio.ensure_future(self._drain(ex, frames, send))
@@ -321,7 +244,7 @@ class ProxyHandler:
             log.warning("request %s: upstream failed mid-body: %s", ex.request_id, exc.code)
         await send.end()
 
-    async def _drain(self, ex: Exchange, frames: AsyncIterator[bytes], send: _Sender) -> None:
+    async def _drain(self, ex: Exchange, frames: AsyncIterator[bytes], send: Sender) -> None:
         async for frame in frames:
             if ex.ttft_ms is None:
                 ex.ttft_ms = (time.perf_counter() - ex.started) * 1000
@@ -330,7 +253,7 @@ class ProxyHandler:
     # -- guarded generation ------------------------------------------------------------
 
     async def _generate(
-        self, ex: Exchange, scope: dict, raw: bytes, body: dict, send: _Sender
+        self, ex: Exchange, scope: dict, raw: bytes, body: dict, send: Sender
     ) -> None:
         route = ex.route
         assert route is not None
@@ -359,9 +282,7 @@ class ProxyHandler:
                 raise content_filter_error(ex.endpoint, inputs.blocked(), inputs.filter_results())
             if decision == "error":
                 ex.error = "guard_unavailable"
-                raise OpenAIError(
-                    503, GUARD_UNAVAILABLE, type="server_error", code="guard_unavailable"
-                )
+                raise guard_unavailable()
             if decision == "redact":
                 raw = orjson.dumps(body)
                 if audit_content:
@@ -389,15 +310,15 @@ class ProxyHandler:
         self,
         ex: Exchange,
         response: UpstreamResponse,
-        send: _Sender,
+        send: Sender,
         policies: Mapping[str, Policy],
         inputs: SideResult,
     ) -> None:
         route = ex.route
         assert route is not None
         raw = await response.read()
-        ex.upstream_ms = _since(ex.upstream_started)
-        body = _json_or_none(raw)
+        ex.upstream_ms = since(ex.upstream_started)
+        body = json_or_none(raw)
         ex.take_answer(body)
         if body is None:
             await send.whole(response.status, response.headers + ex.headers(), raw)
@@ -414,8 +335,8 @@ class ProxyHandler:
         decision = outputs.decision(route.fail)
         if decision == "error":
             ex.error = "guard_unavailable"
-            raise OpenAIError(503, GUARD_UNAVAILABLE, type="server_error", code="guard_unavailable")
-        ex.decision = max(ex.decision, decision, key=_severity)
+            raise guard_unavailable()
+        ex.decision = max(ex.decision, decision, key=SEVERITY.index)
         withhold(ex.endpoint, body, {o.choice for o in outputs.blocked()})
         if decision == "redact" and self.gw.config.audit.content != "none":
             ex.content["output_redacted"] = "\n\n".join(render(c, "last_user") for c in choices)
@@ -427,7 +348,7 @@ class ProxyHandler:
         self,
         ex: Exchange,
         response: UpstreamResponse,
-        send: _Sender,
+        send: Sender,
         policies: Mapping[str, Policy],
         inputs: SideResult,
     ) -> None:
@@ -446,7 +367,7 @@ class ProxyHandler:
             await self._pump(ex, guard.run(response.chunks()) if guard else response.chunks(), send)
         finally:
             response.close()
-            ex.upstream_ms = _since(ex.upstream_started)
+            ex.upstream_ms = since(ex.upstream_started)
             if guard is not None:
                 ex.take_stream(guard)
             if guard is not None and (side.policies or side.shadow):
@@ -458,7 +379,7 @@ class ProxyHandler:
 
     def _take_stream_result(self, ex: Exchange, guard: StreamGuard) -> None:
         ex.outcomes += guard.outcomes
-        ex.decision = max(ex.decision, guard.decision, key=_severity)
+        ex.decision = max(ex.decision, guard.decision, key=SEVERITY.index)
         if self.gw.config.audit.content != "none":
             ex.content["output"] = "\n\n".join(guard.full_text.values())
             ex.content["output_redacted"] = "\n\n".join(guard.released.values())
@@ -472,7 +393,7 @@ class ProxyHandler:
 
     # -- endings -------------------------------------------------------------------------
 
-    async def _fail(self, ex: Exchange, send: _Sender, exc: OpenAIError) -> None:
+    async def _fail(self, ex: Exchange, send: Sender, exc: OpenAIError) -> None:
         ex.status = exc.status
         ex.error = ex.error or exc.code
         if exc.code == "content_filter":
@@ -504,7 +425,7 @@ class ProxyHandler:
         if ex.pending:
             self.gw.in_background(self._audit_later(ex, total_s))
         else:
-            self.gw.audit.submit(self._record(ex, total_s))
+            self.gw.audit.submit(ex.record(total_s))
 
     def _upstream_done(self, ex: Exchange, route_name: str) -> None:
         """Usage and outcome onto the upstream span and metrics, then end the span."""
@@ -513,7 +434,7 @@ class ProxyHandler:
         tokens_out = usage.get("completion_tokens", usage.get("output_tokens"))
         metrics = self.gw.metrics
         if ex.upstream_ms is None:
-            ex.upstream_ms = _since(ex.upstream_started)
+            ex.upstream_ms = since(ex.upstream_started)
         metrics.upstream_duration.observe(ex.upstream_ms / 1000, route_name)
         if isinstance(tokens_in, int):
             metrics.upstream_tokens.add(tokens_in, route_name, "input")
@@ -548,121 +469,4 @@ class ProxyHandler:
         """Shadow verdicts and passthrough-stream verdicts arrive after the response."""
         results = await asyncio.gather(*ex.pending, return_exceptions=True)
         ex.outcomes += [o for o in results if isinstance(o, Outcome)]
-        self.gw.audit.submit(self._record(ex, total_s))
-
-    def _record(self, ex: Exchange, total_s: float) -> dict[str, Any]:
-        assert ex.tenant is not None
-        route_name = ex.route.name if ex.route else None
-        return {
-            "request_id": ex.request_id,
-            "time": ex.at,
-            "tenant": ex.tenant.name,
-            "route": route_name,
-            "endpoint": ex.endpoint,
-            "model": ex.model,
-            "stream": ex.stream,
-            "decision": "error" if ex.error == "guard_unavailable" else ex.decision,
-            "status": ex.status,
-            "error": ex.error,
-            "verdicts": [o.record() for o in ex.outcomes],
-            "timings": {
-                "classifier_ms": round(ex.guard_ms, 2),
-                "upstream_ms": _round(ex.upstream_ms),
-                "total_ms": round(total_s * 1000, 2),
-                "ttft_ms": _round(ex.ttft_ms),
-            },
-            "content": ex.content,
-        }
-
-
-def withhold(endpoint: str, body: dict, choices: set[int | None]) -> None:
-    """Blocked output: the text is removed and the choice finishes with content_filter."""
-    if not choices:
-        return
-    if endpoint == RESPONSES:
-        body["output"] = [i for i in body.get("output") or () if i.get("type") != "message"]
-        body["status"] = "incomplete"
-        body["incomplete_details"] = {"reason": "content_filter"}
-        return
-    for index, choice in enumerate(body.get("choices") or ()):
-        if index in choices:
-            choice["finish_reason"] = "content_filter"
-            if endpoint == COMPLETIONS:
-                choice["text"] = ""
-            elif isinstance(choice.get("message"), dict):
-                choice["message"]["content"] = None
-                choice["message"].pop("tool_calls", None)
-
-
-def annotate(endpoint: str, body: dict, inputs: SideResult, outputs: SideResult) -> None:
-    """Azure-style filter results: prompt_filter_results and per-choice content_filter_results."""
-    if inputs.outcomes:
-        body["prompt_filter_results"] = [
-            {"prompt_index": 0, "content_filter_results": inputs.filter_results()}
-        ]
-    if not outputs.outcomes or endpoint == RESPONSES:
-        return
-    for index, choice in enumerate(body.get("choices") or ()):
-        mine = SideResult([o for o in outputs.outcomes if o.choice == index])
-        choice["content_filter_results"] = mine.filter_results()
-
-
-def _severity(decision: str) -> int:
-    return ("allow", "annotate", "redact", "error", "block").index(decision)
-
-
-def _since(started: float | None) -> float | None:
-    return None if started is None else (time.perf_counter() - started) * 1000
-
-
-def _json_or_none(raw: bytes) -> dict[str, Any] | None:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
-
-
-def _too_large(limit: int) -> OpenAIError:
-    return OpenAIError(
-        413,
-        f"The request body exceeds the gateway's limit of {limit} bytes.",
-        code="request_too_large",
-    )
-
-
-class _Sender:
-    """ASGI send with the response state tracked (so errors know whether headers went out)."""
-
-    __slots__ = ("_receive", "_send", "started")
-
-    def __init__(self, send: Any, receive: Any) -> None:
-        self._send, self._receive = send, receive
-        self.started = False
-
-    async def disconnected(self) -> None:
-        """Returns once the client has gone (uvicorn's send then drops data silently)."""
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.started = True
-        await self._send({"type": "http.response.start", "status": status, "headers": headers})
-
-    async def body(self, chunk: bytes) -> None:
-        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-    async def end(self) -> None:
-        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def whole(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        if not any(name == b"content-type" for name, _ in headers):
-            headers = [*headers, (b"content-type", JSON)]
-        headers = [*headers, (b"content-length", str(len(body)).encode())]
-        self.started = True
-        await self._send({"type": "http.response.start", "status": status, "headers": headers})
-        await self._send({"type": "http.response.body", "body": body})
+        self.gw.audit.submit(ex.record(total_s))

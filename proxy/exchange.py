@@ -1,0 +1,106 @@
+"""One request's exchange: what it did, for headers, metrics, spans and the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from proxy.config import Route, Tenant
+from proxy.guard.engine import Outcome, SideResult
+from proxy.guard.streaming import StreamGuard
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one request did, gathered for the response headers, metrics and the audit log."""
+
+    request_id: str
+    endpoint: str
+    started: float = field(default_factory=time.perf_counter)
+    at: float = field(default_factory=time.time)
+    tenant: Tenant | None = None
+    route: Route | None = None
+    model: str | None = None
+    stream: bool = False
+    status: int = 0
+    decision: str = "allow"
+    error: str | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    pending: list[asyncio.Future[Any]] = field(default_factory=list)  # finish before audit
+    guard_ms: float = 0.0
+    upstream_span: Any = None
+    upstream_started: float | None = None
+    upstream_ms: float | None = None
+    answer: dict[str, Any] | None = None  # the upstream's JSON body or last stream event
+    usage: dict[str, Any] | None = None
+    finish_reasons: list[str] | None = None
+    ttft_ms: float | None = None
+    content: dict[str, str | None] = field(default_factory=dict)
+
+    def take_answer(self, body: dict[str, Any] | None) -> None:
+        self.answer = body
+        usage = body.get("usage") if body else None
+        self.usage = usage if isinstance(usage, dict) else None
+
+    def take_stream(self, watched: StreamGuard) -> None:
+        self.answer = watched.last
+        self.usage = watched.usage
+        self.finish_reasons = watched.finish_reasons
+
+    def add(self, result: SideResult, spent_ms: float) -> None:
+        self.outcomes += result.outcomes
+        self.pending += result.shadow
+        self.guard_ms += spent_ms
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        headers = [(b"x-request-id", self.request_id.encode())]
+        if self.route is not None and self.outcomes:
+            headers.append((b"x-safeguard-decision", self.decision.encode()))
+            flagged = sorted({o.policy.id for o in self.outcomes if o.verdict.violation})
+            if flagged:
+                headers.append((b"x-safeguard-policies", ",".join(flagged).encode()))
+        return headers
+
+    def record(self, total_s: float) -> dict[str, Any]:
+        """The audit record (DESIGN §7); content is raw, the audit log applies retention."""
+        assert self.tenant is not None
+        return {
+            "request_id": self.request_id,
+            "time": self.at,
+            "tenant": self.tenant.name,
+            "route": self.route.name if self.route else None,
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "stream": self.stream,
+            "decision": "error" if self.error == "guard_unavailable" else self.decision,
+            "status": self.status,
+            "error": self.error,
+            "verdicts": [o.record() for o in self.outcomes],
+            "timings": {
+                "classifier_ms": round(self.guard_ms, 2),
+                "upstream_ms": round_ms(self.upstream_ms),
+                "total_ms": round(total_s * 1000, 2),
+                "ttft_ms": round_ms(self.ttft_ms),
+            },
+            "content": self.content,
+        }
+
+
+def since(started: float | None) -> float | None:
+    return None if started is None else (time.perf_counter() - started) * 1000
+
+
+def json_or_none(raw: bytes) -> dict[str, Any] | None:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def round_ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
