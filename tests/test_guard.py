@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import httpx
 import openai
@@ -123,14 +122,14 @@ def test_parallel_mode_hides_latency_and_never_leaks_a_blocked_answer(
         slow={"upstream": "main", "input": {"policies": ["cheating"], "mode": "sequential"}},
     )
     classifier[0].delay_s = 0.3
-    upstream[0].first_token_delay_s = 0.3
-    started = time.perf_counter()
+    # parallel: the upstream call starts while the classifier is still thinking
     assert chat(gw, "fast-1", "hello").parse().choices[0].message.content == "echo: hello"
-    parallel = time.perf_counter() - started
-    started = time.perf_counter()
+    verdict_at = classifier[0].calls[-1].at + 0.3
+    assert upstream[0].requests[-1].at < verdict_at
+    # sequential: only once the verdict is in
     chat(gw, "slow-1", "hello again")
-    sequential = time.perf_counter() - started
-    assert parallel < 0.5 < sequential  # 0.3 overlapped vs 0.3 + 0.3 in a row
+    verdict_at = classifier[0].calls[-1].at + 0.3
+    assert upstream[0].requests[-1].at >= verdict_at
     upstream[0].requests.clear()
     with pytest.raises(openai.BadRequestError):
         chat(gw, "fast-1", "say: the aimbot answer", stream=True)

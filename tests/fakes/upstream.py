@@ -33,6 +33,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: Any
+    at: float = field(default_factory=time.monotonic)
 
 
 def user_text(body: dict) -> str:
