@@ -1,9 +1,11 @@
 """The audit writer: one record per request, stored off the request path, never dropped.
 
-`AuditLog.submit` applies the retention setting and queues the record (microseconds, never
-raises). A dedicated thread owns the SQLite connection and writes batches, one transaction
-each. When the queue is full or the store fails, records are appended as JSON lines to the
-spill file instead, and `health()` reports degraded until writes succeed again.
+`AuditLog.submit` applies the retention setting and appends the record to a deque
+(microseconds, never raises, no lock or thread wake-up per record: deque appends and pops
+are atomic). A dedicated thread owns the SQLite connection and, every flush interval,
+takes what is pending and writes it in batches, one transaction each. When the queue is
+full or the store fails, records are appended as JSON lines to the spill file instead,
+and `health()` reports degraded until writes succeed again.
 Reading the store (CLI, admin API) lives in proxy.audit_store.
 """
 
@@ -13,10 +15,10 @@ import asyncio
 import atexit
 import hashlib
 import logging
-import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -27,7 +29,6 @@ from proxy.config import Audit
 log = logging.getLogger("proxy.audit")
 
 RETENTION_MODES = ("full", "redacted", "hash", "none")
-_STOP = object()  # queued by close(): everything before it is written, then the writer exits
 _LOG_EVERY_S = 30.0
 
 
@@ -80,7 +81,9 @@ class AuditLog:
         self.cfg = cfg
         self.path = cfg.path
         self.spill_path = cfg.spill_path or f"{cfg.path}.spill.jsonl"
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, cfg.queue_size))
+        self._pending: deque[dict] = deque()  # appended by submit, popped by the writer
+        self._capacity = max(1, cfg.queue_size)
+        self._stop = threading.Event()
         self._batch_size = max(1, cfg.batch_size)
         self._reopen_after_s = reopen_after_s
         self._thread: threading.Thread | None = None
@@ -119,10 +122,10 @@ class AuditLog:
         if self._closed:
             self._spill([stored], "audit log closed")
             return
-        try:
-            self._queue.put_nowait(stored)
-        except queue.Full:
-            self._spill([stored], f"audit queue full ({self._queue.maxsize})")
+        if len(self._pending) >= self._capacity:
+            self._spill([stored], f"audit queue full ({self._capacity})")
+        else:
+            self._pending.append(stored)
 
     async def close(self) -> None:
         """Write everything queued, then stop. Records submitted afterwards are spilled."""
@@ -144,7 +147,7 @@ class AuditLog:
 
     def stats(self) -> dict:
         return {
-            "queued": self._queue.qsize(),
+            "queued": len(self._pending),
             "written": self._written,
             "batches": self._batches,
             "spilled": self._spilled,
@@ -158,17 +161,9 @@ class AuditLog:
     def _stop_writer(self) -> None:
         self._closed = True
         if self._thread is not None and self._thread.is_alive():
-            self._queue.put(_STOP)  # blocks while full; the writer is draining it
+            self._stop.set()  # the writer drains everything pending, then exits
             self._thread.join()
-        leftovers = []
-        while True:  # raced in after _STOP, or queued without a writer
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not _STOP:
-                leftovers.append(item)
-        if leftovers:
+        if leftovers := self._take():  # submitted without a writer, or raced in after it
             self._spill(leftovers, "audit log closed")
         with self._spill_lock:
             if self._spill_file is not None:
@@ -178,36 +173,26 @@ class AuditLog:
     def _run(self) -> None:
         self._open()
         self._ready.set()
-        stopping = False
-        while not stopping:
-            batch, stopping = self._take()
-            if batch:
+        while True:
+            stopping = self._stop.wait(self.cfg.flush_interval_s)
+            batch = self._take()
+            for start in range(0, len(batch), self._batch_size):
+                chunk = batch[start : start + self._batch_size]
                 try:
-                    self._write(batch)
+                    self._write(chunk)
                 except Exception as exc:  # a bug must not kill the writer or lose the batch
                     self._errors += 1
-                    self._spill(batch, f"audit writer error ({type(exc).__name__})")
+                    self._spill(chunk, f"audit writer error ({type(exc).__name__})")
+            if stopping and not self._pending:
+                break
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
-    def _take(self) -> tuple[list[dict], bool]:
-        """Block for one record, then gather up to batch_size within flush_interval_s."""
-        first = self._queue.get()
-        if first is _STOP:
-            return [], True
-        batch = [first]
-        deadline = time.monotonic() + self.cfg.flush_interval_s
-        while len(batch) < self._batch_size:
-            wait = deadline - time.monotonic()
-            try:
-                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _STOP:
-                return batch, True
-            batch.append(item)
-        return batch, False
+    def _take(self) -> list[dict]:
+        """Everything submitted so far; what arrives meanwhile waits for the next round."""
+        pending = self._pending
+        return [pending.popleft() for _ in range(len(pending))]
 
     def _open(self) -> sqlite3.Connection | None:
         if self._conn is None and time.monotonic() >= self._reopen_at:
@@ -234,7 +219,7 @@ class AuditLog:
             return
         self._written += len(batch)
         self._batches += 1
-        if self._degraded and self._queue.qsize() <= self._queue.maxsize // 2:
+        if self._degraded and len(self._pending) <= self._capacity // 2:
             self._degraded = None
             log.warning(
                 "audit store healthy again (%d written, %d spilled)", self._written, self._spilled

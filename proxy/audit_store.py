@@ -74,6 +74,12 @@ def encode(record: Mapping[str, Any]) -> bytes:
 
 _REQUEST_COLS = ("request_id", "time", "tenant", "route", "endpoint", "model", "decision", "status")
 _VERDICT_COLS = ("policy", "version", "side", "label", "category", "action")
+_INSERT_REQUEST = (
+    f"INSERT INTO requests ({', '.join(_REQUEST_COLS)}, record) VALUES (?,?,?,?,?,?,?,?,?)"
+)
+_INSERT_VERDICT = (
+    f"INSERT INTO verdicts (request, {', '.join(_VERDICT_COLS)}, shadow) VALUES (?,?,?,?,?,?,?,?)"
+)
 
 
 def insert_records(conn: sqlite3.Connection, records: Sequence[Mapping[str, Any]]) -> None:
@@ -81,23 +87,16 @@ def insert_records(conn: sqlite3.Connection, records: Sequence[Mapping[str, Any]
     with conn:
         for rec in records:
             cur = conn.execute(
-                f"INSERT INTO requests ({', '.join(_REQUEST_COLS)}, record)"
-                " VALUES (?,?,?,?,?,?,?,?,?)",
+                _INSERT_REQUEST,
                 (*(_column(rec.get(c)) for c in _REQUEST_COLS), encode(rec).decode()),
             )
-            conn.executemany(
-                f"INSERT INTO verdicts (request, {', '.join(_VERDICT_COLS)}, shadow)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        cur.lastrowid,
-                        *(_column(v.get(c)) for c in _VERDICT_COLS),
-                        bool(v.get("shadow")),
-                    )
-                    for v in rec.get("verdicts") or ()
-                    if isinstance(v, Mapping)
-                ],
-            )
+            rows = [
+                (cur.lastrowid, *(_column(v.get(c)) for c in _VERDICT_COLS), bool(v.get("shadow")))
+                for v in rec.get("verdicts") or ()
+                if isinstance(v, Mapping)
+            ]
+            if rows:
+                conn.executemany(_INSERT_VERDICT, rows)
 
 
 def _column(value: Any) -> str | float | None:

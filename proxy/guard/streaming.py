@@ -263,8 +263,7 @@ class StreamGuard:
                         "guard_unavailable",
                     )
                     return
-                for frame in self._release(sealed, released):
-                    yield frame
+                yield b"".join(self._release(sealed, released))  # one write per window
             await producer  # re-raises an upstream failure after everything cleared was sent
         finally:
             if not producer.done():

@@ -152,6 +152,10 @@ def hiding(settings: Settings) -> Scenario:
                 settings, servers[target], 1, model=model, prompt="unique",
                 max_requests=n, warmup=0.4, duration=n * 1.0 + 10,
             )  # fmt: skip
+    failed = [k for k, r in runs.items() if not r["samples"]]
+    if failed:
+        detail = {k: (runs[k]["statuses"], runs[k]["errors"]) for k in failed}
+        raise RuntimeError(f"no successful requests for {', '.join(failed)}: {detail}")
     base = runs["open"]["p50_ms"]
     rows = [
         [label, runs[key]["samples"], fmt(runs[key]["p50_ms"], 1), fmt(runs[key]["mean_ms"], 1),
