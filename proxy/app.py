@@ -3,10 +3,12 @@ readiness, metrics, admin) through Starlette. Lifespan opens and drains the serv
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from proxy.audit_store import audit_page
-from proxy.config import DEV_KEY, Config
+from proxy.config import DEV_KEY, Config, load_config
 from proxy.gateway import Gateway
 from proxy.handler import ProxyHandler
 from proxy.metrics import CONTENT_TYPE
@@ -116,9 +118,7 @@ def build_app(config: Config, **gateway_options: Any) -> Any:
                     config.classifier.base_url,
                     detail,
                 )
-        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-            import asyncio
-
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not main thread
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reload_policies)
         try:
             yield
@@ -151,8 +151,4 @@ CONFIG_ENV = "SAFEGUARD_GATEWAY_CONFIG"
 
 def app_from_env() -> Any:
     """Factory for `uvicorn --factory` and multi-worker serving: config path from the env."""
-    import os
-
-    from proxy.config import load_config
-
     return build_app(load_config(os.environ.get(CONFIG_ENV, "config/gateway.yaml")))

@@ -29,7 +29,7 @@ RSS_TARGET_MB = 250.0
 
 def core(settings: Settings) -> Scenario:
     sc = Scenario("core", "Core: pass-through forwarding (issue 2)")
-    c1_rounds = max(2, settings.rounds - 2)
+    c1_rounds = 1 if settings.quick else max(2, settings.rounds - 2)
     sc.notes += [
         "Zero-latency upstream (tests/bench/upstream.py, raw ASGI on uvicorn), fixed 323-byte "
         "chat completion; non-stream POST /v1/chat/completions.",

@@ -30,7 +30,7 @@ class Settings:
     @classmethod
     def make(cls, quick: bool, log_dir: Path) -> Settings:
         if quick:
-            return cls(True, 1.5, 0.3, 2, log_dir)
+            return cls(True, 1.2, 0.3, 2, log_dir)
         return cls(False, 2.0, 0.4, 5, log_dir)
 
 
