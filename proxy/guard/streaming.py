@@ -12,7 +12,7 @@ cut in two by a window edge.
 from __future__ import annotations
 
 import asyncio
-import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -178,11 +178,21 @@ class StreamGuard:
         self.decision = "allow"
         self.usage: dict[str, Any] | None = None
         self.finish_reasons: list[str] = []
-        self.first_byte_at: float | None = None
-        self.released: dict[int, str] = {}  # choice/output index -> text sent so far
-        self.full_text: dict[int, str] = {}
+        # choice/output index -> text pieces: as the upstream sent them, and as released
+        self._received: dict[int, list[str]] = defaultdict(list)
+        self._released: dict[int, list[str]] = defaultdict(list)
         self.last: dict[str, Any] | None = None
         self._redacted = False
+
+    @property
+    def full_text(self) -> dict[int, str]:
+        """What the upstream answered, per choice (output index for the Responses API)."""
+        return {i: "".join(parts) for i, parts in self._received.items()}
+
+    @property
+    def released(self) -> dict[int, str]:
+        """What the client was sent, per choice: the cleared, possibly redacted text."""
+        return {i: "".join(parts) for i, parts in self._released.items()}
 
     def _observe(self, event: Event) -> None:
         if event.data is None:
@@ -200,7 +210,7 @@ class StreamGuard:
             self.finish_reasons.append(str(status))
         self.usage = usage_of(event) or self.usage
         for index, text in event.texts.items():
-            self.full_text[index] = self.full_text.get(index, "") + text
+            self._received[index].append(text)
 
     async def _judge(self, sealed: Sealed) -> tuple[list[Outcome], dict[int, str]]:
         outcomes: list[Outcome] = []
@@ -234,7 +244,7 @@ class StreamGuard:
             else:
                 frames.append(event.raw)
         for index, text in released.items():
-            self.released[index] = self.released.get(index, "") + text
+            self._released[index].append(text)
         return frames
 
     async def run(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -283,8 +293,6 @@ class StreamGuard:
 
         try:
             async for chunk in chunks:
-                if self.first_byte_at is None:
-                    self.first_byte_at = time.perf_counter()
                 for raw in splitter.feed(chunk):
                     event = parse_event(raw, self.endpoint)
                     self._observe(event)
@@ -298,15 +306,13 @@ class StreamGuard:
     async def _passthrough(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         splitter = EventSplitter()
         async for chunk in chunks:
-            if self.first_byte_at is None:
-                self.first_byte_at = time.perf_counter()
             for raw in splitter.feed(chunk):
                 self._observe(parse_event(raw, self.endpoint))
             yield chunk
 
     async def judge_passthrough(self) -> None:
         """After a passthrough stream: classify the whole answer; a flag can only annotate."""
-        self.released = dict(self.full_text)
+        self._released = self._received
         for index, text in self.full_text.items():
             result, _ = await self.guard.check_text(self.side, self.policies, text, choice=index)
             self.outcomes += result.outcomes
