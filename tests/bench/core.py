@@ -37,7 +37,7 @@ def core(settings: Settings) -> Scenario:
         "metrics on (prometheus), traces off; audit off or on (SQLite, content: redacted).",
         f"Figures are medians of {settings.rounds} (c=32) / {c1_rounds} (c=1) interleaved runs "
         f"of {settings.duration:g} s; ratios and added latency are taken per round (adjacent "
-        "runs) and shown as median (min-max). CPU us/req = CPU time of the measured hop per "
+        "runs) and shown as median [min, max]. CPU us/req = CPU time of the measured hop per "
         "request (all its threads).",
     ]
     tmp = settings.log_dir / "core"
@@ -92,7 +92,10 @@ def core(settings: Settings) -> Scenario:
             "<= 1 ms",
             added["median"] <= 1.0,
         )
-    sc.raw = {"runs": runs}
+    sc.raw = {
+        "summary": {f"{n}@c{c}": summary(r) for c, by in runs.items() for n, r in by.items()},
+        "runs": runs,
+    }
     return sc
 
 
@@ -127,7 +130,7 @@ def _stream_rss(
 
 def streams(settings: Settings) -> Scenario:
     n = 1000
-    chunks = 8 if settings.quick else 20
+    chunks = 6 if settings.quick else 20
     sc = Scenario("streams", "1,000 concurrent open streams through one gateway worker (issue 2)")
     sc.notes += [
         f"Upstream streams {chunks} tokens, one per second; {n} streaming requests are opened "
@@ -195,7 +198,7 @@ def observability(settings: Settings) -> Scenario:
         "to a loopback sink (tests/bench/otlp_sink.py) via OTEL_EXPORTER_OTLP_ENDPOINT; "
         "2 spans per request (SERVER + upstream CLIENT).",
         f"Medians of {settings.rounds} interleaved runs of {settings.duration:g} s; the ratio "
-        "is per round (adjacent runs), median (min-max).",
+        "is per round (adjacent runs), median [min, max].",
     ]
     tmp = settings.log_dir / "obs"
     sampled = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}

@@ -120,7 +120,10 @@ def guard(settings: Settings) -> Scenario:
             "(info)",
             None,
         )
-    sc.raw = {f"{k}@c{c}": v for (k, c), v in runs.items()}
+    sc.raw = {
+        "summary": {f"{k}@c{c}": summary(v) for (k, c), v in runs.items()},
+        "runs": {f"{k}@c{c}": v for (k, c), v in runs.items()},
+    }
     return sc
 
 
@@ -257,5 +260,18 @@ def window(settings: Settings) -> Scenario:
         "<= fill time (+25 ms)",
         worst <= fill_ms + 25 and summary["win"]["complete"],
     )
-    sc.raw = {"results": results, "summary": summary, "fill_ms": fill_ms}
+    sc.raw = {
+        "summary": summary,
+        "fill_ms": round(fill_ms, 1),
+        "chars_per_token": round(chars_per_token, 2),
+        "mean_arrival_ms": {
+            key: [round(statistics.fmean(v), 2) for _, v in sorted(_arrivals(r)[0].items())]
+            for key, r in results.items()
+        },
+        "runs": {
+            key: [{k: v for k, v in run.items() if k != "tokens"} | {"tokens": len(run["tokens"])}
+                  for run in r["runs"]]
+            for key, r in results.items()
+        },
+    }  # fmt: skip
     return sc

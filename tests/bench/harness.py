@@ -30,7 +30,7 @@ class Settings:
     @classmethod
     def make(cls, quick: bool, log_dir: Path) -> Settings:
         if quick:
-            return cls(True, 1.2, 0.3, 2, log_dir)
+            return cls(True, 1.0, 0.3, 2, log_dir)
         return cls(False, 2.0, 0.4, 5, log_dir)
 
 
@@ -213,10 +213,10 @@ def paired(
 
 
 def spread(p: dict[str, float], digits: int = 2) -> str:
-    """`0.62 (0.55-0.71)`: the median of per-round values and their range."""
+    """`0.62 [0.55, 0.71]`: the median of per-round values, and their min and max."""
     if p["min"] == p["max"]:
         return f"{p['median']:.{digits}f}"
-    return f"{p['median']:.{digits}f} ({p['min']:.{digits}f}-{p['max']:.{digits}f})"
+    return f"{p['median']:.{digits}f} [{p['min']:.{digits}f}, {p['max']:.{digits}f}]"
 
 
 def fmt(value: float | None, digits: int = 2) -> str:

@@ -39,10 +39,52 @@ def render_checks(scenarios: list[Scenario]) -> str:
     return "## Targets\n\n" + markdown_table(["scenario", "check", "value", "target", ""], rows)
 
 
+SIZING_ROWS = (  # (scenario, summary key, label)
+    ("core", "gateway_audit@c32", "pass-through, no policies, audit on (default)"),
+    ("core", "gateway@c32", "pass-through, no policies, audit off"),
+    ("guard", "miss@c32", "1 input + 1 output policy, cache miss (0 ms classifier)"),
+    ("guard", "hit@c32", "1 input + 1 output policy, cache hit"),
+    ("guard", "s_miss@c32", "streaming 100 tokens, window mode, 1 input + 1 output policy"),
+)
+
+
+def render_sizing(scenarios: list[Scenario]) -> str:
+    """One gateway worker at c=32, in the shape of deploy/SIZING.md's table."""
+    by_name = {sc.name: sc for sc in scenarios}
+    rows = []
+    for name, key, label in SIZING_ROWS:
+        s = by_name[name].raw.get("summary", {}).get(key) if name in by_name else None
+        if not s:
+            continue
+        per_core = 1e6 / s["cpu_us_per_req"] if s["cpu_us_per_req"] else None
+        rows.append(
+            [label, f"{s['rps']:,.0f}", f"{s['p50_ms']:.1f} ms", f"{s['p99_ms']:.1f} ms",
+             f"{s['cpu_pct']:.0f}%", f"{s['cpu_us_per_req']:,.0f}",
+             "-" if per_core is None else f"{per_core:,.0f}"]
+        )  # fmt: skip
+    if not rows:
+        return ""
+    note = (
+        "One worker process, 32 concurrent clients, audit off unless stated, traces off. "
+        "CPU = the gateway process (100% = one core); req/s per core = 1e6 / CPU us per "
+        "request, the CPU-bound capacity, steadier than req/s on a shared host."
+    )
+    columns = ["scenario (32 concurrent clients)", "req/s per worker", "p50", "p99", "CPU",
+               "CPU us/req", "req/s per core"]  # fmt: skip
+    return (
+        "## Per-worker figures (for deploy/SIZING.md)\n\n"
+        + note
+        + "\n\n"
+        + markdown_table(columns, rows)
+    )
+
+
 def render(header: list[str], scenarios: list[Scenario], failures: dict[str, str]) -> str:
     parts = ["# Safeguard Gateway benchmark", "", *header]
     for sc in scenarios:
         parts += ["", render_scenario(sc)]
+    if sizing := render_sizing(scenarios):
+        parts += ["", sizing]
     if failures:
         parts += ["", "## Scenarios that did not complete", ""]
         parts += [f"- {name}: {why}" for name, why in failures.items()]

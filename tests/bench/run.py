@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         f"aiohttp {env['aiohttp']}, uvicorn {env['uvicorn']}, uvloop {env['uvloop']}.",
         "Load generator: tests/bench/loadgen.py (aiohttp client, closed loop, own process); "
         "all servers in their own processes on 127.0.0.1, sharing the machine's cores.",
+        "Noise: on a shared 2-vCPU VM the host's speed drifts up to 2x within minutes (the "
+        "same target measured twice can differ that much), so runs are interleaved and "
+        "compared per round; trust the ratios and CPU us/req over absolute req/s.",
     ]
     text = render(header, scenarios, failures)
     print(text)
