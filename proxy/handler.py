@@ -7,9 +7,10 @@ is re-serialized only when a policy redacted it or annotations are added.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,6 +51,10 @@ from proxy.upstream import UpstreamError, UpstreamResponse
 log = logging.getLogger("proxy")
 
 WATCH_ONLY = Side(stream="passthrough")
+# Request ids: a random per-process prefix and a counter (unique across workers, no
+# syscall per request).
+_ID_PREFIX = os.urandom(10).hex()
+_ids = itertools.count()
 
 
 class ProxyHandler:
@@ -63,7 +68,7 @@ class ProxyHandler:
         request_id = (
             client_id.decode("latin-1")
             if 0 < len(client_id) <= 128 and client_id.isascii()
-            else f"req_{uuid.uuid4().hex}"
+            else f"req_{_ID_PREFIX}{next(_ids):012x}"
         )
         path = scope["path"].rstrip("/") or "/"
         ex = Exchange(request_id, path)
