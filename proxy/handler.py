@@ -306,8 +306,8 @@ class ProxyHandler:
         if response.status != 200:
             await self._relay(ex, response, send)
             return
-        if ex.stream and response.is_event_stream:
-            await self._stream(ex, response, send, policies, inputs)
+        if response.is_event_stream:  # guarded as a stream even if none was asked for
+            await self._stream(ex, response, send, policies)
         else:
             await self._complete(ex, response, send, policies, inputs)
 
@@ -326,6 +326,13 @@ class ProxyHandler:
         body = json_or_none(raw)
         ex.take_answer(body)
         if body is None:
+            if route.output.policies and route.fail == "closed":
+                raise OpenAIError(
+                    502,
+                    "The upstream answered with a body the output guard cannot read.",
+                    type="server_error",
+                    code="upstream_invalid",
+                )
             await send.whole(response.status, response.headers + ex.headers(), raw)
             ex.status = response.status
             return
@@ -355,7 +362,6 @@ class ProxyHandler:
         response: UpstreamResponse,
         send: Sender,
         policies: Mapping[str, Policy],
-        inputs: SideResult,
     ) -> None:
         route = ex.route
         assert route is not None

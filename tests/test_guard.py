@@ -279,6 +279,20 @@ def test_responses_stream_block_ends_with_incomplete(make_gateway):
     assert reply.status == "incomplete" and reply.output_text == ""
 
 
+def test_an_upstream_that_streams_unasked_is_still_guarded(make_gateway):
+    gw = make_gateway(guarded=GUARDED)
+    raw = chat(gw, "guarded-always-stream", "say: fine words, then kill them all")
+    body = raw.http_response.read()
+    assert b"kill" not in body and b"content_filter" in body
+
+
+def test_an_unreadable_answer_is_not_passed_unguarded(make_gateway):
+    gw = make_gateway(guarded=GUARDED)
+    with pytest.raises(openai.APIStatusError) as err:
+        chat(gw, "guarded-plain-text", "say: kill them all")
+    assert err.value.status_code == 502 and err.value.code == "upstream_invalid"
+
+
 def test_completions_output_block(make_gateway):
     gw = make_gateway(guarded=GUARDED)
     reply = client(gw).completions.create(model="guarded-1", prompt="say: kill them all")

@@ -3,7 +3,8 @@
 The answer to a chat/completions/responses request is the last user text prefixed with
 "echo: ", or, when that text starts with "say:", exactly what follows it. Model names
 script failures: "fail-<status>" answers that status with an OpenAI error body, "tools"
-answers with a tool call, "drop" breaks the connection mid-answer, "hang" never answers.
+answers with a tool call, "drop" breaks the connection mid-answer, "hang" never answers;
+chat models ending in "plain-text" answer text/plain, in "always-stream" always stream.
 """
 
 from __future__ import annotations
@@ -168,7 +169,11 @@ class FakeOpenAI:
         body, failure = await self._receive(request)
         if failure:
             return failure
-        text, model, n = answer_for(body), body.get("model"), int(body.get("n") or 1)
+        text, model, n = answer_for(body), str(body.get("model")), int(body.get("n") or 1)
+        if model.endswith("plain-text"):
+            return Response(text, media_type="text/plain")
+        if model.endswith("always-stream"):  # an upstream that streams whatever was asked
+            body["stream"] = True
         tools = model == "tools"
         base = {
             "id": "chatcmpl-fake",
