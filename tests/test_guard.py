@@ -352,3 +352,18 @@ def test_hot_reload_changes_behaviour_and_keeps_old_set_on_error(make_gateway, t
     assert bad.status_code == 422 and "action" in bad.json()["detail"]
     with pytest.raises(openai.BadRequestError):  # the previous set still enforces
         chat(gw, "guarded-1", "say: a triggerbot")
+
+
+def test_responses_stream_redaction_restates_the_final_text(make_gateway):
+    gw = make_gateway(guarded=GUARDED)
+    answer = "mail jane.doe@example.com " + SAFE.strip()
+    events = list(
+        client(gw).responses.create(model="guarded-1", input="say: " + answer, stream=True)
+    )
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    expected = answer.replace("jane.doe@example.com", "[REDACTED:EMAIL]")
+    assert deltas == expected
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert done.text == expected
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == expected
