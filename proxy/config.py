@@ -103,6 +103,7 @@ class Telemetry:
     traces: str = "none"  # none | console | otlp
     metrics: str = "prometheus"  # none | prometheus | otlp
     service_name: str = "safeguard-gateway"
+    sample_ratio: float = 1.0  # head sampling of new traces (OTEL_TRACES_SAMPLER wins)
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,12 +404,16 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
     )
 
     te = root.child("telemetry")
-    te.only("traces", "metrics", "service_name")
+    te.only("traces", "metrics", "service_name", "sample_ratio")
     telemetry = Telemetry(
         traces=te.get("traces", str, "none", ("none", "console", "otlp")),
         metrics=te.get("metrics", str, "prometheus", ("none", "prometheus", "otlp")),
         service_name=te.get("service_name", str, "safeguard-gateway"),
+        sample_ratio=te.get("sample_ratio", float, 1.0),
     )
+
+    if not 0.0 <= telemetry.sample_ratio <= 1.0:
+        raise ConfigError("telemetry.sample_ratio", "must be between 0 and 1")
 
     return Config(
         server=server,

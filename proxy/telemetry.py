@@ -48,7 +48,7 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import ParentBased
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -180,7 +180,12 @@ class Telemetry:
             processor = _batch(OTLPSpanExporter())
         else:
             raise ValueError(f"unknown telemetry.traces {config.traces!r}")
-        self._provider = TracerProvider(resource=build_resource(config.service_name))
+        sampler = None  # the SDK's default: OTEL_TRACES_SAMPLER(_ARG), else always on
+        if config.sample_ratio < 1.0 and "OTEL_TRACES_SAMPLER" not in os.environ:
+            sampler = ParentBased(TraceIdRatioBased(config.sample_ratio))
+        self._provider = TracerProvider(
+            resource=build_resource(config.service_name), sampler=sampler
+        )
         self._provider.add_span_processor(processor)
         self._tracer = self._provider.get_tracer(SCOPE)
         # A parent-based sampler drops every child of a dropped span, so skip making them.

@@ -431,3 +431,20 @@ async def test_real_otlp_http_export_to_loopback_receiver(receiver, monkeypatch)
         ("pii", "safe"),
     ]
     assert attrs(server.attributes)["safeguard.decision"] == "allow"
+
+
+def test_sample_ratio_samples_a_share_of_new_traces():
+    exporter = InMemorySpanExporter()
+    tel = Telemetry(TelemetryConfig(traces="console", sample_ratio=0.25), exporter=exporter)
+    for _ in range(400):
+        with tel.server_span("POST", "/v1/chat/completions", []):
+            pass
+    kept = len(exporter.get_finished_spans())
+    assert 40 <= kept <= 180  # about a quarter, never all, never none
+    # a sampled parent from the client is always honoured
+    parent = [(b"traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]
+    exporter.clear()
+    for _ in range(20):
+        with tel.server_span("POST", "/v1/chat/completions", parent):
+            pass
+    assert len(exporter.get_finished_spans()) == 20
