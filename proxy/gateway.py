@@ -29,10 +29,11 @@ def check_policies(config: Config, policies: Mapping[str, Policy]) -> None:
     """Every route names loaded policies, and parallel input never meets a redacting one."""
     for route in config.routes.values():
         for side_name, side in (("input", route.input), ("output", route.output)):
-            for ref in side.policies + side.shadow:
-                key = f"routes.{route.name}.{side_name}"
-                if ref.id not in policies:
-                    raise ConfigError(f"{key}.policies", f"no policy {ref.id!r} in policies_dir")
+            key = f"routes.{route.name}.{side_name}"
+            for field, refs in (("policies", side.policies), ("shadow", side.shadow)):
+                for ref in refs:
+                    if ref.id not in policies:
+                        raise ConfigError(f"{key}.{field}", f"no policy {ref.id!r} in policies_dir")
             if side_name == "input" and side.mode == "parallel":
                 for ref in side.policies:
                     if (ref.action or policies[ref.id].action) == "redact":
