@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import aiohttp
 import orjson
@@ -216,7 +216,3 @@ def errored(policy: Policy, exc: ClassifierError, latency_ms: float) -> Verdict:
         error=str(exc),
         latency_ms=latency_ms,
     )
-
-
-def as_shadow(verdict: Verdict) -> Verdict:
-    return replace(verdict, shadow=True)
