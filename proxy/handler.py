@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -55,6 +56,17 @@ WATCH_ONLY = Side(stream="passthrough")
 # syscall per request).
 _ID_PREFIX = os.urandom(10).hex()
 _ids = itertools.count()
+_CLIENT_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")  # echoed in a header: no CR/LF
+
+
+KNOWN_ENDPOINTS = frozenset((*GENERATION_ENDPOINTS, EMBEDDINGS, MODELS))
+
+
+def endpoint_label(path: str) -> str:
+    """A bounded name for spans and metric labels: clients choose paths, not cardinality."""
+    if path in KNOWN_ENDPOINTS:
+        return path
+    return MODELS if path.startswith(MODELS + "/") else "/v1/other"
 
 
 class ProxyHandler:
@@ -66,14 +78,15 @@ class ProxyHandler:
         headers = dict(scope["headers"])  # last value wins; auth headers are single-valued
         client_id = headers.get(b"x-request-id", b"")
         request_id = (
-            client_id.decode("latin-1")
-            if 0 < len(client_id) <= 128 and client_id.isascii()
+            client_id.decode()
+            if _CLIENT_ID.fullmatch(client_id)
             else f"req_{_ID_PREFIX}{next(_ids):012x}"
         )
         path = scope["path"].rstrip("/") or "/"
         ex = Exchange(request_id, path)
         self.gw.metrics.in_flight.add(1)
-        with self.gw.telemetry.server_span(scope["method"], path, scope["headers"]) as span:
+        label = endpoint_label(path)
+        with self.gw.telemetry.server_span(scope["method"], label, scope["headers"]) as span:
             sent = Sender(send, receive)
             try:
                 await self._handle(ex, scope, headers, receive, sent)
@@ -418,8 +431,9 @@ class ProxyHandler:
         total_s = time.perf_counter() - ex.started
         route_name = ex.route.name if ex.route else ""
         metrics = self.gw.metrics
-        metrics.requests.inc(route_name, ex.endpoint, str(ex.status))
-        metrics.request_duration.observe(total_s, route_name, ex.endpoint)
+        label = endpoint_label(ex.endpoint)
+        metrics.requests.inc(route_name, label, str(ex.status))
+        metrics.request_duration.observe(total_s, route_name, label)
         if ex.ttft_ms is not None and ex.stream:
             metrics.upstream_ttft.observe(ex.ttft_ms / 1000, route_name)
         if ex.upstream_started is not None:

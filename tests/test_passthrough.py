@@ -282,3 +282,13 @@ def test_tenants_only_reach_their_own_routes(make_gateway, upstream):
     reply = other.chat.completions.with_raw_response.create(model="guarded-x", messages=prompt)
     assert reply.parse().choices[0].message.content == "get an aimbot"
     assert "x-safeguard-decision" not in reply.headers
+
+
+def test_a_client_request_id_is_kept_only_when_it_is_safe_to_echo(gateway):
+    url = gateway.base_url + "/chat/completions"
+    body = {"model": "echo", "messages": [{"role": "user", "content": "x"}]}
+    auth = {"authorization": f"Bearer {KEY}"}
+    kept = httpx.post(url, json=body, headers={**auth, "x-request-id": "trace-42.a"})
+    assert kept.headers["x-request-id"] == "trace-42.a"
+    odd = httpx.post(url, json=body, headers={**auth, "x-request-id": "a b\tc"})
+    assert odd.headers["x-request-id"].startswith("req_")
