@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -515,3 +516,14 @@ def test_policy_reloader_makes_a_running_gateway_reload_edited_policies(make_gat
 
 def test_sizing_has_the_bench_placeholder() -> None:
     assert "<!-- BENCH -->" in (DEPLOY / "SIZING.md").read_text()
+
+
+def test_every_manifest_validates_against_the_kubernetes_schema() -> None:
+    checked = 0
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in k8s_docs(path.name):
+            if "apiVersion" not in doc or doc.get("kind") == "Kustomization":
+                continue  # the gateway config and kustomize's own files are not resources
+            kubernetes_validate.validate(doc, "1.31.0", strict=True)  # raises on any error
+            checked += 1
+    assert checked >= 10
