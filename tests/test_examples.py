@@ -8,7 +8,6 @@ containing a policy's `<!-- triggers: ... -->` words. The two-tenant tests start
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socket
@@ -60,9 +59,6 @@ def node_openai_available() -> bool:
     return probe.returncode == 0
 
 
-needs_langchain = pytest.mark.skipif(
-    importlib.util.find_spec("langchain_openai") is None, reason="langchain-openai not installed"
-)
 needs_node = pytest.mark.skipif(
     not node_openai_available(), reason="node or the openai npm package not available"
 )
@@ -116,7 +112,6 @@ def test_curl_script_shows_headers_body_and_sse(gateway) -> None:
     assert "data: [DONE]" in done.stdout
 
 
-@needs_langchain
 def test_langchain_client_prints_the_answer(gateway) -> None:
     done = run(python("langchain_client.py", "hello langchain"), gateway.base_url, gateway.key)
     assert done.returncode == 0, done.stderr
@@ -230,7 +225,6 @@ def test_blocked_stream_and_mixed_async_batch(two_tenants: Served) -> None:
     assert second.startswith("[1] blocked (code=content_filter): ")
 
 
-@needs_langchain
 def test_langchain_client_reports_a_block(two_tenants: Served) -> None:
     done = run(python("langchain_client.py", CHEAT), two_tenants.base_url, ARENA_KEY, "gpt-4o-mini")
     assert done.returncode == 2, done.stderr
