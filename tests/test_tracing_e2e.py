@@ -90,3 +90,31 @@ def test_client_chosen_paths_do_not_grow_the_metric_labels(make_gateway):
     text = httpx.get(gw.url + "/metrics").text
     assert "random" not in text
     assert 'endpoint="/v1/other",status="401"} 5' in text
+
+
+def test_gateway_traces_reach_a_real_otlp_receiver_as_one_trace(make_gateway, monkeypatch):
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from tests.test_telemetry import Receiver
+
+    receiver = Receiver()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+    try:
+        gw = make_gateway(guarded=GUARDED, raw={"telemetry": {"traces": "otlp"}})
+        chat(gw, "guarded-1", "say: exported")
+        gw.handle.stop()  # shutdown flushes the batch span processor
+        spans = [
+            span
+            for _, _, body in receiver.posts
+            for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+            for ss in rs.scope_spans
+            for span in ss.spans
+        ]
+    finally:
+        receiver.close()
+    assert len({s.trace_id for s in spans}) == 1
+    names = [s.name for s in spans]
+    assert "POST /v1/chat/completions" in names and "chat guarded-1" in names
+    assert sum(n.startswith("chat openai/gpt-oss-safeguard") for n in names) == 5  # 3 in, 2 out
