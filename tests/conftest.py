@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from proxy.app import build_app
 from proxy.config import Config, parse_config
@@ -231,3 +232,26 @@ def start_gateway_process(config_path: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError("gateway process did not start")
+
+
+def write_config_file(tmp_path: Path, upstream, classifier, **changes: Any) -> Path:
+    """A YAML config with a `guarded` route (input policy `cheating`), for real processes.
+
+    `changes` maps a dotted key to a value, e.g. `{"audit.content": "none"}`."""
+    (tmp_path / "policies").mkdir(exist_ok=True)
+    (tmp_path / "policies" / "cheating.md").write_text(TEST_POLICIES["cheating"])
+    config = base_config(
+        upstream[1].url,
+        classifier[1].url,
+        tmp_path,
+        guarded={"upstream": "main", "input": {"policies": ["cheating"]}},
+    )
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))  # key order is route order
+    return path

@@ -11,15 +11,14 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import yaml
 
 from tests.conftest import (
     ADMIN_KEY,
     KEY,
     UPSTREAM_KEY,
     audit_records,
-    base_config,
     start_gateway_process,
+    write_config_file,
 )
 from tests.test_guard import GUARDED, chat
 
@@ -133,20 +132,12 @@ def test_admin_audit_endpoint_pages_records(make_gateway):
 
 def test_sigterm_drains_in_flight_requests_into_the_audit_log(upstream, classifier, tmp_path):
     """200 requests in flight, SIGTERM: every response a client got has its audit record."""
-    (tmp_path / "policies").mkdir()
-    from tests.conftest import TEST_POLICIES
-
-    (tmp_path / "policies" / "cheating.md").write_text(TEST_POLICIES["cheating"])
-    config = base_config(
-        upstream[1].url,
-        classifier[1].url,
+    path = write_config_file(
         tmp_path,
-        guarded={"upstream": "main", "input": {"policies": ["cheating"]}},
+        upstream,
+        classifier,
+        **{"upstreams.main.timeout_s": 30, "audit.content": "none"},
     )
-    config["upstreams"]["main"]["timeout_s"] = 30
-    config["audit"]["content"] = "none"
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
     proc, base = start_gateway_process(path)
     try:
         upstream[0].first_token_delay_s = 1.0

@@ -9,26 +9,11 @@ import time
 from pathlib import Path
 
 import httpx
-import yaml
 
 from proxy.cli import main
-from tests.conftest import KEY, TEST_POLICIES, base_config, policy_text, start_gateway_process
+from tests.conftest import KEY, policy_text, start_gateway_process, write_config_file
 
 ROOT = Path(__file__).parent.parent
-
-
-def write_config(tmp_path: Path, upstream, classifier) -> Path:
-    (tmp_path / "policies").mkdir(exist_ok=True)
-    (tmp_path / "policies" / "cheating.md").write_text(TEST_POLICIES["cheating"])
-    config = base_config(
-        upstream[1].url,
-        classifier[1].url,
-        tmp_path,
-        guarded={"upstream": "main", "input": {"policies": ["cheating"]}},
-    )
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 def ask(base: str, text: str) -> int:
@@ -41,7 +26,7 @@ def ask(base: str, text: str) -> int:
 
 
 def test_sighup_reloads_policies_without_a_restart(upstream, classifier, tmp_path):
-    proc, base = start_gateway_process(write_config(tmp_path, upstream, classifier))
+    proc, base = start_gateway_process(write_config_file(tmp_path, upstream, classifier))
     try:
         assert ask(base, "say: a triggerbot") == 200
         (tmp_path / "policies" / "cheating.md").write_text(
@@ -64,10 +49,9 @@ def test_check_config_accepts_the_shipped_config(capsys):
 
 
 def test_invalid_config_is_refused_with_one_line_naming_the_key(upstream, classifier, tmp_path):
-    path = write_config(tmp_path, upstream, classifier)
-    data = yaml.safe_load(path.read_text())
-    data["routes"]["guarded"]["input"]["mode"] = "fast"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path = write_config_file(
+        tmp_path, upstream, classifier, **{"routes.guarded.input.mode": "fast"}
+    )
     run = subprocess.run(
         [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
         capture_output=True,
@@ -83,7 +67,7 @@ def test_invalid_config_is_refused_with_one_line_naming_the_key(upstream, classi
 
 
 def test_a_route_naming_a_missing_policy_is_refused(upstream, classifier, tmp_path, capsys):
-    path = write_config(tmp_path, upstream, classifier)
+    path = write_config_file(tmp_path, upstream, classifier)
     (tmp_path / "policies" / "cheating.md").unlink()
     assert main(["check-config", "--config", str(path)]) == 2
     assert "routes.guarded.input.policies: no policy 'cheating'" in capsys.readouterr().err
