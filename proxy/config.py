@@ -68,6 +68,7 @@ class Side:
     stream: str = "window"  # output: window | buffer | passthrough
     window_chars: int = 400
     overlap_chars: int = 120
+    window_ms: int = 1000  # the longest text waits in a window before it is checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +250,7 @@ def _policy_refs(side: _Reader, name: str) -> tuple[PolicyRef, ...]:
 
 
 def _side(r: _Reader, *, output: bool) -> Side:
-    r.only("policies", "shadow", "mode", "stream", "window_chars", "overlap_chars")
+    r.only("policies", "shadow", "mode", "stream", "window_chars", "overlap_chars", "window_ms")
     side = Side(
         policies=_policy_refs(r, "policies"),
         shadow=_policy_refs(r, "shadow"),
@@ -257,7 +258,10 @@ def _side(r: _Reader, *, output: bool) -> Side:
         stream=r.get("stream", str, "window", ("window", "buffer", "passthrough")),
         window_chars=r.get("window_chars", int, 400),
         overlap_chars=r.get("overlap_chars", int, 120),
+        window_ms=r.get("window_ms", int, 1000),
     )
+    if side.window_ms < 10:
+        raise ConfigError(r._path("window_ms"), "must be at least 10")
     if side.window_chars < 16:
         raise ConfigError(r._path("window_chars"), "must be at least 16")
     if not 0 <= side.overlap_chars < side.window_chars:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 import openai
@@ -367,3 +368,23 @@ def test_responses_stream_redaction_restates_the_final_text(make_gateway):
     assert done.text == expected
     assert events[-1].type == "response.completed"
     assert events[-1].response.output_text == expected
+
+
+def test_a_slow_stream_is_released_by_time_not_only_by_size(make_gateway, upstream):
+    # the whole answer (~200 chars) never fills a 400-char window; window_ms moves it along
+    output = {"policies": ["violence"], "stream": "window", "window_chars": 400, "window_ms": 100}
+    gw = make_gateway(guarded={**GUARDED, "output": output})
+    upstream[0].chunk_delay_s = 0.05
+    answer = " ".join(f"word{i}" for i in range(40))
+    started = time.monotonic()
+    stream = client(gw).chat.completions.create(
+        model="guarded-1", messages=[{"role": "user", "content": "say: " + answer}], stream=True
+    )
+    arrivals, text = [], ""
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.monotonic() - started)
+            text += chunk.choices[0].delta.content
+    assert text == answer
+    assert arrivals[0] < 0.6 * arrivals[-1]  # released while the upstream was still sending
+    assert len(arrivals) >= 4  # in several windows, not one at the end

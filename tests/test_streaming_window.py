@@ -274,3 +274,15 @@ def test_error_frame_responses() -> None:
         "message": "withheld",
         "param": None,
     }
+
+
+def test_seal_early_releases_what_the_hold_allows() -> None:
+    window = Window(400, overlap=0, hold=5, detectors=("email",))
+    assert window.seal_early() is None  # nothing waiting
+    push_all(window, ev("abc"), ev("de"))
+    assert window.seal_early() is None  # all of it is inside the hold
+    push_all(window, ev(" mail jo@"), ev("example.com"), ev(" ok"))
+    sealed = window.seal_early()
+    # the event holding the address's start stays back with it: never half an address
+    assert sealed is not None and sealed.texts == {0: "abcde"}
+    assert window.waiting == len(" mail jo@example.com ok")

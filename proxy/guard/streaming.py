@@ -79,6 +79,15 @@ class Window:
     def flush(self) -> Sealed | None:
         return self._seal(len(self._events)) if self._events else None
 
+    @property
+    def waiting(self) -> int:
+        """Characters pushed but not sealed yet."""
+        return self._chars
+
+    def seal_early(self) -> Sealed | None:
+        """Seal what may go out now, before the window fills (the hold still stays back)."""
+        return self._seal(self._cut()) if self._chars > self.hold else None
+
     def _cut(self) -> int:
         """Index of the first event kept back: `hold` chars, and no match cut in two."""
         cut, kept = len(self._events), 0
@@ -171,6 +180,7 @@ class StreamGuard:
         self.guard, self.side, self.policies = guard, side, policies
         self.endpoint, self.fail = endpoint, fail
         size = None if side.stream == "buffer" else side.window_chars
+        self.wait_s = None if size is None else side.window_ms / 1000  # longest text waits
         detectors = tuple(sorted({d for r in side.policies for d in policies[r.id].detectors}))
         self.window = Window(size, side.overlap_chars, hold_chars(detectors), detectors)
         self.outcomes: list[Outcome] = []
@@ -284,23 +294,53 @@ class StreamGuard:
                     item[1].cancel()
 
     async def _produce(self, chunks: AsyncIterator[bytes], queue: asyncio.Queue) -> None:
+        """Read the upstream into windows. A window is sealed when it fills, or when its
+        oldest text has waited `window_ms`, so a slow stream still moves along."""
         splitter = EventSplitter()
+        feed: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        reader = asyncio.ensure_future(_read_into(chunks, feed))
+        loop = asyncio.get_running_loop()
+        waiting_since: float | None = None
 
         def enqueue(sealed: Sealed | None) -> None:
+            nonlocal waiting_since
             if sealed is not None:
                 task = asyncio.ensure_future(self._judge(sealed)) if sealed.texts else None
                 queue.put_nowait((sealed, task))
+            if not self.window.waiting:
+                waiting_since = None
 
         try:
-            async for chunk in chunks:
-                for raw in splitter.feed(chunk):
+            while True:
+                timeout = None
+                if waiting_since is not None and self.wait_s is not None:
+                    timeout = max(0.0, waiting_since + self.wait_s - loop.time())
+                try:
+                    if feed.empty():
+                        async with asyncio.timeout(timeout):
+                            item = await feed.get()
+                    else:
+                        item = feed.get_nowait()
+                except TimeoutError:
+                    enqueue(self.window.seal_early())
+                    if self.window.waiting:
+                        waiting_since = loop.time()  # what stays is the hold: wait anew
+                    continue
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                for raw in splitter.feed(item):
                     event = parse_event(raw, self.endpoint)
                     self._observe(event)
+                    if event.texts and waiting_since is None:
+                        waiting_since = loop.time()
                     enqueue(self.window.push(event))
             if rest := splitter.rest():
                 enqueue(self.window.push(parse_event(rest, self.endpoint)))
             enqueue(self.window.flush())
         finally:
+            reader.cancel()  # a block or a gone client stops the upstream read
             queue.put_nowait(None)
 
     async def _passthrough(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -318,6 +358,18 @@ class StreamGuard:
             self.outcomes += result.outcomes
             self.shadow += result.shadow
         self.decision = "annotate" if decide(self.outcomes, "open") != "allow" else "allow"
+
+
+async def _read_into(chunks: AsyncIterator[bytes], feed: asyncio.Queue) -> None:
+    """Move upstream chunks into a queue (waiting on a queue can time out safely; waiting
+    on the upstream iterator cannot: a cancelled read would close the response)."""
+    try:
+        async for chunk in chunks:
+            feed.put_nowait(chunk)
+    except Exception as exc:
+        feed.put_nowait(exc)
+        return
+    feed.put_nowait(None)
 
 
 def _rank(decision: str) -> int:
