@@ -388,3 +388,18 @@ def test_a_slow_stream_is_released_by_time_not_only_by_size(make_gateway, upstre
     assert text == answer
     assert arrivals[0] < 0.6 * arrivals[-1]  # released while the upstream was still sending
     assert len(arrivals) >= 4  # in several windows, not one at the end
+
+
+def test_events_without_unchecked_text_ahead_are_not_held(make_gateway, classifier):
+    gw = make_gateway(guarded={"upstream": "main", "output": {"policies": ["violence"]}})
+    classifier[0].delay_s = 0.5  # every window check takes half a second
+    started = time.monotonic()
+    stream = client(gw).chat.completions.create(
+        model="guarded-1", messages=[{"role": "user", "content": "say: hello there"}], stream=True
+    )
+    first = next(iter(stream))
+    opened = time.monotonic() - started
+    assert first.choices[0].delta.role == "assistant" and not first.choices[0].delta.content
+    assert opened < 0.4  # the role chunk did not wait for the check
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "hello there" and time.monotonic() - started >= 0.5  # the text did

@@ -336,6 +336,10 @@ class StreamGuard:
                     if event.texts and waiting_since is None:
                         waiting_since = loop.time()
                     enqueue(self.window.push(event))
+                    if not event.texts and not self.window.waiting:
+                        # No unchecked text ahead of it (a role chunk, a keep-alive
+                        # comment): it goes out as soon as the windows before it do.
+                        enqueue(self.window.flush())
             if rest := splitter.rest():
                 enqueue(self.window.push(parse_event(rest, self.endpoint)))
             enqueue(self.window.flush())
