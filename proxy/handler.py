@@ -21,7 +21,7 @@ import orjson
 from proxy.config import Side
 from proxy.exchange import Exchange, json_or_none, since
 from proxy.gateway import Gateway
-from proxy.guard.engine import SEVERITY, Outcome, SideResult
+from proxy.guard.engine import Outcome, SideResult, worse
 from proxy.guard.streaming import StreamGuard
 from proxy.openai_api import (
     EMBEDDINGS,
@@ -73,6 +73,8 @@ class ProxyHandler:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.max_body = gateway.config.server.max_body_bytes
+        audit = gateway.config.audit
+        self.keep_content = audit.enabled and audit.content != "none"  # texts for the record
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         headers = dict(scope["headers"])  # last value wins; auth headers are single-valued
@@ -280,8 +282,7 @@ class ProxyHandler:
         if not (side.policies or side.shadow or route.output.policies or route.output.shadow):
             await self._forward_raw(ex, scope, raw, send)
             return
-        audit_content = self.gw.config.audit.content != "none"
-        if audit_content:
+        if self.keep_content:
             ex.content["input"] = render(
                 input_slots(body, "conversation", ex.endpoint), "conversation"
             )
@@ -299,11 +300,10 @@ class ProxyHandler:
             if decision == "block":
                 raise content_filter_error(ex.endpoint, inputs.blocked(), inputs.filter_results())
             if decision == "error":
-                ex.error = "guard_unavailable"
                 raise guard_unavailable()
             if decision == "redact":
                 raw = orjson.dumps(body)
-                if audit_content:
+                if self.keep_content:
                     ex.content["input_redacted"] = render(
                         input_slots(body, "conversation", ex.endpoint), "conversation"
                     )
@@ -350,7 +350,7 @@ class ProxyHandler:
             ex.status = response.status
             return
         choices = output_slots(ex.endpoint, body)
-        if self.gw.config.audit.content != "none":
+        if self.keep_content:
             ex.content["output"] = "\n\n".join(render(c, "last_user") for c in choices)
         outputs = SideResult()
         if route.output.policies or route.output.shadow:
@@ -359,11 +359,10 @@ class ProxyHandler:
             ex.add(outputs, (time.perf_counter() - started) * 1000)
         decision = outputs.decision(route.fail)
         if decision == "error":
-            ex.error = "guard_unavailable"
             raise guard_unavailable()
-        ex.decision = max(ex.decision, decision, key=SEVERITY.index)
+        ex.decision = worse(ex.decision, decision)
         withhold(ex.endpoint, body, {o.choice for o in outputs.blocked()})
-        if decision == "redact" and self.gw.config.audit.content != "none":
+        if decision == "redact" and self.keep_content:
             ex.content["output_redacted"] = "\n\n".join(render(c, "last_user") for c in choices)
         annotate(ex.endpoint, body, inputs, outputs)
         ex.status = response.status
@@ -403,8 +402,8 @@ class ProxyHandler:
 
     def _take_stream_result(self, ex: Exchange, guard: StreamGuard) -> None:
         ex.outcomes += guard.outcomes
-        ex.decision = max(ex.decision, guard.decision, key=SEVERITY.index)
-        if self.gw.config.audit.content != "none":
+        ex.decision = worse(ex.decision, guard.decision)
+        if self.keep_content:
             ex.content["output"] = "\n\n".join(guard.full_text.values())
             ex.content["output_redacted"] = "\n\n".join(guard.released.values())
 
@@ -420,8 +419,6 @@ class ProxyHandler:
     async def _fail(self, ex: Exchange, send: Sender, exc: OpenAIError) -> None:
         ex.status = exc.status
         ex.error = ex.error or exc.code
-        if exc.code == "content_filter":
-            ex.decision = "block"
         if send.started:
             log.warning("request %s failed after the response started: %s", ex.request_id, exc.code)
             return

@@ -173,7 +173,7 @@ async def test_a_log_policy_records_the_violation_and_allows() -> None:
     classifier = FakeClassifier(audit="aimbot")
     result = await check(classifier, side("audit"), chat(("user", "aimbot")))
     assert result.decision("closed") == "allow"
-    assert [o.policy.id for o in result.flagged()] == ["audit"]
+    assert [o.policy.id for o in result.outcomes if o.verdict.violation] == ["audit"]
 
 
 async def test_each_policy_reads_its_own_scope() -> None:

@@ -65,15 +65,17 @@ class Outcome:
         }
 
 
+def worse(a: str, b: str) -> str:
+    """The more severe of two decisions."""
+    return a if SEVERITY.index(a) >= SEVERITY.index(b) else b
+
+
 def decide(outcomes: Sequence[Outcome], fail: str) -> str:
     """allow | annotate | redact | block, or error when the guard is unusable and fails closed."""
     worst = "allow"
     for outcome in outcomes:
-        effect = outcome.effect
-        if effect == "error" and fail == "open":
-            continue
-        if SEVERITY.index(effect) > SEVERITY.index(worst):
-            worst = effect
+        if not (outcome.effect == "error" and fail == "open"):
+            worst = worse(worst, outcome.effect)
     return worst
 
 
@@ -87,9 +89,6 @@ class SideResult:
 
     def blocked(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.effect == "block"]
-
-    def flagged(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.verdict.violation]
 
     def filter_results(self) -> dict[str, dict[str, Any]]:
         return {o.policy.id: o.filter_result() for o in self.outcomes if not o.verdict.error}

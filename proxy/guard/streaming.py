@@ -19,7 +19,7 @@ from typing import Any
 
 from proxy.config import Side
 from proxy.guard.detectors import MAX_SPAN_CHARS, find_spans
-from proxy.guard.engine import SEVERITY, Guard, Outcome, decide
+from proxy.guard.engine import Guard, Outcome, decide, worse
 from proxy.openai_api import COMPLETIONS, RESPONSES
 from proxy.policies import Policy
 from proxy.sse import (
@@ -267,12 +267,10 @@ class StreamGuard:
         try:
             while (item := await queue.get()) is not None:
                 sealed, task = item
-                outcomes, released = (
-                    await task if task else ([], {i: t for i, t in sealed.texts.items()})
-                )
+                outcomes, released = await task if task else ([], {})  # no text, no check
                 self.outcomes += outcomes
                 verdict = decide(outcomes, self.fail)
-                self.decision = max(self.decision, verdict, key=_rank)
+                self.decision = worse(self.decision, verdict)
                 if verdict == "block":
                     yield end_frames(self.endpoint, self.last)
                     return
@@ -374,7 +372,3 @@ async def _read_into(chunks: AsyncIterator[bytes], feed: asyncio.Queue) -> None:
         feed.put_nowait(exc)
         return
     feed.put_nowait(None)
-
-
-def _rank(decision: str) -> int:
-    return SEVERITY.index(decision)
