@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
 import os
 import signal
@@ -24,7 +22,7 @@ from proxy.gateway import Gateway
 from proxy.handler import ProxyHandler
 from proxy.metrics import CONTENT_TYPE
 from proxy.openai_api import OpenAIError
-from proxy.tenancy import bearer_token
+from proxy.tenancy import KeyRing, bearer_token
 
 log = logging.getLogger("proxy")
 
@@ -35,22 +33,18 @@ def _error(exc: OpenAIError) -> Response:
 
 class AdminAuth:
     def __init__(self, keys: tuple[str, ...]) -> None:
-        self._digests = tuple(hashlib.sha256(k.encode()).digest() for k in keys)
+        self._keys = KeyRing((key, True) for key in keys)  # plain or sha256: like tenant keys
 
     def check(self, request: Request) -> Response | None:
         """None when the request carries an admin key, else the error response."""
-        if not self._digests:
+        if not self._keys:
             return _error(
                 OpenAIError(
                     404, "Admin endpoints are disabled (no admin keys).", code="admin_disabled"
                 )
             )
         token = bearer_token(request.headers.get("authorization", "").encode("latin-1"))
-        digest = hashlib.sha256((token or "").encode()).digest()
-        ok = False
-        for expected in self._digests:
-            ok |= hmac.compare_digest(digest, expected)
-        if not ok:
+        if not self._keys.owner(token):
             return _error(OpenAIError(401, "An admin key is required.", code="invalid_admin_key"))
         return None
 

@@ -179,6 +179,7 @@ def _load_yaml_with_env(text: str, env: Mapping[str, str]) -> Any:
     return expand(yaml.safe_load(_VAR.sub(hold, text)))
 
 
+_SHA256_KEY = re.compile(r"sha256:[0-9a-fA-F]{64}")
 _PLACEHOLDER = re.compile(r"__SAFEGUARD_ENV_(\d+)__")
 
 
@@ -360,7 +361,7 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
         if not keys:
             raise ConfigError(t._path("keys"), "needs at least one non-empty key")
         for key in keys:
-            if key.startswith("sha256:") and not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", key):
+            if key.startswith("sha256:") and not _SHA256_KEY.fullmatch(key):
                 raise ConfigError(t._path("keys"), "a sha256: key must carry 64 hex digits")
             digest = (
                 key[7:].lower()
@@ -392,6 +393,8 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
     a = root.child("admin")
     a.only("keys")
     admin_keys = tuple(k for k in a.strings("keys") if k)
+    if any(k.startswith("sha256:") and not _SHA256_KEY.fullmatch(k) for k in admin_keys):
+        raise ConfigError("admin.keys", "a sha256: key must carry 64 hex digits")
 
     au = root.child("audit")
     au.only(

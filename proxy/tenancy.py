@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from collections.abc import Iterable
 from fnmatch import fnmatchcase
+from typing import Generic, TypeVar
 
 from proxy.config import Config, Route, Tenant
 
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    digest: bytes
-    tenant: Tenant
+T = TypeVar("T")
 
 
 def key_digest(key: str) -> bytes:
@@ -28,25 +25,34 @@ def key_digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-class Tenancy:
-    def __init__(self, config: Config) -> None:
-        self._entries = tuple(
-            _Entry(key_digest(key), tenant)
-            for tenant in config.tenants.values()
-            for key in tenant.keys
-        )
-        self._routes = config.routes
+class KeyRing(Generic[T]):
+    """Secret keys -> their owner, compared in constant time against every key."""
 
-    def authenticate(self, presented: str | None) -> Tenant | None:
-        """The tenant owning this key, or None. Always compares against every key."""
+    def __init__(self, owners: Iterable[tuple[str, T]]) -> None:
+        self._entries = tuple((key_digest(key), owner) for key, owner in owners)
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def owner(self, presented: str | None) -> T | None:
         if not presented:
             return None
         digest = hashlib.sha256(presented.encode()).digest()
-        found: Tenant | None = None
-        for entry in self._entries:
-            if hmac.compare_digest(digest, entry.digest):
-                found = entry.tenant
+        found: T | None = None
+        for expected, owner in self._entries:
+            if hmac.compare_digest(digest, expected):
+                found = owner
         return found
+
+
+class Tenancy:
+    def __init__(self, config: Config) -> None:
+        self._keys = KeyRing((key, t) for t in config.tenants.values() for key in t.keys)
+        self._routes = config.routes
+
+    def authenticate(self, presented: str | None) -> Tenant | None:
+        """The tenant owning this key, or None."""
+        return self._keys.owner(presented)
 
     def route_for(self, tenant: Tenant, model: str | None) -> Route | None:
         """First glob of the tenant's `routes` matching the model, else its `route`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 
@@ -403,3 +404,12 @@ def test_events_without_unchecked_text_ahead_are_not_held(make_gateway, classifi
     assert opened < 0.4  # the role chunk did not wait for the check
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text == "hello there" and time.monotonic() - started >= 0.5  # the text did
+
+
+def test_admin_keys_may_be_given_as_sha256_digests(make_gateway):
+    digest = "sha256:" + hashlib.sha256(ADMIN_KEY.encode()).hexdigest()
+    gw = make_gateway(raw={"admin": {"keys": [digest]}})
+    ok = httpx.post(gw.url + "/admin/reload", headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    assert ok.status_code == 200
+    wrong = httpx.post(gw.url + "/admin/reload", headers={"authorization": f"Bearer {digest}"})
+    assert wrong.status_code == 401  # the digest itself is not a key
