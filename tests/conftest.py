@@ -201,7 +201,7 @@ def audit_records(
     return records
 
 
-def start_gateway_process(config_path: Path) -> tuple[subprocess.Popen, str]:
+def start_gateway_process(config_path: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     """`python -m proxy serve` in its own process (signals reach its main thread)."""
     sock = free_socket()
     port = sock.getsockname()[1]
@@ -218,6 +218,7 @@ def start_gateway_process(config_path: Path) -> tuple[subprocess.Popen, str]:
             str(port),
             "--log-level",
             "warning",
+            *extra,
         ],
         cwd=Path(__file__).parent.parent,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -71,3 +71,26 @@ def test_a_route_naming_a_missing_policy_is_refused(upstream, classifier, tmp_pa
     (tmp_path / "policies" / "cheating.md").unlink()
     assert main(["check-config", "--config", str(path)]) == 2
     assert "routes.guarded.input.policies: no policy 'cheating'" in capsys.readouterr().err
+
+
+def test_several_workers_serve_and_share_one_audit_store(upstream, classifier, tmp_path):
+    from proxy.audit_store import query
+
+    path = write_config_file(tmp_path, upstream, classifier, **{"audit.content": "none"})
+    proc, base = start_gateway_process(path, "--workers", "2")
+    try:
+        ids = set()
+        for i in range(40):
+            r = httpx.post(
+                base + "/v1/chat/completions",
+                headers={"authorization": f"Bearer {KEY}"},
+                json={"model": "guarded-1", "messages": [{"role": "user", "content": f"q{i}"}]},
+            )
+            assert r.status_code == 200
+            ids.add(r.headers["x-request-id"])
+        assert len(ids) == 40  # ids stay unique across worker processes
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    stored = {r["request_id"] for r in query(str(tmp_path / "audit.db"), limit=None)}
+    assert ids <= stored
