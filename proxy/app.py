@@ -20,7 +20,6 @@ from proxy.audit_store import audit_page
 from proxy.config import DEV_KEY, Config, load_config
 from proxy.gateway import Gateway
 from proxy.handler import ProxyHandler
-from proxy.metrics import CONTENT_TYPE
 from proxy.openai_api import OpenAIError
 from proxy.tenancy import KeyRing, bearer_token
 
@@ -63,11 +62,6 @@ def build_app(config: Config, **gateway_options: Any) -> Any:
             {"status": "ready" if ok else "not_ready", "checks": checks},
             status_code=200 if ok else 503,
         )
-
-    async def metrics(request: Request) -> Response:
-        if not gateway.metrics.exposed:
-            return _error(OpenAIError(404, "Metrics are disabled.", code="not_found"))
-        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
     async def reload(request: Request) -> Response:
         if denied := admin.check(request):
@@ -123,7 +117,6 @@ def build_app(config: Config, **gateway_options: Any) -> Any:
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-            Route("/metrics", metrics),
             Route("/admin/reload", reload, methods=["POST"]),
             Route("/admin/audit", audit),
         ],
@@ -133,6 +126,8 @@ def build_app(config: Config, **gateway_options: Any) -> Any:
     async def app(scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
             await proxy(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] == "/metrics":
+            await gateway.metrics.asgi(scope, receive, send)
         else:
             await ops(scope, receive, send)
 
