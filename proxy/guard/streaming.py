@@ -20,7 +20,7 @@ from typing import Any
 from proxy.config import Side
 from proxy.guard.detectors import MAX_SPAN_CHARS, find_spans
 from proxy.guard.engine import Guard, Outcome, decide, worse
-from proxy.openai_api import COMPLETIONS, RESPONSES
+from proxy.openai_api import COMPLETIONS, RESPONSES, OpenAIError
 from proxy.policies import Policy
 from proxy.sse import (
     Event,
@@ -158,12 +158,12 @@ def end_frames(endpoint: str, last: dict[str, Any] | None, reason: str = "conten
 
 
 def error_frame(endpoint: str, message: str, code: str) -> bytes:
-    error = {"message": message, "type": "server_error", "param": None, "code": code}
+    """An error mid-stream: the Responses API's `error` event, else OpenAI's error body."""
     if endpoint == RESPONSES:
         return serialize(
             {"type": "error", "code": code, "message": message, "param": None}, "error"
         )
-    return serialize({"error": error})
+    return b"data: " + OpenAIError(503, message, type="server_error", code=code).body() + b"\n\n"
 
 
 class StreamGuard:
