@@ -25,9 +25,10 @@ def pair(safeguard, write_policy, write_cases):
     return safeguard, a, b, write_cases(CASES)
 
 
-def test_compare_lists_exactly_the_flipped_cases(cli, pair) -> None:
+def compare(cli, pair, other=None, *extra: str):
+    """`policy test A --cases ... --classifier ... --compare B [extra]`."""
     safeguard, a, b, cases = pair
-    result = cli(
+    return cli(
         "policy",
         "test",
         a,
@@ -36,9 +37,14 @@ def test_compare_lists_exactly_the_flipped_cases(cli, pair) -> None:
         "--classifier",
         safeguard.url,
         "--compare",
-        b,
-        "--json",
+        other or b,
+        *extra,
     )
+
+
+def test_compare_lists_exactly_the_flipped_cases(cli, pair) -> None:
+    safeguard = pair[0]
+    result = compare(cli, pair, None, "--json")
     assert result.code == 0, result.err
     doc = result.json()
     assert doc["policy"]["id"] == "cheating" and doc["compare"]["policy"]["id"] == "cheating-v2"
@@ -59,10 +65,7 @@ def test_compare_lists_exactly_the_flipped_cases(cli, pair) -> None:
 
 
 def test_compare_text_is_side_by_side_with_flips(cli, pair) -> None:
-    safeguard, a, b, cases = pair
-    result = cli(
-        "policy", "test", a, "--cases", cases, "--classifier", safeguard.url, "--compare", b
-    )
+    result = compare(cli, pair)
     assert result.code == 0
     out = result.out
     assert re.search(r"^A  cheating \(v [0-9a-f]{12}\)", out, re.M)
@@ -85,24 +88,9 @@ def test_compare_text_is_side_by_side_with_flips(cli, pair) -> None:
 
 
 def test_compare_with_no_flips_says_so(cli, pair, write_policy) -> None:
-    safeguard, a, _, cases = pair
     same = write_policy("cheating-copy", "wallhack, aimbot", "CH1")
-    result = cli(
-        "policy", "test", a, "--cases", cases, "--classifier", safeguard.url, "--compare", same
-    )
-    assert "flipped verdicts: none" in result.out
-    doc = cli(
-        "policy",
-        "test",
-        a,
-        "--cases",
-        cases,
-        "--classifier",
-        safeguard.url,
-        "--compare",
-        same,
-        "--json",
-    ).json()
+    assert "flipped verdicts: none" in compare(cli, pair, same).out
+    doc = compare(cli, pair, same, "--json").json()
     assert doc["compare"]["flipped"] == []
 
 
@@ -117,22 +105,10 @@ def test_min_f1_with_compare_gates_both_policies(cli, pair, write_policy) -> Non
 
 
 def test_both_policies_run_concurrently(cli, pair) -> None:
-    safeguard, a, b, cases = pair
+    safeguard = pair[0]
     safeguard.fake.delay_s = 0.2
     started = time.monotonic()
-    result = cli(
-        "policy",
-        "test",
-        a,
-        "--cases",
-        cases,
-        "--classifier",
-        safeguard.url,
-        "--compare",
-        b,
-        "--concurrency",
-        "12",
-    )
+    result = compare(cli, pair, None, "--concurrency", "12")
     elapsed = time.monotonic() - started
     assert result.code == 0
     assert elapsed < 1.2  # 12 classifications of 0.2 s each, one after another, take 2.4 s
