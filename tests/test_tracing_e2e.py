@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -12,6 +13,18 @@ from tests.conftest import KEY
 from tests.test_guard import GUARDED, chat, client
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def finished_trace(exporter: InMemorySpanExporter) -> tuple:
+    """The spans once the SERVER span has ended: the client can hold the whole answer a
+    moment before the gateway closes its spans."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        spans = exporter.get_finished_spans()
+        if any(s.kind == SpanKind.SERVER for s in spans):
+            return spans
+        time.sleep(0.01)
+    raise AssertionError("the request's server span never ended")
 
 
 def test_one_trace_covers_gateway_classifier_and_upstream(make_gateway, upstream):
@@ -27,7 +40,7 @@ def test_one_trace_covers_gateway_classifier_and_upstream(make_gateway, upstream
         )
     )
     assert chunks
-    spans = exporter.get_finished_spans()
+    spans = finished_trace(exporter)
     assert {format(s.context.trace_id, "032x") for s in spans} == {TRACE_ID}
     server = next(s for s in spans if s.kind == SpanKind.SERVER)
     assert server.name == "POST /v1/chat/completions"
@@ -62,7 +75,10 @@ def test_metrics_endpoint_is_prometheus_text(make_gateway):
     gw = make_gateway(guarded=GUARDED)
     chat(gw, "guarded-1", "hello")
     chat(gw, "guarded-1", "buy now")
-    text = httpx.get(gw.url + "/metrics").text
+    requests = (
+        'safeguard_requests_total{route="guarded",endpoint="/v1/chat/completions",status="200"}'
+    )
+    text = scrape_until(gw, requests + " 2")  # counted once each request has finished
     line = re.compile(
         r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="[^"]*",?)*\})? -?[0-9.e+Inf]+$'
     )
@@ -83,11 +99,19 @@ def test_metrics_endpoint_is_prometheus_text(make_gateway):
     )
 
 
+def scrape_until(gw, expected: str) -> str:
+    deadline = time.monotonic() + 5
+    while expected not in (text := httpx.get(gw.url + "/metrics").text):
+        assert time.monotonic() < deadline, f"{expected!r} never appeared"
+        time.sleep(0.01)
+    return text
+
+
 def test_client_chosen_paths_do_not_grow_the_metric_labels(make_gateway):
     gw = make_gateway()
     for i in range(5):
         assert httpx.post(f"{gw.url}/v1/random-{i}", content=b"{}").status_code == 401
-    text = httpx.get(gw.url + "/metrics").text
+    text = scrape_until(gw, 'endpoint="/v1/other",status="401"} 5')
     assert "random" not in text
     assert 'endpoint="/v1/other",status="401"} 5' in text
 
