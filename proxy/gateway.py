@@ -18,6 +18,7 @@ from proxy.guard.engine import Guard
 from proxy.guard.safeguard import SafeguardClient
 from proxy.metrics import Metrics
 from proxy.policies import Policy, PolicyError, load_policies
+from proxy.recorder import Recorder
 from proxy.telemetry import Telemetry
 from proxy.tenancy import Tenancy
 from proxy.upstream import UpstreamPool
@@ -64,13 +65,21 @@ class Gateway:
             timeout_s=c.timeout_s,
             api_key=c.api_key or None,
         )
+        # Audit writes and span export run in a recorder process, off the event loop's GIL.
+        audit_on = config.audit.enabled
+        spans_out = span_exporter is None and config.telemetry.traces != "none"
+        self.recorder = Recorder(config, audit=audit_on, spans=spans_out)
+        self._recording = audit_on or spans_out
         self.telemetry = Telemetry(
-            config.telemetry, exporter=span_exporter, classifier_url=c.base_url
+            config.telemetry,
+            exporter=span_exporter,
+            sink=self.recorder if spans_out else None,
+            classifier_url=c.base_url,
         )
         self.metrics = Metrics(config.telemetry)
         self.cache = VerdictCache(ttl_s=c.cache_ttl_s, size=c.cache_size)
         self.guard = Guard(self.classifier, self.cache, self.telemetry, self.metrics)
-        self.audit = AuditLog(config.audit)
+        self.audit: AuditLog | Recorder = self.recorder if audit_on else AuditLog(config.audit)
         self._background: set[asyncio.Task[Any]] = set()
         self.metrics.watch_audit(self.audit.stats)
         self.uses_classifier = any(
@@ -101,7 +110,8 @@ class Gateway:
         return True, f"{len(policies)} policies loaded; changed: {', '.join(changed) or 'none'}"
 
     async def start(self) -> None:
-        await self.audit.start()
+        if self._recording:
+            await self.recorder.start()
         self.metrics.start()
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
@@ -128,11 +138,11 @@ class Gateway:
     async def aclose(self) -> None:
         if self._background:
             await asyncio.wait(self._background, timeout=self.config.classifier.timeout_s + 1)
-        await self.audit.close()
+        self.telemetry.shutdown()  # spans still open end here, reaching the recorder
+        await self.recorder.close()
         await self.upstreams.aclose()
         await self.classifier.aclose()
         self.metrics.shutdown()
-        self.telemetry.shutdown()
 
 
 class _Absent:

@@ -15,57 +15,65 @@ One `Telemetry` per process, built from `config.telemetry`:
         tel.set_server_attributes(span, status_code=200, tenant=t, route=r, decision="allow")
     tel.shutdown()                                       # flush on exit
 
-Every `*_span` method returns a context manager that makes the span current, so spans
-opened in asyncio tasks created inside the server span (contextvars are copied into
-tasks) become its children. `current_span()` returns the innermost one. Spans are
-plain OTel spans: `span.set_attribute(...)` works too.
+Spans opened in asyncio tasks created inside a span (contextvars are copied into tasks)
+become its children; `current_span()` returns the innermost one.
+
+Why not the SDK's tracer: creating and ending the two spans of a pass-through request
+costs ~90 us of event-loop time through the SDK, about half of what the request itself
+costs. Here a span is a slotted record (~3 us), and everything else happens off the
+request path in proxy.span_export: OTLP export writes protobuf bytes directly, and any
+SDK `SpanExporter` (console; the in-memory one in tests) gets ordinary SDK
+`ReadableSpan`s. The OTel conventions stay: the resource comes from the SDK
+(`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, the config's service name), the sampler
+from `OTEL_TRACES_SAMPLER(_ARG)` (else `telemetry.sample_ratio`, parent-based), W3C
+trace context in and out, and the OTLP exporter from `OTEL_EXPORTER_OTLP_*`.
 
 `traces: none` with no injected exporter makes every method a module-level no-op
-returning shared objects (~0.1 us a call; ~1-2 us for a whole request). Exporters:
-console (stdout JSON), otlp (HTTP/protobuf; endpoint, headers, timeout, compression
-from the standard OTEL_EXPORTER_OTLP_* env vars). service.name comes from the config
-unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES names one. The sampler honours
-OTEL_TRACES_SAMPLER(_ARG); with a parent-based one (the default), children of a
-sampled-out request are not even created. The provider is private to the instance
-(never the global one).
+returning shared objects (~0.1 us a call).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager
+import random
+import re
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SimpleSpanProcessor,
-    SpanExporter,
-)
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace import INVALID_SPAN, SpanContext, TraceFlags
+from opentelemetry.trace import Span as ApiSpan
+
+from proxy.span_export import SpanExport, build_export
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
     from proxy.config import Telemetry as TelemetryConfig
     from proxy.guard.safeguard import Verdict
+
+log = logging.getLogger("proxy.telemetry")
 
 EVALUATION_EVENT = "gen_ai.evaluation.result"
 EXPLANATION_MAX_CHARS = 512
 SCOPE = "safeguard-gateway"
+SERVER, CLIENT = 2, 3  # OTLP SpanKind
+UNSET, OK, ERROR = 0, 1, 2  # OTLP StatusCode
+_LOW64 = (1 << 64) - 1
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_TRACESTATE_MAX = 512
 
 
 def build_resource(service_name: str) -> Resource:
     """The process resource: OTEL_* env wins over the config's service name.
 
     The SDK's default resource already carries a per-process service.instance.id, so
-    metrics pushed by several gateway workers stay distinct series.
+    several gateway workers stay distinct.
     """
     env_attributes = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
     if os.environ.get("OTEL_SERVICE_NAME") or "service.name=" in env_attributes:
@@ -73,45 +81,241 @@ def build_resource(service_name: str) -> Resource:
     return Resource.create({"service.name": service_name})
 
 
-def _host_port(url: str | None) -> tuple[str | None, int | None]:
-    if not url:
-        return None, None
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.hostname, port
+# -- sampling and W3C trace context (pure) -----------------------------------------------------
 
 
-class _NoopSpanContext:
-    """A reusable, stateless context manager yielding the invalid (non-recording) span."""
+def sampler_from_env(sample_ratio: float) -> tuple[bool, int]:
+    """(parent-based?, bound): a trace is sampled when its low 64 bits are below `bound`,
+    which is how the SDK's TraceIdRatioBased decides. OTEL_TRACES_SAMPLER(_ARG) wins
+    over `telemetry.sample_ratio`."""
+    name = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if not name:
+        name, ratio = "parentbased_traceidratio", sample_ratio
+    else:
+        ratio = _ratio_arg(os.environ.get("OTEL_TRACES_SAMPLER_ARG"))
+    parent_based = name.startswith("parentbased_")
+    root = name.removeprefix("parentbased_")
+    if root == "always_on":
+        ratio = 1.0
+    elif root == "always_off":
+        ratio = 0.0
+    elif root != "traceidratio":
+        log.warning("OTEL_TRACES_SAMPLER %r is not supported; using parentbased_always_on", name)
+        parent_based, ratio = True, 1.0
+    return parent_based, round(ratio * (_LOW64 + 1))
+
+
+def _ratio_arg(raw: str | None) -> float:
+    try:
+        ratio = float(raw) if raw is not None else 1.0
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:
+        log.warning("OTEL_TRACES_SAMPLER_ARG %r is not a ratio in [0, 1]; using 1.0", raw)
+        return 1.0
+    return ratio
+
+
+def parse_traceparent(traceparent: str, tracestate: str = "") -> tuple[int, int, bool, str] | None:
+    """(trace id, parent span id, sampled, tracestate) of a valid W3C header, else None."""
+    match = _TRACEPARENT.fullmatch(traceparent.strip())
+    if match is None:
+        return None
+    version, trace_hex, span_hex, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if not trace_id or not span_id:
+        return None
+    state = tracestate.strip() if len(tracestate) <= _TRACESTATE_MAX else ""
+    return trace_id, span_id, bool(int(flags, 16) & 1), state
+
+
+def _new_id(bits: int) -> int:
+    while not (value := random.getrandbits(bits)):
+        pass
+    return value
+
+
+# -- spans -------------------------------------------------------------------------------------
+
+
+class Span:
+    """A recording span: what proxy.otlp encodes, with the OTel `Span` methods we use."""
+
+    __slots__ = (
+        "_finish",
+        "attributes",
+        "end_ns",
+        "events",
+        "kind",
+        "name",
+        "parent_id",
+        "parent_remote",
+        "span_id",
+        "start_ns",
+        "status_code",
+        "status_message",
+        "trace_id",
+        "trace_state",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        name: str,
+        kind: int,
+        trace_id: int,
+        parent_id: int,
+        parent_remote: bool,
+        trace_state: str,
+        attributes: dict[str, Any],
+        finish: Callable[[Span], None] | None,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.trace_id = trace_id
+        self.span_id = _new_id(64)
+        self.parent_id = parent_id
+        self.parent_remote = parent_remote
+        self.trace_state = trace_state
+        self.attributes = attributes
+        self.events: list[tuple[str, int, dict[str, Any]]] = []
+        self.status_code = UNSET
+        self.status_message: str | None = None
+        self.start_ns = time.time_ns()
+        self.end_ns = 0
+        self._finish = finish
+
+    @property
+    def sampled(self) -> bool:
+        return True
+
+    def is_recording(self) -> bool:
+        return self.end_ns == 0
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+    def set_attributes(self, attributes: dict[str, Any]) -> None:
+        self.attributes.update(attributes)
+
+    def add_event(self, name: str, attributes: dict[str, Any] | None = None) -> None:
+        self.events.append((name, time.time_ns(), attributes or {}))
+
+    def set_status(self, code: int, message: str | None = None) -> None:
+        self.status_code = code
+        self.status_message = message if code == ERROR else None
+
+    def record_exception(self, exc: BaseException) -> None:
+        self.add_event(
+            "exception",
+            {
+                "exception.type": type(exc).__qualname__,
+                "exception.message": str(exc),
+                "exception.stacktrace": "".join(traceback.format_exception(exc)),
+            },
+        )
+
+    def end(self) -> None:
+        if self.end_ns == 0:
+            self.end_ns = time.time_ns()
+            if self._finish is not None:
+                self._finish(self)
+
+    def traceparent(self) -> str:
+        flags = "01" if self.sampled else "00"
+        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{flags}"
+
+    def get_span_context(self) -> SpanContext:
+        flags = TraceFlags(TraceFlags.SAMPLED if self.sampled else TraceFlags.DEFAULT)
+        return SpanContext(self.trace_id, self.span_id, is_remote=False, trace_flags=flags)
+
+    context = property(get_span_context)
+
+
+class UnsampledSpan(Span):
+    """A sampled-out span: carries the trace context on to the upstream, records nothing."""
 
     __slots__ = ()
 
+    @property
+    def sampled(self) -> bool:
+        return False
+
+    def is_recording(self) -> bool:
+        return False
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        pass
+
+    def set_attributes(self, attributes: dict[str, Any]) -> None:
+        pass
+
+    def add_event(self, name: str, attributes: dict[str, Any] | None = None) -> None:
+        pass
+
+    def set_status(self, code: int, message: str | None = None) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+_current: ContextVar[Span | None] = ContextVar("safeguard_span", default=None)
+
+
+class _Active:
+    """Makes a span current for a `with` block and ends it after; an exception escaping
+    the block is recorded on it and marks it an error (as the SDK's tracer does)."""
+
+    __slots__ = ("_token", "span")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
     def __enter__(self) -> Span:
+        self._token = _current.set(self.span)
+        return self.span
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        _current.reset(self._token)
+        if isinstance(exc, Exception) and self.span.is_recording():
+            self.span.record_exception(exc)
+            self.span.set_status(ERROR, f"{type(exc).__name__}: {exc}")
+        self.span.end()
+
+
+class _Within:
+    """A child of a sampled-out span: yields that span, records nothing."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def __enter__(self) -> Span:
+        return self.span
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class _Noop:
+    """The disabled path's context manager: yields the OTel API's invalid span."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> ApiSpan:
         return INVALID_SPAN
 
     def __exit__(self, *exc: object) -> None:
         return None
 
 
-_NOOP_CM = _NoopSpanContext()
+_NOOP_CM = _Noop()
 
 
-class _UnsampledChild:
-    """Stands in for a child of a sampled-out span: yields that span, records nothing."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> Span:
-        return trace.get_current_span()
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_UNSAMPLED_CHILD = _UnsampledChild()
-
-
-def _noop_cm(*_args: object, **_kwargs: object) -> _NoopSpanContext:
+def _noop_cm(*_args: object, **_kwargs: object) -> _Noop:
     return _NOOP_CM
 
 
@@ -119,29 +323,15 @@ def _noop(*_args: object, **_kwargs: object) -> None:
     return None
 
 
-def _noop_span(*_args: object, **_kwargs: object) -> Span:
+def _noop_span(*_args: object, **_kwargs: object) -> ApiSpan:
     return INVALID_SPAN
 
 
-def _upstream_attributes(
-    operation: str, model: str | None, server_address: str, server_port: int
-) -> tuple[str, dict[str, Any]]:
-    attributes: dict[str, Any] = {
-        "gen_ai.operation.name": operation,
-        "gen_ai.provider.name": "openai",
-        "server.address": server_address,
-        "server.port": server_port,
-    }
-    if model:
-        attributes["gen_ai.request.model"] = model
-    return (f"{operation} {model}" if model else operation), attributes
-
-
-def _batch(exporter: SpanExporter) -> BatchSpanProcessor:
-    # The SDK's 2048-span queue fills in well under its 5 s export delay at a few
-    # thousand requests/s (4 spans each); OTEL_BSP_MAX_QUEUE_SIZE still wins.
-    queue = None if "OTEL_BSP_MAX_QUEUE_SIZE" in os.environ else 16_384
-    return BatchSpanProcessor(exporter, max_queue_size=queue)
+def _host_port(url: str | None) -> tuple[str | None, int | None]:
+    if not url:
+        return None, None
+    parts = urlsplit(url)
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
 class Telemetry:
@@ -152,11 +342,15 @@ class Telemetry:
         config: TelemetryConfig,
         *,
         exporter: SpanExporter | None = None,
+        sink: SpanExport | None = None,
         classifier_url: str | None = None,
         classifier_provider: str = "sglang",
     ) -> None:
+        """`exporter`: an SDK exporter that gets each span as it ends (tests, embedding);
+        `sink`: where finished spans go instead of this process's own exporter thread
+        (the gateway passes its proxy.recorder)."""
         self.enabled = exporter is not None or config.traces != "none"
-        self._provider: TracerProvider | None = None
+        self._export: SpanExport | None = None
         if not self.enabled:
             # Instance attributes shadow the methods: the disabled path is one call.
             self.server_span = _noop_cm  # type: ignore[method-assign]
@@ -170,27 +364,13 @@ class Telemetry:
             self.inject = _noop  # type: ignore[method-assign]
             self.current_span = _noop_span  # type: ignore[method-assign]
             return
-        if exporter is not None:
-            processor = SimpleSpanProcessor(exporter)
-        elif config.traces == "console":
-            processor = _batch(ConsoleSpanExporter())
-        elif config.traces == "otlp":
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            processor = _batch(OTLPSpanExporter())
+        self.resource = build_resource(config.service_name)
+        if sink is not None and exporter is None:
+            self._export = sink
         else:
-            raise ValueError(f"unknown telemetry.traces {config.traces!r}")
-        sampler = None  # the SDK's default: OTEL_TRACES_SAMPLER(_ARG), else always on
-        if config.sample_ratio < 1.0 and "OTEL_TRACES_SAMPLER" not in os.environ:
-            sampler = ParentBased(TraceIdRatioBased(config.sample_ratio))
-        self._provider = TracerProvider(
-            resource=build_resource(config.service_name), sampler=sampler
-        )
-        self._provider.add_span_processor(processor)
-        self._tracer = self._provider.get_tracer(SCOPE)
-        # A parent-based sampler drops every child of a dropped span, so skip making them.
-        self._skip_unsampled = isinstance(self._provider.sampler, ParentBased)
-        self._propagator = TraceContextTextMapPropagator()
+            self._export = build_export(config.traces, exporter, self.resource, SCOPE)
+        self._finish = self._export.add
+        self._parent_based, self._bound = sampler_from_env(config.sample_ratio)
         address, port = _host_port(classifier_url)
         self._classifier_attrs: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
@@ -204,7 +384,7 @@ class Telemetry:
 
     def server_span(
         self, method: str, path: str, headers: Iterable[tuple[bytes, bytes]]
-    ) -> AbstractContextManager[Span]:
+    ) -> _Active:
         """SERVER span for one request, continuing the client's W3C trace context if any.
 
         `path` becomes the span name and `url.path`: pass the endpoint path (low
@@ -216,43 +396,42 @@ class Telemetry:
                 traceparent = value
             elif name == b"tracestate":
                 tracestate = value if tracestate is None else tracestate + b"," + value
-        if traceparent is None:
-            parent = Context()  # a new root, whatever is current
+        parent = None
+        if traceparent is not None:
+            state = tracestate.decode("latin-1") if tracestate else ""
+            parent = parse_traceparent(traceparent.decode("latin-1"), state)
+        if parent is None:
+            trace_id, parent_id, parent_sampled, state = _new_id(128), 0, None, ""
         else:
-            carrier = {"traceparent": traceparent.decode("latin-1")}
-            if tracestate is not None:
-                carrier["tracestate"] = tracestate.decode("latin-1")
-            parent = self._propagator.extract(carrier, context=Context())
-        return self._tracer.start_as_current_span(
-            f"{method} {path}",
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": path},
-        )
+            trace_id, parent_id, parent_sampled, state = parent
+        if self._parent_based and parent_sampled is not None:
+            sampled = parent_sampled
+        else:
+            sampled = trace_id & _LOW64 < self._bound
+        attributes = {"http.request.method": method, "url.path": path}
+        kind = Span if sampled else UnsampledSpan
+        span = kind(
+            f"{method} {path}", SERVER, trace_id, parent_id, parent is not None, state,
+            attributes, self._finish,
+        )  # fmt: skip
+        return _Active(span)
 
     def classification_span(
         self, policy_id: str, policy_version: str, model: str, side: str
-    ) -> AbstractContextManager[Span]:
+    ) -> _Active | _Within:
         """CLIENT inference span for one classifier call: `chat {model}` (GenAI semconv)."""
-        if self._skip_unsampled and self._parent_unsampled():
-            return _UNSAMPLED_CHILD
         attributes = dict(self._classifier_attrs)
         attributes["gen_ai.request.model"] = model
         attributes["safeguard.policy.id"] = policy_id
         attributes["safeguard.policy.version"] = policy_version
         attributes["safeguard.side"] = side
-        return self._tracer.start_as_current_span(
-            f"chat {model}", kind=SpanKind.CLIENT, attributes=attributes
-        )
+        return self._enter(self._client_span(f"chat {model}", attributes))
 
     def upstream_span(
         self, operation: str, model: str | None, server_address: str, server_port: int
-    ) -> AbstractContextManager[Span]:
+    ) -> _Active | _Within:
         """CLIENT span for the upstream call, named `{operation} {model}`."""
-        if self._skip_unsampled and self._parent_unsampled():
-            return _UNSAMPLED_CHILD
-        name, attributes = _upstream_attributes(operation, model, server_address, server_port)
-        return self._tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+        return self._enter(self.start_upstream_span(operation, model, server_address, server_port))
 
     def start_upstream_span(
         self, operation: str, model: str | None, server_address: str, server_port: int
@@ -260,18 +439,35 @@ class Telemetry:
         """The upstream CLIENT span, started but not made current: a streamed answer
         outlives the call that started it, so the caller ends it (`span.end()`) when the
         last byte is through, from whichever task that is."""
-        if self._skip_unsampled and self._parent_unsampled():
-            return INVALID_SPAN
-        name, attributes = _upstream_attributes(operation, model, server_address, server_port)
-        return self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.provider.name": "openai",
+            "server.address": server_address,
+            "server.port": server_port,
+        }
+        if model:
+            attributes["gen_ai.request.model"] = model
+        return self._client_span(f"{operation} {model}" if model else operation, attributes)
+
+    def _client_span(self, name: str, attributes: dict[str, Any]) -> Span:
+        parent = _current.get()
+        if parent is None:  # not inside a request: a root of its own
+            trace_id = _new_id(128)
+            kind = Span if trace_id & _LOW64 < self._bound else UnsampledSpan
+            return kind(name, CLIENT, trace_id, 0, False, "", attributes, self._finish)
+        if not parent.sampled:
+            return parent
+        return Span(
+            name, CLIENT, parent.trace_id, parent.span_id, False, parent.trace_state,
+            attributes, self._finish,
+        )  # fmt: skip
 
     @staticmethod
-    def _parent_unsampled() -> bool:
-        parent = trace.get_current_span()
-        return parent.get_span_context().is_valid and not parent.is_recording()
+    def _enter(span: Span) -> _Active | _Within:
+        return _Active(span) if span is not _current.get() else _Within(span)
 
-    def current_span(self) -> Span:
-        return trace.get_current_span()
+    def current_span(self) -> Span | ApiSpan:
+        return _current.get() or INVALID_SPAN
 
     # -- attributes and events -----------------------------------------------------------
 
@@ -299,7 +495,7 @@ class Telemetry:
             error_type = verdict.error.split(":", 1)[0]
             attributes["error.type"] = error_type
             span.set_attribute("error.type", error_type)
-            span.set_status(Status(StatusCode.ERROR, verdict.error[:EXPLANATION_MAX_CHARS]))
+            span.set_status(ERROR, verdict.error[:EXPLANATION_MAX_CHARS])
         span.add_event(EVALUATION_EVENT, attributes)
 
     def set_server_attributes(
@@ -314,7 +510,7 @@ class Telemetry:
         """Outcome of a request; a 5xx marks the SERVER span as an error (HTTP semconv)."""
         if not span.is_recording():
             return
-        attributes: dict[str, Any] = {}
+        attributes = span.attributes
         if tenant is not None:
             attributes["safeguard.tenant"] = tenant
         if route is not None:
@@ -325,8 +521,7 @@ class Telemetry:
             attributes["http.response.status_code"] = status_code
             if status_code >= 500:
                 attributes["error.type"] = str(status_code)
-                span.set_status(Status(StatusCode.ERROR))
-        span.set_attributes(attributes)
+                span.set_status(ERROR)
 
     def set_response(
         self,
@@ -341,7 +536,7 @@ class Telemetry:
         """gen_ai.response.* and gen_ai.usage.* of the upstream answer (None = unknown)."""
         if not span.is_recording():
             return
-        attributes: dict[str, Any] = {}
+        attributes = span.attributes
         if response_model is not None:
             attributes["gen_ai.response.model"] = response_model
         if response_id is not None:
@@ -352,25 +547,28 @@ class Telemetry:
             attributes["gen_ai.usage.input_tokens"] = input_tokens
         if output_tokens is not None:
             attributes["gen_ai.usage.output_tokens"] = output_tokens
-        span.set_attributes(attributes)
 
     def set_error(self, span: Span, error_type: str, description: str | None = None) -> None:
         """`error.type` plus ERROR status (e.g. "timeout", "500", an exception class name)."""
         span.set_attribute("error.type", error_type)
-        span.set_status(Status(StatusCode.ERROR, description))
+        span.set_status(ERROR, description)
 
     # -- propagation and lifecycle -------------------------------------------------------
 
     def inject(self, headers: dict[str, str], span: Span | None = None) -> None:
         """Add `traceparent`/`tracestate` of `span` (default: the current span) to headers."""
-        context = None if span is None else trace.set_span_in_context(span, Context())
-        self._propagator.inject(headers, context=context)
+        span = span if span is not None else _current.get()
+        if span is None:
+            return
+        headers["traceparent"] = span.traceparent()
+        if span.trace_state:
+            headers["tracestate"] = span.trace_state
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._provider.force_flush(timeout_millis) if self._provider else True
+        return self._export.force_flush(timeout_millis / 1000) if self._export else True
 
     def shutdown(self) -> None:
         """Flush pending spans and stop the exporter; safe to call twice."""
-        provider, self._provider = self._provider, None
-        if provider is not None:
-            provider.shutdown()
+        export, self._export = self._export, None
+        if export is not None:
+            export.shutdown()

@@ -1,0 +1,86 @@
+"""The OTLP wire encoder against the SDK's own encoding of the same spans."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+
+from proxy import otlp
+from proxy.span_export import ReadableConverter
+from proxy.telemetry import CLIENT, ERROR, SERVER, Span
+
+RESOURCE = Resource.create({"service.name": "gw-test", "deployment.env": "ci"})
+
+
+def make_span(name: str, kind: int, parent: int = 0, remote: bool = False, state: str = "") -> Span:
+    span = Span(name, kind, 0x4BF92F3577B34DA6A3CE929D0E0E4736, parent, remote, state, {}, None)
+    span.end()
+    return span
+
+
+def spans() -> list[Span]:
+    server = make_span("POST /v1/chat/completions", SERVER, 0x00F067AA0BA902B7, True, "v=abc")
+    server.attributes.update(
+        {"http.request.method": "POST", "http.response.status_code": 503, "error.type": "503"}
+    )
+    server.set_status(ERROR)
+    classification = make_span("chat gpt-oss-safeguard-20b", CLIENT, server.span_id)
+    classification.attributes.update(
+        {"safeguard.policy.id": "hate", "server.port": 30000, "über": "naïve ✓"}
+    )
+    classification.events.append(
+        (
+            "gen_ai.evaluation.result",
+            classification.start_ns + 5,
+            {
+                "gen_ai.evaluation.score.label": "violation",
+                "gen_ai.evaluation.score.value": 1.0,
+                "safeguard.cache_hit": True,
+                "safeguard.shadow": False,
+                "gen_ai.evaluation.explanation": "x" * 300,  # a length over one varint byte
+            },
+        )
+    )
+    classification.set_status(ERROR, "timeout: no answer within 20s")
+    upstream = make_span("chat gpt-4o-mini", CLIENT, server.span_id)
+    upstream.attributes.update(
+        {
+            "gen_ai.response.finish_reasons": ("stop", "length"),
+            "gen_ai.usage.input_tokens": 11,
+            "offset": -3,
+            "ratio": 0.25,
+            "big": 2**40,
+            "listed": ["a", "b"],  # unhashable: the uncached path
+        }
+    )
+    root = make_span("GET /v1/models", SERVER)
+    return [server, classification, upstream, root]
+
+
+def test_encoding_equals_the_sdk_encoding():
+    batch = spans()
+    convert = ReadableConverter(RESOURCE, "safeguard-gateway")
+    expected = encode_spans([convert(s) for s in batch])
+    header = otlp.resource_header(RESOURCE.attributes, "safeguard-gateway")
+    ours = ExportTraceServiceRequest.FromString(otlp.export_request(header, batch))
+    assert ours == expected
+    (resource_spans,) = ours.resource_spans
+    server, classification, upstream, root = resource_spans.scope_spans[0].spans
+    assert server.parent_span_id == bytes.fromhex("00f067aa0ba902b7")
+    assert server.flags == 0x300  # the parent is remote
+    assert root.parent_span_id == b"" and root.flags == 0x100
+    assert classification.status.message == "timeout: no answer within 20s"
+    assert len(classification.events[0].attributes) == 5
+    assert [v.string_value for v in upstream.attributes[0].value.array_value.values] == [
+        "stop",
+        "length",
+    ]
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**32, 2**63 - 1, -1, -(2**63)])
+def test_int_values_round_trip(value):
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+    assert AnyValue.FromString(otlp.any_value(value)).int_value == value
