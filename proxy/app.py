@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -108,6 +109,10 @@ def build_app(config: Config, **gateway_options: Any) -> Any:
                 )
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not main thread
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reload_policies)
+        # What exists now lives as long as the process: keep the collector from
+        # traversing it on every full collection (fewer, shorter pauses under load).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

@@ -67,7 +67,7 @@ class Gateway:
         )
         # Audit writes and span export run in a recorder process, off the event loop's GIL.
         audit_on = config.audit.enabled
-        spans_out = span_exporter is None and config.telemetry.traces != "none"
+        spans_out = span_exporter is None and config.telemetry.traces == "otlp"
         self.recorder = Recorder(config, audit=audit_on, spans=spans_out)
         self._recording = audit_on or spans_out
         self.telemetry = Telemetry(

@@ -137,7 +137,9 @@ def _name(name: str) -> bytes:
     return field(5, name.encode())
 
 
-def resource_header(resource: Mapping[str, Any], scope_name: str, scope_version: str = "") -> bytes:
+def resource_header(
+    resource: Mapping[str, Any], scope_name: str, scope_version: str = ""
+) -> tuple[bytes, bytes]:
     """The part of every request before the spans: the Resource and the scope's header."""
     scope = field(1, scope_name.encode())
     if scope_version:
@@ -145,13 +147,15 @@ def resource_header(resource: Mapping[str, Any], scope_name: str, scope_version:
     return field(1, attributes(1, resource)), field(1, scope)
 
 
-def export_request(
-    header: tuple[bytes, bytes], spans: Iterable[FinishedSpan], schema_url: str = ""
-) -> bytes:
+def span_entries(spans: Iterable[FinishedSpan]) -> bytes:
+    """Spans as ScopeSpans.spans entries: chunks of these concatenate into one request."""
+    return b"".join([field(2, span(s)) for s in spans])
+
+
+def export_request(header: tuple[bytes, bytes], entries: bytes, schema_url: str = "") -> bytes:
     """ExportTraceServiceRequest bytes: one ResourceSpans holding one ScopeSpans."""
     resource, scope = header
-    scope_spans = scope + b"".join(field(2, span(s)) for s in spans)
-    resource_spans = resource + field(2, scope_spans)
+    resource_spans = resource + field(2, scope + entries)
     if schema_url:
         resource_spans += field(3, schema_url.encode())
     return field(1, resource_spans)

@@ -23,7 +23,6 @@ import os
 import threading
 import time
 import zlib
-from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -157,70 +156,99 @@ class SyncExport(SpanExport):
 
 
 class BatchExport(SpanExport):
-    """A deque filled on the request path, drained in batches by one exporter thread."""
+    """A queue filled on the request path, drained in batches by one exporter thread.
+
+    Items are spans, or (in the recorder) chunks of spans already encoded by the gateway;
+    `add(item, count)` says how many spans an item holds, and the queue and batch limits
+    count spans.
+    """
 
     def __init__(self, send: Any, *, close: Any = None) -> None:
-        self._send = send  # list of spans -> None, or why it failed
+        self._send = send  # list of items -> None, or why it failed
         self._close = close
-        self._pending: deque[Span] = deque()
+        self._items: list[Any] = []
+        self._counts: list[int] = []
+        self._queued = 0
         self._capacity = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 16_384)
         self._batch = _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)
         self._delay_s = _env_int("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
-        self._wake = threading.Event()
-        self._idle = threading.Event()
+        self._cond = threading.Condition(threading.Lock())
+        self._flushes = 0  # asked for
+        self._flushed = 0  # done
         self._stopping = False
         self.exported = self.dropped = self.failed = 0
         self._logged: tuple[str, float] = ("", 0.0)
         self._thread = threading.Thread(target=self._run, name="span-export", daemon=True)
         self._thread.start()
 
-    def add(self, span: Span) -> None:
-        pending = self._pending
-        if len(pending) >= self._capacity:
-            self.dropped += 1
-            self._warn(f"span queue full ({self._capacity}); spans dropped")
-            return
-        pending.append(span)
-        if len(pending) >= self._batch and not self._wake.is_set():
-            self._wake.set()
+    def add(self, item: Any, count: int = 1) -> None:
+        with self._cond:
+            if self._queued + count > self._capacity:
+                self.dropped += count
+                self._warn(f"span queue full ({self._capacity}); spans dropped")
+                return
+            self._items.append(item)
+            self._counts.append(count)
+            self._queued += count
+            if self._queued >= self._batch:
+                self._cond.notify()
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:
-        if not self._thread.is_alive():
-            return not self._pending
-        self._idle.clear()
-        self._wake.set()
-        return self._idle.wait(timeout_s)
+        with self._cond:
+            if not self._thread.is_alive():
+                return not self._items
+            self._flushes += 1
+            wanted = self._flushes
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: self._flushed >= wanted, timeout_s)
 
     def shutdown(self) -> None:
-        if self._stopping:
-            return
-        self._stopping = True
-        self._wake.set()
+        with self._cond:
+            if self._stopping:
+                return
+            self._stopping = True
+            self._cond.notify_all()
         self._thread.join()
         if self._close is not None:
             self._close()
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(self._delay_s)
-            self._wake.clear()
-            stopping = self._stopping
-            while self._pending:
-                batch = [
-                    self._pending.popleft() for _ in range(min(self._batch, len(self._pending)))
-                ]
+            with self._cond:
+                asked = self._stopping or self._flushes > self._flushed
+                if not asked and self._queued < self._batch:
+                    self._cond.wait(self._delay_s)
+                stopping, flushes = self._stopping, self._flushes
+            while batch := self._take():
+                items, count = batch
                 try:
-                    failure = self._send(batch)
+                    failure = self._send(items)
                 except Exception as exc:  # a bug must not stop the exporter
                     failure = f"{type(exc).__name__}: {exc}"
                 if failure is None:
-                    self.exported += len(batch)
+                    self.exported += count
                 else:
-                    self.failed += len(batch)
-                    self._warn(f"span export failed ({failure}); {len(batch)} spans lost")
-            self._idle.set()
+                    self.failed += count
+                    self._warn(f"span export failed ({failure}); {count} spans lost")
+            with self._cond:
+                self._flushed = flushes
+                self._cond.notify_all()
             if stopping:
                 return
+
+    def _take(self) -> tuple[list[Any], int] | None:
+        """Up to a batch's worth of spans (at least one item) from the queue's head."""
+        with self._cond:
+            taken = count = 0
+            while taken < len(self._items) and (taken == 0 or count < self._batch):
+                count += self._counts[taken]
+                taken += 1
+            if not taken:
+                return None
+            items = self._items[:taken]
+            del self._items[:taken], self._counts[:taken]
+            self._queued -= count
+            return items, count
 
     def _warn(self, message: str) -> None:
         head, now = message.split(" (")[0], time.monotonic()
@@ -235,14 +263,7 @@ def build_export(
     if exporter is not None:
         return SyncExport(exporter, resource, scope)
     if traces == "otlp":
-        sender = OtlpHttp()
-        header = otlp.resource_header(resource.attributes, scope)
-        schema_url = resource.schema_url
-
-        def send(batch: list[Span]) -> str | None:
-            return sender.send(otlp.export_request(header, batch, schema_url))
-
-        return BatchExport(send, close=sender.close)
+        return otlp_export(resource, scope, encoded=False)
     if traces == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
@@ -255,6 +276,19 @@ def build_export(
 
         return BatchExport(show, close=console.shutdown)
     raise ValueError(f"unknown telemetry.traces {traces!r}")
+
+
+def otlp_export(resource: Resource, scope: str, *, encoded: bool) -> BatchExport:
+    """OTLP/HTTP export of spans, or (`encoded`) of chunks of `otlp.span_entries` bytes."""
+    sender = OtlpHttp()
+    header = otlp.resource_header(resource.attributes, scope)
+    schema_url = resource.schema_url
+
+    def send(items: list[Any]) -> str | None:
+        entries = b"".join(items) if encoded else otlp.span_entries(items)
+        return sender.send(otlp.export_request(header, entries, schema_url))
+
+    return BatchExport(send, close=sender.close)
 
 
 class ReadableConverter:

@@ -64,7 +64,8 @@ def test_encoding_equals_the_sdk_encoding():
     convert = ReadableConverter(RESOURCE, "safeguard-gateway")
     expected = encode_spans([convert(s) for s in batch])
     header = otlp.resource_header(RESOURCE.attributes, "safeguard-gateway")
-    ours = ExportTraceServiceRequest.FromString(otlp.export_request(header, batch))
+    encoded = otlp.export_request(header, otlp.span_entries(batch))
+    ours = ExportTraceServiceRequest.FromString(encoded)
     assert ours == expected
     (resource_spans,) = ours.resource_spans
     server, classification, upstream, root = resource_spans.scope_spans[0].spans
