@@ -39,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -105,7 +106,9 @@ class Recorder:
         self._audit = audit
         self._records: list[Any] = []
         self._spans: list[Any] = []
-        self._out = bytearray()  # framed, not yet taken by the pipe
+        self._frames: deque[bytes] = deque()  # not yet (wholly) taken by the pipe
+        self._sent = 0  # bytes of the first frame already in the pipe
+        self._backlog = 0  # bytes in _frames
         self._proc: subprocess.Popen[bytes] | None = None
         self._status: dict[str, Any] = {}
         self._status_buffer = b""
@@ -166,28 +169,37 @@ class Recorder:
             self._timer.cancel()
         self._ship()
         proc = self._proc
-        if proc is not None and proc.poll() is None:
+        if proc is not None:
+            self._writable(False)  # the rest is written by _finish, blocking, in a thread
             await asyncio.to_thread(self._finish, proc)
-        if self._status_fd >= 0 and self._loop is not None:
             self._read_status()
-            self._loop.remove_reader(self._status_fd)
-            os.close(self._status_fd)
-            self._status_fd = -1
-        if self._out:
-            self._salvage()
+            self._release(proc)
+        self._salvage()
 
     def _finish(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdin is not None
-        fd = proc.stdin.fileno()
-        os.set_blocking(fd, True)
+        os.set_blocking(proc.stdin.fileno(), True)
         try:
-            while self._out:
-                del self._out[: os.write(fd, self._out)]
+            self._write()
             proc.stdin.close()
             proc.wait(timeout=60)
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.error("audit recorder did not finish cleanly (%s)", exc)
             proc.kill()
+            proc.wait()
+
+    def _release(self, proc: subprocess.Popen[bytes]) -> None:
+        """Forget a recorder that has exited: its pipes and their loop callbacks."""
+        self._writable(False)
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        if self._status_fd >= 0:
+            if self._loop is not None:
+                self._loop.remove_reader(self._status_fd)
+            os.close(self._status_fd)
+            self._status_fd = -1
+        self._proc = None
 
     # -- the request path ------------------------------------------------------------------
 
@@ -209,7 +221,7 @@ class Recorder:
         self._ship()
         proc = self._proc
         if proc is not None and proc.poll() is not None:
-            self._recorder_died(proc.returncode)
+            self._recorder_died(proc)
         elif proc is None and time.monotonic() - self._down_since >= RESTART_AFTER_S:
             self._spawn()
         if not self._closed and self._loop is not None:
@@ -223,55 +235,61 @@ class Recorder:
                 self._spill(records, self._problem or "audit recorder not running")
             self._dropped_spans += len(spans)
             return
-        if len(self._out) > MAX_BACKLOG:
+        if self._backlog > MAX_BACKLOG:
             if records:
                 self._spill(records, "audit recorder is behind")
             self._dropped_spans += len(spans)
             return
         if spans:
-            self._out += spans_frame(spans)
+            self._queue(spans_frame(spans))
         if records:
             try:
-                self._out += records_frame(records)
+                self._queue(records_frame(records))
             except (TypeError, ValueError) as exc:  # not JSON-able: keep what can be kept
                 log.error("audit batch not serializable (%s)", exc)
                 self._spill(records, "audit batch not serializable")
         self._write()
 
+    def _queue(self, frame: bytes) -> None:
+        self._frames.append(frame)
+        self._backlog += len(frame)
+
     def _write(self) -> None:
+        """As much as the pipe takes now; the loop calls again once it takes more."""
         proc = self._proc
-        if proc is None or proc.stdin is None or not self._out:
+        if proc is None or proc.stdin is None:
             return
-        fd = proc.stdin.fileno()
+        fd, frames = proc.stdin.fileno(), self._frames
         try:
-            while self._out:
-                del self._out[: os.write(fd, self._out)]
+            while frames:
+                head = frames[0]
+                self._sent += os.write(fd, memoryview(head)[self._sent :])
+                if self._sent < len(head):
+                    continue
+                frames.popleft()
+                self._backlog -= len(head)
+                self._sent = 0
         except BlockingIOError:
             pass
-        except OSError:  # the recorder is gone; _tick notices and salvages
+        except OSError:  # the recorder is gone: _tick notices, salvages and restarts it
+            self._writable(False)
             return
-        wants_more = bool(self._out)
-        if wants_more != self._writing and self._loop is not None:
-            if wants_more:
-                self._loop.add_writer(fd, self._write)
-            else:
-                self._loop.remove_writer(fd)
-            self._writing = wants_more
+        self._writable(bool(frames))
 
-    def _recorder_died(self, code: int) -> None:
+    def _writable(self, wanted: bool) -> None:
+        proc, loop = self._proc, self._loop
+        if wanted == self._writing or proc is None or proc.stdin is None or loop is None:
+            return
+        if wanted:
+            loop.add_writer(proc.stdin.fileno(), self._write)
+        else:
+            loop.remove_writer(proc.stdin.fileno())
+        self._writing = wanted
+
+    def _recorder_died(self, proc: subprocess.Popen[bytes]) -> None:
         self._exits += 1
-        if self._writing and self._loop is not None and self._proc and self._proc.stdin:
-            self._loop.remove_writer(self._proc.stdin.fileno())
-            self._writing = False
-        if self._proc is not None and self._proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self._proc.stdin.close()
-        self._proc = None
-        if self._status_fd >= 0 and self._loop is not None:
-            self._loop.remove_reader(self._status_fd)
-            os.close(self._status_fd)
-            self._status_fd = -1
-        self._down(f"audit recorder exited with code {code}")
+        self._release(proc)
+        self._down(f"audit recorder exited with code {proc.returncode}")
         self._salvage()
 
     def _down(self, problem: str) -> None:
@@ -281,9 +299,11 @@ class Recorder:
         log.error("%s; spilling audit records to %s until it is back", problem, self.spill_path)
 
     def _salvage(self) -> None:
-        """Audit records still framed for a recorder that is gone: to the spill file."""
-        frames, _ = read_frames(bytes(self._out))
-        self._out.clear()
+        """Frames a gone recorder did not take whole: audit records to the spill file.
+        (Records it had read but not yet written went with it.)"""
+        frames, _ = read_frames(b"".join(self._frames))
+        self._frames.clear()
+        self._sent = self._backlog = 0
         for kind, payload in frames:
             if kind == b"a":
                 self._spill(orjson.loads(payload), "audit recorder exited")
@@ -304,11 +324,17 @@ class Recorder:
     # -- status ----------------------------------------------------------------------------
 
     def _read_status(self) -> None:
+        if self._status_fd < 0:
+            return
         try:
             chunk = os.read(self._status_fd, 1 << 16)
         except (BlockingIOError, OSError):
             return
-        if not chunk:
+        if not chunk:  # the recorder closed it (exiting): stop watching
+            if self._loop is not None:
+                self._loop.remove_reader(self._status_fd)
+            if self._first_status is not None and not self._first_status.done():
+                self._first_status.set_result(None)
             return
         *lines, self._status_buffer = (self._status_buffer + chunk).split(b"\n")
         for line in reversed(lines):

@@ -1,0 +1,164 @@
+"""The recorder process: framing, spans out through it, and surviving its death."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from proxy import recorder
+from proxy.recorder import read_frames, records_frame, spans_frame
+from proxy.telemetry import SERVER, Span
+from tests.conftest import KEY, audit_records, start_gateway_process, write_config_file
+from tests.test_guard import chat, client
+from tests.test_telemetry import Receiver, attrs
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def recorder_pid(parent: int) -> int:
+    """The gateway process's one child: its recorder."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+# -- framing (pure) ------------------------------------------------------------------------------
+
+
+def test_frames_come_back_whole_however_the_pipe_splits_them():
+    span = Span("POST /v1/chat/completions", SERVER, 7, 0, False, "", {"k": "v"}, None)
+    span.end()
+    records = [{"request_id": "req_1", "verdicts": [], "content": {"input": "hé"}}]
+    stream = records_frame(records) + spans_frame([span, span]) + records_frame(records[:0])
+    for cut in range(len(stream) + 1):
+        first, rest = read_frames(stream[:cut])
+        second, tail = read_frames(rest + stream[cut:])
+        assert tail == b""
+        kinds = [kind for kind, _ in first + second]
+        assert kinds == [b"a", b"o", b"a"]
+    (_, audit), (_, spans), (_, empty) = read_frames(stream)[0]
+    assert orjson.loads(audit) == records
+    assert int.from_bytes(spans[:4], "big") == 2
+    assert orjson.loads(empty) == []
+
+
+# -- spans through the recorder ------------------------------------------------------------------
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def test_otlp_spans_leave_through_the_recorder_as_one_trace(make_gateway, receiver, monkeypatch):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    gw = make_gateway(raw={"telemetry": {"traces": "otlp", "service_name": "gw-recorded"}})
+    answer = client(gw).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "hello"}],
+        extra_headers={"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"},
+    )
+    assert answer.choices[0].message.content
+
+    def spans():
+        found = []
+        for path, headers, body in receiver.posts:
+            assert path == "/v1/traces" and headers["content-type"] == "application/x-protobuf"
+            for rs in ExportTraceServiceRequest.FromString(body).resource_spans:
+                assert attrs(rs.resource.attributes)["service.name"] == "gw-recorded"
+                found += [s for ss in rs.scope_spans for s in ss.spans]
+        return found if len(found) >= 2 else None
+
+    server, upstream = sorted(wait_for(spans, what="two spans"), key=lambda s: s.kind)
+    assert server.name == "POST /v1/chat/completions" and server.kind == server.SPAN_KIND_SERVER
+    assert server.trace_id.hex() == upstream.trace_id.hex() == TRACE_ID
+    assert upstream.parent_span_id == server.span_id
+    assert upstream.name == "chat gpt-4o-mini"
+    upstream_attrs = attrs(upstream.attributes)
+    assert upstream_attrs["gen_ai.request.model"] == "gpt-4o-mini"
+    assert upstream_attrs["gen_ai.usage.output_tokens"] > 0
+    assert attrs(server.attributes)["http.response.status_code"] == 200
+
+
+# -- the recorder's death ------------------------------------------------------------------------
+
+
+def test_a_killed_recorder_means_spill_degraded_then_a_new_recorder(make_gateway, monkeypatch):
+    monkeypatch.setattr(recorder, "RESTART_AFTER_S", 1.0)
+    gw = make_gateway()
+    first = chat(gw, "gpt-4o-mini", "before")
+    assert audit_records(gw, request_id=first.headers["x-request-id"])
+    os.kill(gw.gateway.recorder._proc.pid, signal.SIGKILL)
+
+    def readiness():
+        return httpx.get(gw.url + "/readyz").json()
+
+    down = wait_for(lambda: (r := readiness())["status"] == "not_ready" and r, what="not ready")
+    assert "audit recorder exited with code -9" in down["checks"]["audit"]
+    during = chat(gw, "gpt-4o-mini", "while it is down")
+    spill = Path(gw.config.audit.path + ".spill.jsonl")
+    during_id = during.headers["x-request-id"]
+    wait_for(lambda: spill.exists() and during_id in spill.read_text(), what="the spilled record")
+    up = wait_for(lambda: (r := readiness())["status"] == "ready" and r, what="ready again")
+    assert "1 records spilled" in up["checks"]["audit"]
+    after = chat(gw, "gpt-4o-mini", "after")
+    assert audit_records(gw, request_id=after.headers["x-request-id"])
+    assert not audit_records(gw, count=1, timeout=0.3, request_id=during_id)
+
+
+def test_the_recorder_leaves_with_the_gateway_even_a_killed_one(upstream, classifier, tmp_path):
+    # the recorder's writer would wait 30 s: only the drain at its exit can write the record
+    path = write_config_file(tmp_path, upstream, classifier, **{"audit.flush_interval_s": 30})
+    proc, base = start_gateway_process(path)
+    try:
+        response = httpx.post(
+            base + "/v1/chat/completions",
+            headers={"authorization": f"Bearer {KEY}"},
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert response.status_code == 200
+        child = recorder_pid(proc.pid)
+        time.sleep(4 * recorder.FLUSH_S)  # the record is in the recorder's hands
+        proc.kill()  # no shutdown at all: the recorder sees its pipe close
+        proc.wait(timeout=10)
+        wait_for(lambda: not Path(f"/proc/{child}").exists(), what="the recorder to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    from proxy.audit_store import query
+
+    request_id = response.headers["x-request-id"]
+    wait_for(lambda: query(str(tmp_path / "audit.db"), request_id=request_id), what="record")
+
+
+def test_an_unopenable_audit_store_makes_the_gateway_unready(make_gateway, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    spill = tmp_path / "spill.jsonl"
+    gw = make_gateway(raw={"audit": {"path": str(blocker / "audit.db"), "spill_path": str(spill)}})
+    ready = httpx.get(gw.url + "/readyz")
+    assert ready.status_code == 503
+    assert "cannot open audit store" in ready.json()["checks"]["audit"]
+    answered = chat(gw, "gpt-4o-mini", "still answered")
+    assert answered.status_code == 200
+    request_id = answered.headers["x-request-id"]
+    wait_for(lambda: spill.exists() and request_id in spill.read_text(), what="spill")
