@@ -117,6 +117,7 @@ def build_app(config: Config, **gateway_options: Any) -> Any:
             yield
         finally:
             await gateway.aclose()
+            gc.unfreeze()
 
     ops = Starlette(
         routes=[

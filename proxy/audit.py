@@ -96,6 +96,7 @@ class AuditLog:
         self._degraded: str | None = None
         self._logged: tuple[str, float] = ("", 0.0)
         self._written = self._spilled = self._errors = self._dropped = self._batches = 0
+        self._rejected = 0
 
     # -- event-loop side -------------------------------------------------------------------
 
@@ -117,6 +118,7 @@ class AuditLog:
             stored = apply_retention(record, self.cfg.content)
         except Exception as exc:  # not a mapping: nothing we may safely keep
             self._errors += 1
+            self._rejected += 1
             self._warn(f"audit record rejected ({type(exc).__name__})")
             return
         if self._closed:
@@ -153,6 +155,7 @@ class AuditLog:
             "spilled": self._spilled,
             "errors": self._errors,
             "dropped": self._dropped,  # spill file unwritable too: truly lost
+            "rejected": self._rejected,  # not a record at all
             "degraded": self._degraded is not None,
         }
 

@@ -82,6 +82,8 @@ class Gateway:
         self.audit: AuditLog | Recorder = self.recorder if audit_on else AuditLog(config.audit)
         self._background: set[asyncio.Task[Any]] = set()
         self.metrics.watch_audit(self.audit.stats)
+        if spans_out:
+            self.metrics.watch_spans(self.recorder.span_stats)
         self.uses_classifier = any(
             route.input.policies
             or route.input.shadow
@@ -138,8 +140,8 @@ class Gateway:
     async def aclose(self) -> None:
         if self._background:
             await asyncio.wait(self._background, timeout=self.config.classifier.timeout_s + 1)
-        self.telemetry.shutdown()  # spans still open end here, reaching the recorder
-        await self.recorder.close()
+        await self.recorder.close()  # ships what is left, waits for the recorder to store it
+        self.telemetry.shutdown()
         await self.upstreams.aclose()
         await self.classifier.aclose()
         self.metrics.shutdown()

@@ -315,6 +315,17 @@ class Metrics:
                 f"safeguard_audit_{key}{suffix}", kind, help, lambda k=key: float(stats()[k])
             )
 
+    def watch_spans(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        """Span export outcomes, read at scrape time from `Recorder.span_stats()`."""
+        for key, help in (
+            ("exported", "Spans the OTLP collector accepted"),
+            ("failed", "Spans lost to failed OTLP exports (after retries)"),
+            ("dropped", "Spans dropped because the export queue was full"),
+        ):
+            self.registry.callback(
+                f"safeguard_spans_{key}_total", "counter", help, lambda k=key: float(stats()[k])
+            )
+
     def observe_verdict(self, verdict: Verdict, *, side: str, action: str) -> None:
         """decisions, classifier latency, cache hit/miss and errors for one verdict."""
         policy = verdict.policy_id

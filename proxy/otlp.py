@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 _FIXED64 = struct.Struct("<Q")
 _BYTE = [bytes((i,)) for i in range(0x80)]
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _DOUBLE = struct.Struct("<d")
 # SpanFlags: the parent's is-remote bit is known (0x100), and set (0x200).
 _FLAGS_LOCAL = b"\x85\x01" + struct.pack("<I", 0x100)  # field 16, fixed32
@@ -80,7 +81,9 @@ def any_value(value: Any) -> bytes:
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, int):
-        return b"\x18" + varint(value)
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return b"\x18" + varint(value)
+        return field(1, str(value).encode())  # beyond int64: as text, not wrapped
     if isinstance(value, float):
         return b"\x21" + _DOUBLE.pack(value)
     if isinstance(value, bytes):
@@ -90,19 +93,25 @@ def any_value(value: Any) -> bytes:
     return field(1, str(value).encode())
 
 
-@lru_cache(maxsize=8192, typed=True)
 def key_value(number: int, key: str, value: Any) -> bytes:
-    """Attribute `key: value` as field `number` of its message (cached: most repeat)."""
+    """Attribute `key: value` as field `number` of its message."""
     return field(number, field(1, key.encode()) + field(2, any_value(value)))
+
+
+# Most attributes repeat request after request (method, route, model, status...): cache
+# short scalar ones. `typed` keeps 1, 1.0 and True apart; sequences are never cached,
+# since (1,) == (1.0,) == (True,) would share an entry.
+_cached_key_value = lru_cache(maxsize=4096, typed=True)(key_value)
+_CACHED_TYPES = frozenset({str, int, float, bool})
 
 
 def attributes(number: int, attrs: Mapping[str, Any]) -> bytes:
     parts = []
     for key, value in attrs.items():
-        try:
+        if type(value) in _CACHED_TYPES and (type(value) is not str or len(value) <= 128):
+            parts.append(_cached_key_value(number, key, value))
+        else:
             parts.append(key_value(number, key, value))
-        except TypeError:  # unhashable (a list): encoded uncached
-            parts.append(key_value.__wrapped__(number, key, value))
     return b"".join(parts)
 
 

@@ -33,6 +33,7 @@ import fcntl
 import gc
 import logging
 import os
+import select
 import signal
 import struct
 import subprocess
@@ -91,7 +92,13 @@ def read_frames(buffer: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
 
 class Recorder:
     """Ships audit records and spans to the recorder process; `AuditLog`'s API for the
-    gateway (start, submit, close, health, stats) and a span sink for Telemetry (add)."""
+    gateway (start, submit, close, health, stats) and a span sink for Telemetry (add).
+
+    Audit records are kept until the recorder's status says it has settled them (stored,
+    spilled or rejected), so a recorder that dies takes none with it: what it had not
+    settled is spilled here (at least once: a record it settled just before dying may
+    then be in both the store and the spill file).
+    """
 
     def __init__(self, config: Config, *, audit: bool, spans: bool) -> None:
         self.cfg = config.audit
@@ -104,13 +111,16 @@ class Recorder:
             }
         ).decode()
         self._audit = audit
-        self._records: list[Any] = []
+        self._records: list[Any] = []  # for the next frame
         self._spans: list[Any] = []
         self._frames: deque[bytes] = deque()  # not yet (wholly) taken by the pipe
         self._sent = 0  # bytes of the first frame already in the pipe
         self._backlog = 0  # bytes in _frames
+        self._unsettled: deque[tuple[int, list[Any]]] = deque()  # (sequence at end, records)
+        self._sequence = 0  # records framed for the current recorder
         self._proc: subprocess.Popen[bytes] | None = None
-        self._status: dict[str, Any] = {}
+        self._status: dict[str, Any] = {}  # the current recorder's latest status line
+        self._before: dict[str, int] = {}  # counters of recorders that have exited
         self._status_buffer = b""
         self._status_fd = -1
         self._first_status: asyncio.Future[None] | None = None
@@ -125,6 +135,8 @@ class Recorder:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._loop is not None or self._closed:
+            return
         self._loop = asyncio.get_running_loop()
         self._spawn()
         if self._first_status is not None:
@@ -133,7 +145,12 @@ class Recorder:
         self._timer = self._loop.call_later(FLUSH_S, self._tick)
 
     def _spawn(self) -> None:
-        status_read, status_write = os.pipe()
+        assert self._loop is not None
+        try:
+            status_read, status_write = os.pipe()
+        except OSError as exc:
+            self._down(f"cannot start the audit recorder ({exc})")
+            return
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "proxy.recorder", self._settings, str(status_write)],
@@ -141,7 +158,7 @@ class Recorder:
                 pass_fds=(status_write,),
                 start_new_session=True,  # a terminal's Ctrl-C is the gateway's to handle
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             os.close(status_read)
             self._down(f"cannot start the audit recorder ({exc})")
             return
@@ -155,7 +172,7 @@ class Recorder:
         os.set_blocking(status_read, False)
         self._status_fd = status_read
         self._status_buffer = b""
-        assert self._loop is not None
+        self._sequence = 0
         self._first_status = self._loop.create_future()
         self._loop.add_reader(status_read, self._read_status)
         self._problem = None
@@ -170,21 +187,26 @@ class Recorder:
         self._ship()
         proc = self._proc
         if proc is not None:
-            self._writable(False)  # the rest is written by _finish, blocking, in a thread
+            self._writable(False)  # the rest is written by _finish, in a thread
             await asyncio.to_thread(self._finish, proc)
             self._read_status()
             self._release(proc)
-        self._salvage()
+        self._spill_unsettled("audit recorder stopped before storing them")
 
-    def _finish(self, proc: subprocess.Popen[bytes]) -> None:
+    def _finish(self, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+        """Write what is left, close the pipe, wait for the recorder: all within timeout_s."""
         assert proc.stdin is not None
-        os.set_blocking(proc.stdin.fileno(), True)
+        deadline = time.monotonic() + timeout_s
         try:
-            self._write()
+            while self._frames and time.monotonic() < deadline:
+                select.select([], [proc.stdin], [], max(0.0, deadline - time.monotonic()))
+                self._write(watch=False)
+                if proc.poll() is not None:
+                    break
             proc.stdin.close()
-            proc.wait(timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            log.error("audit recorder did not finish cleanly (%s)", exc)
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+            log.error("audit recorder did not finish in time (%s); stopping it", exc)
             proc.kill()
             proc.wait()
 
@@ -205,62 +227,72 @@ class Recorder:
 
     def submit(self, record: Mapping[str, Any]) -> None:
         """Record one request (retention is applied by the recorder). Never raises."""
-        if self._closed:
-            self._spill([record], "audit log closed")
+        if self._closed or self._loop is None:  # no recorder will ever take it
+            self._spill([record], "audit log closed" if self._closed else "audit log not started")
             return
         self._records.append(record)
 
     def add(self, span: Any) -> None:
         """A finished span, for export."""
-        if not self._closed:
-            self._spans.append(span)
+        if self._closed or self._loop is None:
+            self._dropped_spans += 1
+            return
+        self._spans.append(span)
 
     # -- shipping --------------------------------------------------------------------------
 
     def _tick(self) -> None:
-        self._ship()
-        proc = self._proc
-        if proc is not None and proc.poll() is not None:
-            self._recorder_died(proc)
-        elif proc is None and time.monotonic() - self._down_since >= RESTART_AFTER_S:
-            self._spawn()
-        if not self._closed and self._loop is not None:
-            self._timer = self._loop.call_later(FLUSH_S, self._tick)
+        try:
+            self._ship()
+            proc = self._proc
+            if proc is not None and proc.poll() is not None:
+                self._recorder_died(proc)
+            elif proc is None and time.monotonic() - self._down_since >= RESTART_AFTER_S:
+                self._spawn()
+        except Exception:  # a bug here must not stop shipping for good
+            log.exception("audit recorder upkeep failed")
+        finally:
+            if not self._closed and self._loop is not None:
+                self._timer = self._loop.call_later(FLUSH_S, self._tick)
 
     def _ship(self) -> None:
         records, spans = self._records, self._spans
         self._records, self._spans = [], []
-        if self._proc is None:
-            if records:
-                self._spill(records, self._problem or "audit recorder not running")
+        if self._proc is None or self._backlog > MAX_BACKLOG:
+            reason = self._problem or "audit recorder not running"
+            self._spill(records, reason if self._proc is None else "audit recorder is behind")
             self._dropped_spans += len(spans)
             return
-        if self._backlog > MAX_BACKLOG:
-            if records:
-                self._spill(records, "audit recorder is behind")
-            self._dropped_spans += len(spans)
-            return
-        if spans:
-            self._queue(spans_frame(spans))
         if records:
             try:
                 self._queue(records_frame(records))
             except (TypeError, ValueError) as exc:  # not JSON-able: keep what can be kept
                 log.error("audit batch not serializable (%s)", exc)
                 self._spill(records, "audit batch not serializable")
+            else:
+                self._sequence += len(records)
+                self._unsettled.append((self._sequence, records))
+        if spans:
+            try:
+                self._queue(spans_frame(spans))
+            except (TypeError, ValueError) as exc:
+                log.error("%d spans not encodable (%s)", len(spans), exc)
+                self._dropped_spans += len(spans)
         self._write()
 
     def _queue(self, frame: bytes) -> None:
         self._frames.append(frame)
         self._backlog += len(frame)
 
-    def _write(self) -> None:
-        """As much as the pipe takes now; the loop calls again once it takes more."""
+    def _write(self, watch: bool = True) -> None:
+        """As much as the pipe takes now; with `watch`, the loop calls again once it
+        takes more (the event loop's thread only)."""
         proc = self._proc
         if proc is None or proc.stdin is None:
             return
-        fd, frames = proc.stdin.fileno(), self._frames
+        frames = self._frames
         try:
+            fd = proc.stdin.fileno()
             while frames:
                 head = frames[0]
                 self._sent += os.write(fd, memoryview(head)[self._sent :])
@@ -271,10 +303,10 @@ class Recorder:
                 self._sent = 0
         except BlockingIOError:
             pass
-        except OSError:  # the recorder is gone: _tick notices, salvages and restarts it
-            self._writable(False)
-            return
-        self._writable(bool(frames))
+        except (OSError, ValueError):  # the recorder is gone: _tick notices and restarts it
+            frames = deque()
+        if watch:
+            self._writable(bool(frames))
 
     def _writable(self, wanted: bool) -> None:
         proc, loop = self._proc, self._loop
@@ -288,9 +320,19 @@ class Recorder:
 
     def _recorder_died(self, proc: subprocess.Popen[bytes]) -> None:
         self._exits += 1
+        self._read_status()
         self._release(proc)
         self._down(f"audit recorder exited with code {proc.returncode}")
-        self._salvage()
+        for key in ("audit", "spans"):
+            for name, value in (self._status.get(key) or {}).items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    self._before[f"{key}.{name}"] = self._before.get(f"{key}.{name}", 0) + value
+        self._status = {}
+        frames, _ = read_frames(b"".join(self._frames))
+        self._frames.clear()
+        self._sent = self._backlog = 0
+        self._dropped_spans += sum(_COUNT.unpack_from(p)[0] for k, p in frames if k == b"o")
+        self._spill_unsettled("audit recorder exited")
 
     def _down(self, problem: str) -> None:
         self._proc = None
@@ -298,17 +340,9 @@ class Recorder:
         self._down_since = time.monotonic()
         log.error("%s; spilling audit records to %s until it is back", problem, self.spill_path)
 
-    def _salvage(self) -> None:
-        """Frames a gone recorder did not take whole: audit records to the spill file.
-        (Records it had read but not yet written went with it.)"""
-        frames, _ = read_frames(b"".join(self._frames))
-        self._frames.clear()
-        self._sent = self._backlog = 0
-        for kind, payload in frames:
-            if kind == b"a":
-                self._spill(orjson.loads(payload), "audit recorder exited")
-            else:
-                self._dropped_spans += _COUNT.unpack_from(payload)[0]
+    def _spill_unsettled(self, reason: str) -> None:
+        while self._unsettled:
+            self._spill(self._unsettled.popleft()[1], reason)
 
     def _spill(self, records: list[Any], reason: str) -> None:
         if not records or not self._audit:
@@ -342,8 +376,14 @@ class Recorder:
                 with contextlib.suppress(orjson.JSONDecodeError):
                     self._status = orjson.loads(line)
                     break
+        settled = (self._status.get("audit") or {}).get("settled", 0)
+        while self._unsettled and self._unsettled[0][0] <= settled:
+            self._unsettled.popleft()
         if self._first_status is not None and not self._first_status.done():
             self._first_status.set_result(None)
+
+    def _counter(self, key: str, name: str) -> int:
+        return (self._status.get(key) or {}).get(name, 0) + self._before.get(f"{key}.{name}", 0)
 
     def health(self) -> tuple[bool, str]:
         if not self._audit:
@@ -357,20 +397,29 @@ class Recorder:
         return audit["ok"], audit["detail"] + spilled
 
     def stats(self) -> dict[str, Any]:
-        audit = self._status.get("audit") or {}
+        """AuditLog.stats() across every recorder this gateway has run (counters only grow)."""
         return {
-            "queued": len(self._records) + audit.get("queued", 0),
-            "written": audit.get("written", 0),
-            "batches": audit.get("batches", 0),
-            "spilled": audit.get("spilled", 0) + self._spilled,
-            "errors": audit.get("errors", 0) + self._exits,
-            "dropped": audit.get("dropped", 0),
-            "degraded": bool(self._problem) or audit.get("degraded", False),
+            "queued": len(self._records) + (self._status.get("audit") or {}).get("queued", 0),
+            "written": self._counter("audit", "written"),
+            "batches": self._counter("audit", "batches"),
+            "spilled": self._counter("audit", "spilled") + self._spilled,
+            "errors": self._counter("audit", "errors") + self._exits,
+            "dropped": self._counter("audit", "dropped"),
+            "degraded": bool(self._problem)
+            or (self._status.get("audit") or {}).get("degraded", False),
+        }
+
+    def span_stats(self) -> dict[str, int]:
+        return {
+            "exported": self._counter("spans", "exported"),
+            "failed": self._counter("spans", "failed"),
+            "dropped": self._counter("spans", "dropped") + self._dropped_spans,
         }
 
     # Telemetry's span sink API; the gateway closes the recorder itself.
     def force_flush(self, timeout_s: float = 30.0) -> bool:
-        self._ship()
+        if self._loop is not None and not self._closed:
+            self._ship()
         return True
 
     def shutdown(self) -> None:
@@ -391,7 +440,10 @@ def main(argv: list[str]) -> int:
         from proxy.span_export import otlp_export
         from proxy.telemetry import SCOPE, build_resource
 
-        export = otlp_export(build_resource(settings["service_name"]), SCOPE, encoded=True)
+        try:
+            export = otlp_export(build_resource(settings["service_name"]), SCOPE, encoded=True)
+        except Exception:  # e.g. an unreadable OTEL_EXPORTER_OTLP_CERTIFICATE
+            log.exception("OTLP span export unavailable; spans are dropped, audit goes on")
     if audit is not None:
         asyncio.run(audit.start())
     status = os.fdopen(status_fd, "wb", buffering=0)
@@ -401,7 +453,9 @@ def main(argv: list[str]) -> int:
         line: dict[str, Any] = {}
         if audit is not None:
             ok, detail = audit.health()
-            line["audit"] = {"ok": ok, "detail": detail, **audit.stats()}
+            stats = audit.stats()
+            settled = sum(stats[k] for k in ("written", "spilled", "dropped", "rejected"))
+            line["audit"] = {"ok": ok, "detail": detail, "settled": settled, **stats}
         if export is not None:
             line["spans"] = {k: getattr(export, k, 0) for k in ("exported", "dropped", "failed")}
         with contextlib.suppress(OSError):

@@ -183,15 +183,17 @@ class BatchExport(SpanExport):
 
     def add(self, item: Any, count: int = 1) -> None:
         with self._cond:
-            if self._queued + count > self._capacity:
+            full = self._queued + count > self._capacity
+            if full:
                 self.dropped += count
-                self._warn(f"span queue full ({self._capacity}); spans dropped")
-                return
-            self._items.append(item)
-            self._counts.append(count)
-            self._queued += count
-            if self._queued >= self._batch:
-                self._cond.notify()
+            else:
+                self._items.append(item)
+                self._counts.append(count)
+                self._queued += count
+                if self._queued >= self._batch:
+                    self._cond.notify()
+        if full:
+            self._warn(f"span queue full ({self._capacity}); spans dropped")
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:
         with self._cond:

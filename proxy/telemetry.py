@@ -89,9 +89,10 @@ def sampler_from_env(sample_ratio: float) -> tuple[bool, int]:
     which is how the SDK's TraceIdRatioBased decides. OTEL_TRACES_SAMPLER(_ARG) wins
     over `telemetry.sample_ratio`."""
     name = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    ratio = sample_ratio
     if not name:
-        name, ratio = "parentbased_traceidratio", sample_ratio
-    else:
+        name = "parentbased_traceidratio"
+    elif name.endswith("traceidratio"):
         ratio = _ratio_arg(os.environ.get("OTEL_TRACES_SAMPLER_ARG"))
     parent_based = name.startswith("parentbased_")
     root = name.removeprefix("parentbased_")
@@ -127,7 +128,9 @@ def parse_traceparent(traceparent: str, tracestate: str = "") -> tuple[int, int,
     trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
     if not trace_id or not span_id:
         return None
-    state = tracestate.strip() if len(tracestate) <= _TRACESTATE_MAX else ""
+    state = tracestate.strip()
+    if len(state) > _TRACESTATE_MAX or not state.isprintable():
+        state = ""
     return trace_id, span_id, bool(int(flags, 16) & 1), state
 
 
@@ -193,18 +196,23 @@ class Span:
     def is_recording(self) -> bool:
         return self.end_ns == 0
 
+    # Changes to an ended span are ignored (as the SDK does): an exporter may be reading it.
     def set_attribute(self, key: str, value: Any) -> None:
-        self.attributes[key] = value
+        if not self.end_ns:
+            self.attributes[key] = value
 
     def set_attributes(self, attributes: dict[str, Any]) -> None:
-        self.attributes.update(attributes)
+        if not self.end_ns:
+            self.attributes.update(attributes)
 
     def add_event(self, name: str, attributes: dict[str, Any] | None = None) -> None:
-        self.events.append((name, time.time_ns(), attributes or {}))
+        if not self.end_ns:
+            self.events.append((name, time.time_ns(), attributes or {}))
 
     def set_status(self, code: int, message: str | None = None) -> None:
-        self.status_code = code
-        self.status_message = message if code == ERROR else None
+        if not self.end_ns:
+            self.status_code = code
+            self.status_message = message if code == ERROR else None
 
     def record_exception(self, exc: BaseException) -> None:
         self.add_event(

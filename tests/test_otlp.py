@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.sdk.resources import Resource
 
 from proxy import otlp
@@ -15,9 +16,7 @@ RESOURCE = Resource.create({"service.name": "gw-test", "deployment.env": "ci"})
 
 
 def make_span(name: str, kind: int, parent: int = 0, remote: bool = False, state: str = "") -> Span:
-    span = Span(name, kind, 0x4BF92F3577B34DA6A3CE929D0E0E4736, parent, remote, state, {}, None)
-    span.end()
-    return span
+    return Span(name, kind, 0x4BF92F3577B34DA6A3CE929D0E0E4736, parent, remote, state, {}, None)
 
 
 def spans() -> list[Span]:
@@ -53,9 +52,13 @@ def spans() -> list[Span]:
             "ratio": 0.25,
             "big": 2**40,
             "listed": ["a", "b"],  # unhashable: the uncached path
+            "mixed": (1, 1.0, True),  # equal as tuples: must not share a cache entry
         }
     )
     root = make_span("GET /v1/models", SERVER)
+    for span in (server, classification, upstream, root):
+        span.end()
+    server.set_status(0)  # ignored once ended
     return [server, classification, upstream, root]
 
 
@@ -82,6 +85,15 @@ def test_encoding_equals_the_sdk_encoding():
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**32, 2**63 - 1, -1, -(2**63)])
 def test_int_values_round_trip(value):
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-
     assert AnyValue.FromString(otlp.any_value(value)).int_value == value
+
+
+@pytest.mark.parametrize("value", [2**63, 2**64, -(2**63) - 1])
+def test_ints_beyond_int64_become_text(value):
+    assert AnyValue.FromString(otlp.any_value(value)).string_value == str(value)
+
+
+def test_cached_scalars_keep_their_types():
+    for value in (1, 1.0, True, (1,), (1.0,), (True,)):
+        expected = otlp.key_value(9, "k", value)
+        assert otlp.attributes(9, {"k": value}) == expected

@@ -51,7 +51,6 @@ class Sink:
             stats = {"requests": self.requests, "bytes": self.bytes, "spans": self.spans}
             await send_bytes(send, orjson.dumps(stats))
 
-
     def _count(self) -> None:
         bodies, self.bodies = self.bodies, []
         for gzipped, body in bodies:

@@ -3,6 +3,7 @@ CPU and memory through /proc. Every wait has a deadline; every process is stoppe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,18 +26,35 @@ class BenchError(RuntimeError):
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all threads (utime and stime of /proc/pid/stat)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """User + system CPU time of a process, all threads (utime and stime of /proc/pid/stat),
+    plus that of its live child processes (a gateway worker's audit and span recorder)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:  # a child that has just exited
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return own + sum(cpu_seconds(child) for child in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f:
+                children += [int(c) for c in f.read().split()]
+    return children
 
 
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+    """Resident memory of a process and its live child processes (a gateway's recorder)."""
+    own = 0.0
+    with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/status", encoding="ascii") as f:
         for line in f:
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+                own = int(line.split()[1]) / 1024
+                break
+    return own + sum(rss_mb(child) for child in _children(pid))
 
 
 @dataclass
