@@ -20,6 +20,10 @@ from typing import Any, Protocol
 _FIXED64 = struct.Struct("<Q")
 _BYTE = [bytes((i,)) for i in range(0x80)]
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_TIMES = struct.Struct("<BQBQ")  # start (field 7) and end (field 8), fixed64 each
+_KIND = [b"\x30" + bytes((kind,)) for kind in range(6)]  # field 6, SpanKind
+_CODE = [b"", b"\x18\x01", b"\x18\x02"]  # Status.code (field 3): unset, ok, error
+_STATUS = [b"\x7a" + bytes((len(code),)) + code for code in _CODE]  # field 15, no message
 _DOUBLE = struct.Struct("<d")
 # SpanFlags: the parent's is-remote bit is known (0x100), and set (0x200).
 _FLAGS_LOCAL = b"\x85\x01" + struct.pack("<I", 0x100)  # field 16, fixed32
@@ -102,14 +106,14 @@ def key_value(number: int, key: str, value: Any) -> bytes:
 # short scalar ones. `typed` keeps 1, 1.0 and True apart; sequences are never cached,
 # since (1,) == (1.0,) == (True,) would share an entry.
 _cached_key_value = lru_cache(maxsize=4096, typed=True)(key_value)
-_CACHED_TYPES = frozenset({str, int, float, bool})
 
 
 def attributes(number: int, attrs: Mapping[str, Any]) -> bytes:
-    parts = []
+    cached, parts = _cached_key_value, []
     for key, value in attrs.items():
-        if type(value) in _CACHED_TYPES and (type(value) is not str or len(value) <= 128):
-            parts.append(_cached_key_value(number, key, value))
+        kind = type(value)
+        if kind is int or kind is bool or kind is float or (kind is str and len(value) <= 64):
+            parts.append(cached(number, key, value))
         else:
             parts.append(key_value(number, key, value))
     return b"".join(parts)
@@ -126,18 +130,18 @@ def span(s: FinishedSpan) -> bytes:
         parts += (b"\x22\x08", s.parent_id.to_bytes(8, "big"))
     parts += (
         _name(s.name),
-        b"\x30", varint(s.kind),
-        b"\x39", _FIXED64.pack(s.start_ns),
-        b"\x41", _FIXED64.pack(s.end_ns),
+        _KIND[s.kind],
+        _TIMES.pack(0x39, s.start_ns, 0x41, s.end_ns),
         attributes(9, s.attributes),
-    )  # fmt: skip
+    )
     for name, time_ns, attrs in s.events:
         event = b"\x09" + _FIXED64.pack(time_ns) + field(2, name.encode()) + attributes(3, attrs)
         parts.append(field(11, event))
-    status = field(2, s.status_message.encode()) if s.status_message else b""
-    if s.status_code:
-        status += b"\x18" + varint(s.status_code)
-    parts += (field(15, status), _FLAGS_REMOTE if s.parent_remote else _FLAGS_LOCAL)
+    if s.status_message:
+        parts.append(field(15, field(2, s.status_message.encode()) + _CODE[s.status_code]))
+    else:
+        parts.append(_STATUS[s.status_code])
+    parts.append(_FLAGS_REMOTE if s.parent_remote else _FLAGS_LOCAL)
     return b"".join(parts)
 
 
