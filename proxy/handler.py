@@ -218,8 +218,8 @@ class ProxyHandler:
             body = await response.read()
             ex.upstream_ms = since(ex.upstream_started)
             ex.status = response.status
-            if self.gw.telemetry.enabled and response.status == 200:
-                ex.take_answer(json_or_none(body))
+            if response.status == 200 and ex.upstream_span.is_recording():
+                ex.take_answer(json_or_none(body))  # usage and model for the span
             await send.whole(response.status, response.headers + ex.headers(), body)
             return
         await send.start(response.status, response.headers + ex.headers())
@@ -236,8 +236,8 @@ class ProxyHandler:
                 ex.take_stream(watched)
 
     def _watcher(self, ex: Exchange) -> StreamGuard | None:
-        """When tracing, a policy-less stream guard that only notes usage as events pass."""
-        if not self.gw.telemetry.enabled:
+        """When traced, a policy-less stream guard that only notes usage as events pass."""
+        if not ex.upstream_span.is_recording():
             return None
         return StreamGuard(self.gw.guard, WATCH_ONLY, {}, ex.endpoint, "open")
 

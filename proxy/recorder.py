@@ -7,17 +7,19 @@ So one child process per gateway worker does both:
 
     gateway worker (event loop)                     recorder (python -m proxy.recorder)
       submit(record) / add(span): a list append       AuditLog: batch writer, SQLite WAL,
-      every FLUSH_S: records as one orjson frame,       retention, spill file
-        spans encoded to OTLP protobuf (proxy.otlp) BatchExport: OTLP/HTTP POSTs
-        in one frame, down a pipe, without blocking
+      every FLUSH_S: one frame of records, one of       retention, spill file
+        spans, down a pipe, without blocking   --->   spans encoded to OTLP (proxy.otlp),
+                                                        BatchExport POSTs them
       health()/stats() <--- a status line every STATUS_S (JSON) on a second pipe
 
-The gateway encodes spans itself: ~4 us a span, where serializing them for the recorder
-costs ~3 us and rebuilding and encoding them there ~9 us more, on the same cores.
-`traces: console` stays in the gateway's process (a debugging aid; speed is not its point).
+Finished spans travel as `marshal`ed tuples (~1 us a request for the event loop, where
+encoding them to OTLP takes ~9 us), so the worker keeps its core for serving and the
+recorder encodes (proxy.otlp). marshal is safe here: both ends are this program, and
+the pipe is private to them. `traces: console` stays in the gateway's process (a
+debugging aid; speed is not its point).
 
 Frames on the data pipe: a kind byte, a 4-byte big-endian length, the payload: b"a" audit
-records as an orjson array, b"o" a 4-byte span count then `otlp.span_entries` bytes.
+records as an orjson array, b"s" spans as a marshalled list of `span_fields` tuples.
 The recorder ignores SIGINT/SIGTERM: it stops when the data pipe closes (the gateway's
 shutdown, or its death), after writing and exporting everything it was sent. If the
 recorder dies, the gateway spills audit records to the JSON-lines spill file itself,
@@ -32,6 +34,7 @@ import dataclasses
 import fcntl
 import gc
 import logging
+import marshal
 import os
 import select
 import signal
@@ -59,7 +62,6 @@ RESTART_AFTER_S = 5.0
 MAX_BACKLOG = 64 << 20  # bytes waiting for the recorder before records spill here
 _HEADER = struct.Struct(">cI")
 _F_SETPIPE_SZ = 1031
-_COUNT = struct.Struct(">I")
 
 
 def frame(kind: bytes, payload: bytes) -> bytes:
@@ -70,8 +72,32 @@ def records_frame(records: list[Any]) -> bytes:
     return frame(b"a", orjson.dumps(records, default=str, option=orjson.OPT_NON_STR_KEYS))
 
 
+def span_fields(span: Any) -> tuple[Any, ...]:
+    return (
+        span.name, span.kind, span.trace_id, span.span_id, span.parent_id, span.parent_remote,
+        span.trace_state, span.start_ns, span.end_ns, span.attributes, span.events,
+        span.status_code, span.status_message,
+    )  # fmt: skip
+
+
 def spans_frame(spans: list[Any]) -> bytes:
-    return frame(b"o", _COUNT.pack(len(spans)) + otlp.span_entries(spans))
+    return frame(b"s", marshal.dumps([span_fields(s) for s in spans]))
+
+
+class ReceivedSpan:
+    """A span rebuilt from `span_fields` in the recorder: what proxy.otlp reads."""
+
+    __slots__ = (
+        "attributes", "end_ns", "events", "kind", "name", "parent_id", "parent_remote",
+        "span_id", "start_ns", "status_code", "status_message", "trace_id", "trace_state",
+    )  # fmt: skip
+
+    def __init__(self, fields: tuple[Any, ...]) -> None:
+        (
+            self.name, self.kind, self.trace_id, self.span_id, self.parent_id,
+            self.parent_remote, self.trace_state, self.start_ns, self.end_ns, self.attributes,
+            self.events, self.status_code, self.status_message,
+        ) = fields  # fmt: skip
 
 
 def read_frames(buffer: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -116,7 +142,7 @@ class Recorder:
         self._frames: deque[bytes] = deque()  # not yet (wholly) taken by the pipe
         self._sent = 0  # bytes of the first frame already in the pipe
         self._backlog = 0  # bytes in _frames
-        self._unsettled: deque[tuple[int, list[Any]]] = deque()  # (sequence at end, records)
+        self._unsettled: deque[tuple[int, bytes]] = deque()  # (sequence at end, records frame)
         self._sequence = 0  # records framed for the current recorder
         self._proc: subprocess.Popen[bytes] | None = None
         self._status: dict[str, Any] = {}  # the current recorder's latest status line
@@ -265,13 +291,14 @@ class Recorder:
             return
         if records:
             try:
-                self._queue(records_frame(records))
+                framed = records_frame(records)
             except (TypeError, ValueError) as exc:  # not JSON-able: keep what can be kept
                 log.error("audit batch not serializable (%s)", exc)
                 self._spill(records, "audit batch not serializable")
             else:
+                self._queue(framed)
                 self._sequence += len(records)
-                self._unsettled.append((self._sequence, records))
+                self._unsettled.append((self._sequence, framed))
         if spans:
             try:
                 self._queue(spans_frame(spans))
@@ -331,7 +358,7 @@ class Recorder:
         frames, _ = read_frames(b"".join(self._frames))
         self._frames.clear()
         self._sent = self._backlog = 0
-        self._dropped_spans += sum(_COUNT.unpack_from(p)[0] for k, p in frames if k == b"o")
+        self._dropped_spans += sum(len(marshal.loads(p)) for k, p in frames if k == b"s")
         self._spill_unsettled("audit recorder exited")
 
     def _down(self, problem: str) -> None:
@@ -342,7 +369,8 @@ class Recorder:
 
     def _spill_unsettled(self, reason: str) -> None:
         while self._unsettled:
-            self._spill(self._unsettled.popleft()[1], reason)
+            framed = self._unsettled.popleft()[1]
+            self._spill(orjson.loads(framed[_HEADER.size :]), reason)
 
     def _spill(self, records: list[Any], reason: str) -> None:
         if not records or not self._audit:
@@ -484,8 +512,9 @@ def main(argv: list[str]) -> int:
             if kind == b"a" and audit is not None:
                 for record in orjson.loads(payload):
                     audit.submit(record)
-            elif kind == b"o" and export is not None:
-                export.add(payload[_COUNT.size :], _COUNT.unpack_from(payload)[0])
+            elif kind == b"s" and export is not None:
+                spans = [ReceivedSpan(fields) for fields in marshal.loads(payload)]
+                export.add(otlp.span_entries(spans), len(spans))
     stop.set()
     if audit is not None:
         asyncio.run(audit.close())

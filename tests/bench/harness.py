@@ -171,6 +171,43 @@ def interleaved(
     return runs
 
 
+def bracketed(
+    reference: Callable[[], dict[str, Any]],
+    plan: dict[str, Callable[[], dict[str, Any]]],
+    rounds: int,
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], dict[str, list[float]]]:
+    """Every measurement between two runs of `reference` (rotating the order each round);
+    its ratio is against the mean of the two. That cancels a host speed that drifts
+    steadily over the seconds a pair takes, which rotation alone only averages out.
+    Returns the reference runs, each measurement's runs, and its ratios (rps)."""
+    names = list(plan)
+    ref_runs: list[dict[str, Any]] = []
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    ratios: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        before = reference()
+        ref_runs.append(before)
+        for name in names[k:] + names[:k]:
+            run = plan[name]()
+            after = reference()
+            ref_runs.append(after)
+            runs[name].append(run)
+            base = (before["rps"] + after["rps"]) / 2
+            ratios[name].append(run["rps"] / base if base else 0.0)
+            before = after
+    return ref_runs, runs, ratios
+
+
+def ratio_spread(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "median": round(statistics.median(ordered), 3),
+        "min": round(ordered[0], 3),
+        "max": round(ordered[-1], 3),
+    }
+
+
 def _cpu_us(run: dict[str, Any], name: str) -> float | None:
     value = (run.get("server_cpu_pct") or {}).get(name)
     return None if value is None or not run["rps"] else value / 100 / run["rps"] * 1e6
