@@ -1,11 +1,13 @@
-"""Getting finished spans out of the process, off the request path.
+"""Getting finished spans out, off the request path.
 
 `build_export(traces, exporter, resource, scope)` picks one of:
 
-- `BatchExport` + `OtlpHttp` (`traces: otlp`): spans queue in a deque (an append on the
-  request path); a thread wakes every `OTEL_BSP_SCHEDULE_DELAY` ms, or as soon as a batch
+- `BatchExport` + `OtlpHttp` (`traces: otlp`): a queue filled as spans end; a thread
+  wakes every `OTEL_BSP_SCHEDULE_DELAY` ms, or as soon as a batch
   (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`) is queued, encodes it with proxy.otlp and POSTs it.
   A full queue (`OTEL_BSP_MAX_QUEUE_SIZE`) drops spans and logs it; it never blocks.
+  The gateway runs this in its recorder process (`otlp_export(..., encoded=True)`, fed
+  chunks the recorder has encoded); in-process it serves `Telemetry` used on its own.
 - `BatchExport` + an SDK `SpanExporter` (`traces: console`): the same thread hands SDK
   `ReadableSpan`s to the exporter.
 - `SyncExport`: an injected `SpanExporter` gets each span as it ends (as the SDK's

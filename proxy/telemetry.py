@@ -20,13 +20,14 @@ become its children; `current_span()` returns the innermost one.
 
 Why not the SDK's tracer: creating and ending the two spans of a pass-through request
 costs ~90 us of event-loop time through the SDK, about half of what the request itself
-costs. Here a span is a slotted record (~3 us), and everything else happens off the
-request path in proxy.span_export: OTLP export writes protobuf bytes directly, and any
-SDK `SpanExporter` (console; the in-memory one in tests) gets ordinary SDK
-`ReadableSpan`s. The OTel conventions stay: the resource comes from the SDK
-(`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, the config's service name), the sampler
-from `OTEL_TRACES_SAMPLER(_ARG)` (else `telemetry.sample_ratio`, parent-based), W3C
-trace context in and out, and the OTLP exporter from `OTEL_EXPORTER_OTLP_*`.
+costs. Here a span is a slotted record (~3 us), and the rest happens off the request
+path: the gateway's recorder process (proxy.recorder) encodes spans to OTLP protobuf
+(proxy.otlp) and POSTs them, and any SDK `SpanExporter` (console; the in-memory one in
+tests) gets ordinary SDK `ReadableSpan`s (proxy.span_export). The OTel conventions stay:
+the resource comes from the SDK (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, the
+config's service name), the sampler from `OTEL_TRACES_SAMPLER(_ARG)` (else
+`telemetry.sample_ratio`, parent-based), W3C trace context in and out, and the OTLP
+exporter from `OTEL_EXPORTER_OTLP_*`.
 
 `traces: none` with no injected exporter makes every method a module-level no-op
 returning shared objects (~0.1 us a call).
