@@ -41,7 +41,7 @@ def core(settings: Settings) -> Scenario:
         f"Figures are medians of {settings.rounds} (c=32) / {c1_rounds} (c=1) interleaved runs "
         f"of {settings.duration:g} s; ratios and added latency are taken per round (adjacent "
         "runs) and shown as median [min, max]. CPU us/req = CPU time of the measured hop per "
-        "request (all its threads).",
+        "request (all its threads, and for the gateway its recorder process).",
     ]
     tmp = settings.log_dir / "core"
     with cluster(settings) as cl:
@@ -197,8 +197,8 @@ def observability(settings: Settings) -> Scenario:
     sc = Scenario("obs", "Audit + tracing overhead on the core scenario (issue 4)")
     sc.notes += [
         "Pass-through route, c=32, zero-latency upstream. audit: SQLite WAL written by the "
-        "worker's recorder process, content: redacted. tracing: traces otlp (HTTP/protobuf, "
-        "encoded by the worker, POSTed by its recorder) to a loopback sink "
+        "worker's recorder process, content: redacted. tracing: traces otlp (HTTP/protobuf; "
+        "the worker hands spans to its recorder, which encodes and POSTs them) to a loopback sink "
         "(tests/bench/otlp_sink.py) via OTEL_EXPORTER_OTLP_ENDPOINT; 2 spans per request "
         "(SERVER + upstream CLIENT). CPU us/req counts the worker and its recorder.",
         f"{settings.rounds} rounds of {settings.duration:g} s runs; each run sits between two "

@@ -66,8 +66,9 @@ def render_sizing(scenarios: list[Scenario]) -> str:
         return ""
     note = (
         "One worker process, 32 concurrent clients, audit off unless stated, traces off. "
-        "CPU = the gateway process (100% = one core); req/s per core = 1e6 / CPU us per "
-        "request, the CPU-bound capacity, steadier than req/s on a shared host."
+        "CPU = the gateway worker process and its recorder process (100% = one core); "
+        "req/s per core = 1e6 / CPU us per request, the CPU-bound capacity, steadier than "
+        "req/s on a shared host."
     )
     columns = ["scenario (32 concurrent clients)", "req/s per worker", "p50", "p99", "CPU",
                "CPU us/req", "req/s per core"]  # fmt: skip
