@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export import SpanExporter
 
-    from proxy.telemetry import Span
+    from proxy.spans import Span
 
 log = logging.getLogger("proxy.telemetry")
 

@@ -10,7 +10,7 @@ from opentelemetry.sdk.resources import Resource
 
 from proxy import otlp
 from proxy.span_export import ReadableConverter
-from proxy.telemetry import CLIENT, ERROR, SERVER, Span
+from proxy.spans import CLIENT, ERROR, SERVER, Span
 
 RESOURCE = Resource.create({"service.name": "gw-test", "deployment.env": "ci"})
 

@@ -14,10 +14,10 @@ import orjson
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from proxy import recorder
 from proxy.config import parse_config
-from proxy.recorder import Recorder, read_frames, records_frame, spans_frame
-from proxy.telemetry import SERVER, Span
+from proxy.recorder import Recorder, handle
+from proxy.recorder.frames import read_frames, records_frame, spans_frame
+from proxy.spans import SERVER, Span
 from tests.conftest import (
     KEY,
     audit_records,
@@ -119,7 +119,7 @@ def test_otlp_spans_leave_through_the_recorder_as_one_trace(make_gateway, receiv
 
 
 def test_a_killed_recorder_means_spill_degraded_then_a_new_recorder(make_gateway, monkeypatch):
-    monkeypatch.setattr(recorder, "RESTART_AFTER_S", 1.0)
+    monkeypatch.setattr(handle, "RESTART_AFTER_S", 1.0)
     gw = make_gateway()
     first = chat(gw, "gpt-4o-mini", "before")
     assert audit_records(gw, request_id=first.headers["x-request-id"])
@@ -151,7 +151,7 @@ async def test_records_in_the_pipe_of_a_recorder_that_dies_are_spilled(tmp_path)
     try:
         for i in range(200):
             rec.submit({"request_id": f"r{i}", "tenant": "acme", "verdicts": [], "content": {}})
-        await asyncio.sleep(5 * recorder.FLUSH_S)  # shipped: in the pipe, not stored
+        await asyncio.sleep(5 * handle.FLUSH_S)  # shipped: in the pipe, not stored
     finally:
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
@@ -178,7 +178,7 @@ def test_the_recorder_leaves_with_the_gateway_even_a_killed_one(upstream, classi
         )
         assert response.status_code == 200
         child = recorder_pid(proc.pid)
-        time.sleep(10 * recorder.FLUSH_S)  # the record is in the recorder's hands
+        time.sleep(10 * handle.FLUSH_S)  # the record is in the recorder's hands
         proc.kill()  # no shutdown at all: the recorder sees its pipe close
         proc.wait(timeout=10)
         wait_for(lambda: not Path(f"/proc/{child}").exists(), what="the recorder to exit")

@@ -1,30 +1,4 @@
-"""The recorder: audit records and finished spans leave the gateway's process.
-
-Writing SQLite and encoding and POSTing spans are CPU work, and a thread doing it in the
-gateway's process competes with the event loop for the GIL; measured, audit on plus
-every request traced took the gateway from 1.0 to ~0.65x of its throughput that way.
-So one child process per gateway worker does both:
-
-    gateway worker (event loop)                     recorder (python -m proxy.recorder)
-      submit(record) / add(span): a list append       AuditLog: batch writer, SQLite WAL,
-      every FLUSH_S: one frame of records, one of       retention, spill file
-        spans, down a pipe, without blocking   --->   spans encoded to OTLP (proxy.otlp),
-                                                        BatchExport POSTs them
-      health()/stats() <--- a status line every STATUS_S (JSON) on a second pipe
-
-Finished spans travel as `marshal`ed tuples (~1 us a request for the event loop, where
-encoding them to OTLP takes ~9 us), so the worker keeps its core for serving and the
-recorder encodes (proxy.otlp). marshal is safe here: both ends are this program, and
-the pipe is private to them. `traces: console` stays in the gateway's process (a
-debugging aid; speed is not its point).
-
-Frames on the data pipe: a kind byte, a 4-byte big-endian length, the payload: b"a" audit
-records as an orjson array, b"s" spans as a marshalled list of `span_fields` tuples.
-The recorder ignores SIGINT/SIGTERM: it stops when the data pipe closes (the gateway's
-shutdown, or its death), after writing and exporting everything it was sent. If the
-recorder dies, the gateway spills audit records to the JSON-lines spill file itself,
-reports degraded, and starts a new recorder.
-"""
+"""The gateway's side of the recorder: buffer, frame, ship, watch, and take over if it dies."""
 
 from __future__ import annotations
 
@@ -32,16 +6,12 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
-import gc
 import logging
 import marshal
 import os
 import select
-import signal
-import struct
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -49,71 +19,17 @@ from typing import Any
 
 import orjson
 
-from proxy import otlp
-from proxy.audit import AuditLog, apply_retention
+from proxy.audit import apply_retention
 from proxy.audit_store import encode
-from proxy.config import Audit, Config
+from proxy.config import Config
+from proxy.recorder.frames import HEADER, read_frames, records_frame, spans_frame
 
 log = logging.getLogger("proxy.audit")
 
 FLUSH_S = 0.05
-STATUS_S = 0.25
 RESTART_AFTER_S = 5.0
 MAX_BACKLOG = 64 << 20  # bytes waiting for the recorder before records spill here
-_HEADER = struct.Struct(">cI")
 _F_SETPIPE_SZ = 1031
-
-
-def frame(kind: bytes, payload: bytes) -> bytes:
-    return _HEADER.pack(kind, len(payload)) + payload
-
-
-def records_frame(records: list[Any]) -> bytes:
-    return frame(b"a", orjson.dumps(records, default=str, option=orjson.OPT_NON_STR_KEYS))
-
-
-def span_fields(span: Any) -> tuple[Any, ...]:
-    return (
-        span.name, span.kind, span.trace_id, span.span_id, span.parent_id, span.parent_remote,
-        span.trace_state, span.start_ns, span.end_ns, span.attributes, span.events,
-        span.status_code, span.status_message,
-    )  # fmt: skip
-
-
-def spans_frame(spans: list[Any]) -> bytes:
-    return frame(b"s", marshal.dumps([span_fields(s) for s in spans]))
-
-
-class ReceivedSpan:
-    """A span rebuilt from `span_fields` in the recorder: what proxy.otlp reads."""
-
-    __slots__ = (
-        "attributes", "end_ns", "events", "kind", "name", "parent_id", "parent_remote",
-        "span_id", "start_ns", "status_code", "status_message", "trace_id", "trace_state",
-    )  # fmt: skip
-
-    def __init__(self, fields: tuple[Any, ...]) -> None:
-        (
-            self.name, self.kind, self.trace_id, self.span_id, self.parent_id,
-            self.parent_remote, self.trace_state, self.start_ns, self.end_ns, self.attributes,
-            self.events, self.status_code, self.status_message,
-        ) = fields  # fmt: skip
-
-
-def read_frames(buffer: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """Complete frames (kind, payload) at the start of `buffer`, and the incomplete rest."""
-    frames, at = [], 0
-    while len(buffer) - at >= _HEADER.size:
-        kind, size = _HEADER.unpack_from(buffer, at)
-        end = at + _HEADER.size + size
-        if end > len(buffer):
-            break
-        frames.append((kind, buffer[at + _HEADER.size : end]))
-        at = end
-    return frames, buffer[at:]
-
-
-# -- the gateway's side ------------------------------------------------------------------------
 
 
 class Recorder:
@@ -370,7 +286,7 @@ class Recorder:
     def _spill_unsettled(self, reason: str) -> None:
         while self._unsettled:
             framed = self._unsettled.popleft()[1]
-            self._spill(orjson.loads(framed[_HEADER.size :]), reason)
+            self._spill(orjson.loads(framed[HEADER.size :]), reason)
 
     def _spill(self, records: list[Any], reason: str) -> None:
         if not records or not self._audit:
@@ -452,77 +368,3 @@ class Recorder:
 
     def shutdown(self) -> None:
         return None
-
-
-# -- the recorder process ------------------------------------------------------------------------
-
-
-def main(argv: list[str]) -> int:
-    settings, status_fd = orjson.loads(argv[0]), int(argv[1])
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    audit = AuditLog(Audit(**settings["audit"])) if settings["audit"] else None
-    export = None
-    if settings["otlp"]:
-        from proxy.span_export import otlp_export
-        from proxy.telemetry import SCOPE, build_resource
-
-        try:
-            export = otlp_export(build_resource(settings["service_name"]), SCOPE, encoded=True)
-        except Exception:  # e.g. an unreadable OTEL_EXPORTER_OTLP_CERTIFICATE
-            log.exception("OTLP span export unavailable; spans are dropped, audit goes on")
-    if audit is not None:
-        asyncio.run(audit.start())
-    status = os.fdopen(status_fd, "wb", buffering=0)
-    stop = threading.Event()
-
-    def report() -> None:
-        line: dict[str, Any] = {}
-        if audit is not None:
-            ok, detail = audit.health()
-            stats = audit.stats()
-            settled = sum(stats[k] for k in ("written", "spilled", "dropped", "rejected"))
-            line["audit"] = {"ok": ok, "detail": detail, "settled": settled, **stats}
-        if export is not None:
-            line["spans"] = {k: getattr(export, k, 0) for k in ("exported", "dropped", "failed")}
-        with contextlib.suppress(OSError):
-            status.write(orjson.dumps(line) + b"\n")
-
-    def reporter() -> None:
-        rounds = 0
-        while not stop.wait(STATUS_S):
-            report()
-            rounds += 1
-            if rounds % 120 == 0:
-                gc.collect()
-
-    report()
-    threading.Thread(target=reporter, name="recorder-status", daemon=True).start()
-    # Everything here is acyclic and short-lived: reference counting frees it, and the
-    # cyclic collector, which would otherwise run every few hundred allocations over
-    # every queued record and span, stays off (the status thread runs it now and then).
-    gc.freeze()
-    gc.disable()
-    pending = b""
-    stdin = sys.stdin.buffer.raw  # type: ignore[attr-defined]
-    while chunk := stdin.read(1 << 20):
-        frames, pending = read_frames(pending + chunk)
-        for kind, payload in frames:
-            if kind == b"a" and audit is not None:
-                for record in orjson.loads(payload):
-                    audit.submit(record)
-            elif kind == b"s" and export is not None:
-                spans = [ReceivedSpan(fields) for fields in marshal.loads(payload)]
-                export.add(otlp.span_entries(spans), len(spans))
-    stop.set()
-    if audit is not None:
-        asyncio.run(audit.close())
-    if export is not None:
-        export.shutdown()
-    report()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
