@@ -6,7 +6,9 @@ are atomic). A dedicated thread owns the SQLite connection and, every flush inte
 takes what is pending and writes it in batches, one transaction each. When the queue is
 full or the store fails, records are appended as JSON lines to the spill file instead,
 and `health()` reports degraded until writes succeed again.
-Reading the store (CLI, admin API) lives in proxy.audit_store.
+The gateway runs it in its recorder process (proxy.recorder), out of the event loop's way;
+when audit is off it is the gateway's no-op stand-in. Reading the store (CLI, admin API)
+lives in proxy.audit_store.
 """
 
 from __future__ import annotations
