@@ -82,12 +82,15 @@ def main(argv: list[str]) -> int:
     while chunk := stdin.read(1 << 20):
         frames, pending = read_frames(pending + chunk)
         for kind, payload in frames:
-            if kind == b"a" and audit is not None:
-                for record in orjson.loads(payload):
-                    audit.submit(record)
-            elif kind == b"s" and export is not None:
-                spans = [ReceivedSpan(fields) for fields in marshal.loads(payload)]
-                export.add(otlp.span_entries(spans), len(spans))
+            try:
+                if kind == b"a" and audit is not None:
+                    for record in orjson.loads(payload):
+                        audit.submit(record)
+                elif kind == b"s" and export is not None:
+                    spans = [ReceivedSpan(fields) for fields in marshal.loads(payload)]
+                    export.add(otlp.span_entries(spans), len(spans))
+            except Exception:  # a bug: lose this frame, not the recorder
+                log.exception("recorder could not read a %r frame", kind)
     stop.set()
     if audit is not None:
         asyncio.run(audit.close())
