@@ -142,6 +142,25 @@ def test_a_killed_recorder_means_spill_degraded_then_a_new_recorder(make_gateway
     assert not audit_records(gw, count=1, timeout=0.3, request_id=during_id)
 
 
+def test_a_stuck_recorder_makes_the_gateway_unready_until_it_moves(make_gateway, monkeypatch):
+    monkeypatch.setattr(handle, "SILENT_AFTER_S", 0.5)
+    gw = make_gateway()
+    pid = gw.gateway.recorder._proc.pid
+
+    def audit_check() -> tuple[int, str]:
+        ready = httpx.get(gw.url + "/readyz")
+        return ready.status_code, ready.json()["checks"]["audit"]
+
+    assert audit_check()[0] == 200
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        _, detail = wait_for(lambda: (r := audit_check())[0] == 503 and r, what="unready")
+        assert "has not reported" in detail
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: audit_check()[0] == 200, what="ready again")
+
+
 async def test_records_in_the_pipe_of_a_recorder_that_dies_are_spilled(tmp_path):
     config = parse_config(base_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", tmp_path))
     rec = Recorder(config, audit=True, spans=False)

@@ -28,6 +28,7 @@ log = logging.getLogger("proxy.audit")
 
 FLUSH_S = 0.05
 RESTART_AFTER_S = 5.0
+SILENT_AFTER_S = 10.0  # no status line for this long: the recorder is stuck
 MAX_BACKLOG = 64 << 20  # bytes waiting for the recorder before records spill here
 _F_SETPIPE_SZ = 1031
 
@@ -62,6 +63,7 @@ class Recorder:
         self._sequence = 0  # records framed for the current recorder
         self._proc: subprocess.Popen[bytes] | None = None
         self._status: dict[str, Any] = {}  # the current recorder's latest status line
+        self._status_at = 0.0  # when it came
         self._before: dict[str, int] = {}  # counters of recorders that have exited
         self._status_buffer = b""
         self._status_fd = -1
@@ -314,6 +316,7 @@ class Recorder:
             if self._first_status is not None and not self._first_status.done():
                 self._first_status.set_result(None)
             return
+        self._status_at = time.monotonic()
         *lines, self._status_buffer = (self._status_buffer + chunk).split(b"\n")
         for line in reversed(lines):
             if line:
@@ -338,6 +341,9 @@ class Recorder:
         audit = self._status.get("audit")
         if not audit:
             return False, "audit recorder starting"
+        silent = time.monotonic() - self._status_at
+        if silent > SILENT_AFTER_S:
+            return False, f"audit degraded: the recorder has not reported for {silent:.0f} s"
         return audit["ok"], audit["detail"] + spilled
 
     def stats(self) -> dict[str, Any]:
