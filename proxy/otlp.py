@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any
 
 _FIXED64 = struct.Struct("<Q")
 _BYTE = [bytes((i,)) for i in range(0x80)]
@@ -42,22 +42,14 @@ def _tag(number: int) -> bytes:
 _TAG = [_tag(n) for n in range(17)]  # length-delimited fields 0-16
 
 
-class FinishedSpan(Protocol):
-    """What the encoder reads of a span (proxy.telemetry.Span has it)."""
-
-    name: str
-    kind: int  # OTLP SpanKind: 2 server, 3 client
-    trace_id: int
-    span_id: int
-    parent_id: int  # 0: a root span
-    parent_remote: bool
-    trace_state: str
-    start_ns: int
-    end_ns: int
-    attributes: Mapping[str, Any]
-    events: Sequence[tuple[str, int, Mapping[str, Any]]]  # (name, time_ns, attributes)
-    status_code: int  # 0 unset, 1 ok, 2 error
-    status_message: str | None
+# A finished span as the encoder takes it (proxy.spans.Span.fields() makes one):
+# (name, kind, trace_id, span_id, parent_id (0: a root), parent_remote, trace_state,
+#  start_ns, end_ns, attributes, events [(name, time_ns, attributes)], status_code,
+#  status_message). A plain tuple, so spans cross to the recorder process as they are.
+SpanFields = tuple[
+    str, int, int, int, int, bool, str, int, int,
+    Mapping[str, Any], Sequence[tuple[str, int, Mapping[str, Any]]], int, "str | None",
+]  # fmt: skip
 
 
 def varint(value: int) -> bytes:
@@ -106,42 +98,49 @@ def key_value(number: int, key: str, value: Any) -> bytes:
 # short scalar ones. `typed` keeps 1, 1.0 and True apart; sequences are never cached,
 # since (1,) == (1.0,) == (True,) would share an entry.
 _cached_key_value = lru_cache(maxsize=4096, typed=True)(key_value)
+_UNIQUE = frozenset({"gen_ai.response.id"})  # new every request: caching only evicts
 
 
 def attributes(number: int, attrs: Mapping[str, Any]) -> bytes:
     cached, parts = _cached_key_value, []
     for key, value in attrs.items():
         kind = type(value)
-        if kind is int or kind is bool or kind is float or (kind is str and len(value) <= 64):
+        if kind is str and (len(value) > 64 or key in _UNIQUE):
+            parts.append(key_value(number, key, value))
+        elif kind is int or kind is bool or kind is float or kind is str:
             parts.append(cached(number, key, value))
         else:
             parts.append(key_value(number, key, value))
     return b"".join(parts)
 
 
-def span(s: FinishedSpan) -> bytes:
-    parts = [
-        b"\x0a\x10", s.trace_id.to_bytes(16, "big"),
-        b"\x12\x08", s.span_id.to_bytes(8, "big"),
-    ]  # fmt: skip
-    if s.trace_state:
-        parts.append(field(3, s.trace_state.encode()))
-    if s.parent_id:
-        parts += (b"\x22\x08", s.parent_id.to_bytes(8, "big"))
+def span(fields: SpanFields) -> bytes:
+    (
+        name, kind, trace_id, span_id, parent_id, parent_remote, trace_state,
+        start_ns, end_ns, attrs, events, status_code, status_message,
+    ) = fields  # fmt: skip
+    parts = [b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big")]
+    if trace_state:
+        parts.append(field(3, trace_state.encode()))
+    if parent_id:
+        parts += (b"\x22\x08", parent_id.to_bytes(8, "big"))
     parts += (
-        _name(s.name),
-        _KIND[s.kind],
-        _TIMES.pack(0x39, s.start_ns, 0x41, s.end_ns),
-        attributes(9, s.attributes),
+        _name(name),
+        _KIND[kind],
+        _TIMES.pack(0x39, start_ns, 0x41, end_ns),
+        attributes(9, attrs),
     )
-    for name, time_ns, attrs in s.events:
-        event = b"\x09" + _FIXED64.pack(time_ns) + field(2, name.encode()) + attributes(3, attrs)
+    for event_name, time_ns, event_attrs in events:
+        event = (
+            b"\x09" + _FIXED64.pack(time_ns) + field(2, event_name.encode())
+            + attributes(3, event_attrs)
+        )  # fmt: skip
         parts.append(field(11, event))
-    if s.status_message:
-        parts.append(field(15, field(2, s.status_message.encode()) + _CODE[s.status_code]))
+    if status_message:
+        parts.append(field(15, field(2, status_message.encode()) + _CODE[status_code]))
     else:
-        parts.append(_STATUS[s.status_code])
-    parts.append(_FLAGS_REMOTE if s.parent_remote else _FLAGS_LOCAL)
+        parts.append(_STATUS[status_code])
+    parts.append(_FLAGS_REMOTE if parent_remote else _FLAGS_LOCAL)
     return b"".join(parts)
 
 
@@ -160,7 +159,7 @@ def resource_header(
     return field(1, attributes(1, resource)), field(1, scope)
 
 
-def span_entries(spans: Iterable[FinishedSpan]) -> bytes:
+def span_entries(spans: Iterable[SpanFields]) -> bytes:
     """Spans as ScopeSpans.spans entries: chunks of these concatenate into one request."""
     return b"".join([field(2, span(s)) for s in spans])
 

@@ -289,7 +289,7 @@ def otlp_export(resource: Resource, scope: str, *, encoded: bool) -> BatchExport
     schema_url = resource.schema_url
 
     def send(items: list[Any]) -> str | None:
-        entries = b"".join(items) if encoded else otlp.span_entries(items)
+        entries = b"".join(items) if encoded else otlp.span_entries(s.fields() for s in items)
         return sender.send(otlp.export_request(header, entries, schema_url))
 
     return BatchExport(send, close=sender.close)

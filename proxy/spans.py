@@ -16,9 +16,12 @@ import time
 import traceback
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanContext, TraceFlags
+
+if TYPE_CHECKING:
+    from proxy.otlp import SpanFields
 
 log = logging.getLogger("proxy.telemetry")
 
@@ -177,6 +180,14 @@ class Span:
             self.end_ns = time.time_ns()
             if self._finish is not None:
                 self._finish(self)
+
+    def fields(self) -> SpanFields:
+        """What proxy.otlp encodes (and what crosses to the recorder process)."""
+        return (
+            self.name, self.kind, self.trace_id, self.span_id, self.parent_id,
+            self.parent_remote, self.trace_state, self.start_ns, self.end_ns, self.attributes,
+            self.events, self.status_code, self.status_message,
+        )  # fmt: skip
 
     def traceparent(self) -> str:
         flags = "01" if self.sampled else "00"

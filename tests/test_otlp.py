@@ -67,7 +67,7 @@ def test_encoding_equals_the_sdk_encoding():
     convert = ReadableConverter(RESOURCE, "safeguard-gateway")
     expected = encode_spans([convert(s) for s in batch])
     header = otlp.resource_header(RESOURCE.attributes, "safeguard-gateway")
-    encoded = otlp.export_request(header, otlp.span_entries(batch))
+    encoded = otlp.export_request(header, otlp.span_entries(s.fields() for s in batch))
     ours = ExportTraceServiceRequest.FromString(encoded)
     assert ours == expected
     (resource_spans,) = ours.resource_spans

@@ -23,7 +23,7 @@ import orjson
 from proxy import otlp
 from proxy.audit import AuditLog
 from proxy.config import Audit
-from proxy.recorder.frames import ReceivedSpan, read_frames
+from proxy.recorder.frames import read_frames
 
 log = logging.getLogger("proxy.audit")
 
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
                     for record in orjson.loads(payload):
                         audit.submit(record)
                 elif kind == b"s" and export is not None:
-                    spans = [ReceivedSpan(fields) for fields in marshal.loads(payload)]
+                    spans = marshal.loads(payload)
                     export.add(otlp.span_entries(spans), len(spans))
             except Exception:  # a bug: lose this frame, not the recorder
                 log.exception("recorder could not read a %r frame", kind)
