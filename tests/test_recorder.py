@@ -123,6 +123,7 @@ def test_a_killed_recorder_means_spill_degraded_then_a_new_recorder(make_gateway
     gw = make_gateway()
     first = chat(gw, "gpt-4o-mini", "before")
     assert audit_records(gw, request_id=first.headers["x-request-id"])
+    written = wait_for(lambda: gw.gateway.audit.stats()["written"], what="a status line")
     os.kill(gw.gateway.recorder._proc.pid, signal.SIGKILL)
 
     def readiness():
@@ -137,6 +138,7 @@ def test_a_killed_recorder_means_spill_degraded_then_a_new_recorder(make_gateway
     up = wait_for(lambda: (r := readiness())["status"] == "ready" and r, what="ready again")
     # at least the one record: one stored just before the kill may be spilled too
     assert "records spilled" in up["checks"]["audit"]
+    assert gw.gateway.audit.stats()["written"] >= written  # counters never go back
     after = chat(gw, "gpt-4o-mini", "after")
     assert audit_records(gw, request_id=after.headers["x-request-id"])
     assert not audit_records(gw, count=1, timeout=0.3, request_id=during_id)
@@ -183,6 +185,25 @@ async def test_records_in_the_pipe_of_a_recorder_that_dies_are_spilled(tmp_path)
     assert spilled == [f"r{i}" for i in range(200)]
     assert rec.stats()["spilled"] == 200
     await rec.close()
+
+
+def test_records_for_a_recorder_never_started_are_spilled_not_kept(tmp_path):
+    config = parse_config(base_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", tmp_path))
+    rec = Recorder(config, audit=True, spans=False)
+    rec.submit({"request_id": "r1", "tenant": "acme", "verdicts": [], "content": {}})
+    spill = Path(config.audit.path + ".spill.jsonl")
+    assert [orjson.loads(line)["request_id"] for line in spill.read_bytes().splitlines()] == ["r1"]
+    assert rec.stats()["queued"] == 0
+
+
+def test_an_unusable_otlp_setting_leaves_audit_working(make_gateway, monkeypatch, tmp_path):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(tmp_path / "missing-ca.pem"))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:9")
+    gw = make_gateway(raw={"telemetry": {"traces": "otlp"}})
+    assert httpx.get(gw.url + "/readyz").json()["checks"]["audit"].startswith("audit ok")
+    answered = chat(gw, "gpt-4o-mini", "audited all the same")
+    assert audit_records(gw, request_id=answered.headers["x-request-id"])
+    assert gw.gateway.recorder._proc.poll() is None  # no crash loop
 
 
 def test_the_recorder_leaves_with_the_gateway_even_a_killed_one(upstream, classifier, tmp_path):
