@@ -230,8 +230,8 @@ class Recorder:
         self._backlog += len(frame)
 
     def _write(self, watch: bool = True) -> None:
-        """As much as the pipe takes now; with `watch`, the loop calls again once it
-        takes more (the event loop's thread only)."""
+        """As much as the pipe takes now. With `watch` (on the event loop's thread) the
+        loop calls again once the pipe takes more; `_finish` writes without it."""
         proc = self._proc
         if proc is None or proc.stdin is None:
             return
