@@ -67,6 +67,38 @@ def apply_retention(record: Mapping[str, Any], mode: str) -> dict:
     return stored
 
 
+def spill_path(cfg: Audit) -> str:
+    return cfg.spill_path or f"{cfg.path}.spill.jsonl"
+
+
+class SpillFile:
+    """Records as JSON lines appended to the spill file (kept open; any thread).
+    `write` raises OSError or TypeError when they cannot be kept."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._file: IO[bytes] | None = None
+
+    def write(self, records: list[Mapping[str, Any]]) -> None:
+        with self._lock:
+            try:
+                if self._file is None:
+                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                    self._file = open(self.path, "ab")  # noqa: SIM115 (kept open)
+                self._file.write(b"".join(encode(r) + b"\n" for r in records))
+                self._file.flush()
+            except (OSError, TypeError):
+                self._file = None  # reopened next time (a freed disk, a replaced file)
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
 def _digest(text: Any) -> str | None:
     if text is None:
         return None
@@ -82,7 +114,7 @@ class AuditLog:
             raise ValueError(f"audit.content: unknown retention mode {cfg.content!r}")
         self.cfg = cfg
         self.path = cfg.path
-        self.spill_path = cfg.spill_path or f"{cfg.path}.spill.jsonl"
+        self.spill_path = spill_path(cfg)
         self._pending: deque[dict] = deque()  # appended by submit, popped by the writer
         self._capacity = max(1, cfg.queue_size)
         self._stop = threading.Event()
@@ -93,8 +125,7 @@ class AuditLog:
         self._closed = False
         self._conn: sqlite3.Connection | None = None  # touched only by the writer thread
         self._reopen_at = 0.0
-        self._spill_lock = threading.Lock()
-        self._spill_file: IO[bytes] | None = None
+        self._spill_file = SpillFile(self.spill_path)
         self._degraded: str | None = None
         self._logged: tuple[str, float] = ("", 0.0)
         self._written = self._spilled = self._errors = self._dropped = self._batches = 0
@@ -170,10 +201,7 @@ class AuditLog:
             self._thread.join()
         if leftovers := self._take():  # submitted without a writer, or raced in after it
             self._spill(leftovers, "audit log closed")
-        with self._spill_lock:
-            if self._spill_file is not None:
-                self._spill_file.close()
-                self._spill_file = None
+        self._spill_file.close()
 
     def _run(self) -> None:
         self._open()
@@ -233,19 +261,13 @@ class AuditLog:
     # -- spill (either thread) -------------------------------------------------------------
 
     def _spill(self, records: list[dict], reason: str) -> None:
-        with self._spill_lock:
-            try:
-                if self._spill_file is None:
-                    Path(self.spill_path).parent.mkdir(parents=True, exist_ok=True)
-                    self._spill_file = open(self.spill_path, "ab")  # noqa: SIM115 (kept open)
-                self._spill_file.write(b"".join(encode(r) + b"\n" for r in records))
-                self._spill_file.flush()
-                self._spilled += len(records)
-            except (OSError, TypeError) as exc:
-                self._dropped += len(records)
-                self._errors += 1
-                self._spill_file = None
-                reason = f"{reason}; spill to {self.spill_path} failed ({_describe(exc)})"
+        try:
+            self._spill_file.write(records)
+            self._spilled += len(records)
+        except (OSError, TypeError) as exc:
+            self._dropped += len(records)
+            self._errors += 1
+            reason = f"{reason}; spill to {self.spill_path} failed ({_describe(exc)})"
         self._degrade(reason)
 
     def _degrade(self, reason: str) -> None:

@@ -69,7 +69,6 @@ class Gateway:
         audit_on = config.audit.enabled
         spans_out = span_exporter is None and config.telemetry.traces == "otlp"
         self.recorder = Recorder(config, audit=audit_on, spans=spans_out)
-        self._recording = audit_on or spans_out
         self.telemetry = Telemetry(
             config.telemetry,
             exporter=span_exporter,
@@ -112,8 +111,7 @@ class Gateway:
         return True, f"{len(policies)} policies loaded; changed: {', '.join(changed) or 'none'}"
 
     async def start(self) -> None:
-        if self._recording:
-            await self.recorder.start()
+        await self.recorder.start()
         self.metrics.start()
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:

@@ -14,11 +14,10 @@ import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
-from proxy.config import Side
+from proxy.config import Side, host_port
 from proxy.exchange import Exchange, json_or_none, since
 from proxy.gateway import Gateway
 from proxy.guard.engine import Outcome, SideResult, worse
@@ -75,6 +74,9 @@ class ProxyHandler:
         self.max_body = gateway.config.server.max_body_bytes
         audit = gateway.config.audit
         self.keep_content = audit.enabled and audit.content != "none"  # texts for the record
+        self._addresses = {
+            name: host_port(u.base_url) for name, u in gateway.config.upstreams.items()
+        }
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         headers = dict(scope["headers"])  # last value wins; auth headers are single-valued
@@ -195,12 +197,9 @@ class ProxyHandler:
         upstream span stays open until the request is finished (streams included)."""
         assert ex.route is not None
         upstream = self.gw.config.upstreams[ex.route.upstream]
-        address = urlsplit(upstream.base_url)
-        port = address.port or (443 if address.scheme == "https" else 80)
+        host, port = self._addresses[upstream.name]
         operation = OPERATION.get(ex.endpoint, "chat")
-        span = self.gw.telemetry.start_upstream_span(
-            operation, ex.model, address.hostname or "", port
-        )
+        span = self.gw.telemetry.start_upstream_span(operation, ex.model, host, port)
         ex.upstream_span = span
         trace_headers: dict[str, str] = {}
         self.gw.telemetry.inject(trace_headers, span)

@@ -302,28 +302,33 @@ class Metrics:
 
     def watch_audit(self, stats: Callable[[], Mapping[str, Any]]) -> None:
         """Audit writer health, read at scrape time from `AuditLog.stats()`."""
-        for key, kind, help in (
+        self._watch("safeguard_audit_", stats, (
             ("written", "counter", "Audit records stored"),
             ("spilled", "counter", "Audit records spilled to the JSON-lines file"),
             ("dropped", "counter", "Audit records lost (spill file unwritable too)"),
             ("errors", "counter", "Audit store write errors"),
             ("queued", "gauge", "Audit records waiting for the writer"),
             ("degraded", "gauge", "1 while the audit store is failing"),
-        ):
+        ))  # fmt: skip
+
+    def watch_spans(self, stats: Callable[[], Mapping[str, Any]]) -> None:
+        """Span export outcomes, read at scrape time from `Recorder.span_stats()`."""
+        self._watch("safeguard_spans_", stats, (
+            ("exported", "counter", "Spans the OTLP collector accepted"),
+            ("failed", "counter", "Spans lost to failed OTLP exports (after retries)"),
+            ("dropped", "counter", "Spans dropped because the export queue was full"),
+        ))  # fmt: skip
+
+    def _watch(
+        self,
+        prefix: str,
+        stats: Callable[[], Mapping[str, Any]],
+        rows: tuple[tuple[str, str, str], ...],
+    ) -> None:
+        for key, kind, help in rows:
             suffix = "_total" if kind == "counter" else ""
             self.registry.callback(
-                f"safeguard_audit_{key}{suffix}", kind, help, lambda k=key: float(stats()[k])
-            )
-
-    def watch_spans(self, stats: Callable[[], Mapping[str, int]]) -> None:
-        """Span export outcomes, read at scrape time from `Recorder.span_stats()`."""
-        for key, help in (
-            ("exported", "Spans the OTLP collector accepted"),
-            ("failed", "Spans lost to failed OTLP exports (after retries)"),
-            ("dropped", "Spans dropped because the export queue was full"),
-        ):
-            self.registry.callback(
-                f"safeguard_spans_{key}_total", "counter", help, lambda k=key: float(stats()[k])
+                f"{prefix}{key}{suffix}", kind, help, lambda k=key: float(stats()[k])
             )
 
     def observe_verdict(self, verdict: Verdict, *, side: str, action: str) -> None:

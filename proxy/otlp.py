@@ -149,14 +149,9 @@ def _name(name: str) -> bytes:
     return field(5, name.encode())
 
 
-def resource_header(
-    resource: Mapping[str, Any], scope_name: str, scope_version: str = ""
-) -> tuple[bytes, bytes]:
+def resource_header(resource: Mapping[str, Any], scope_name: str) -> tuple[bytes, bytes]:
     """The part of every request before the spans: the Resource and the scope's header."""
-    scope = field(1, scope_name.encode())
-    if scope_version:
-        scope += field(2, scope_version.encode())
-    return field(1, attributes(1, resource)), field(1, scope)
+    return field(1, attributes(1, resource)), field(1, field(1, scope_name.encode()))
 
 
 def span_entries(spans: Iterable[SpanFields]) -> bytes:

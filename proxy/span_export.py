@@ -168,8 +168,7 @@ class BatchExport(SpanExport):
     def __init__(self, send: Any, *, close: Any = None) -> None:
         self._send = send  # list of items -> None, or why it failed
         self._close = close
-        self._items: list[Any] = []
-        self._counts: list[int] = []
+        self._items: list[tuple[Any, int]] = []  # (item, spans in it)
         self._queued = 0
         self._capacity = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 16_384)
         self._batch = _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)
@@ -189,13 +188,12 @@ class BatchExport(SpanExport):
             if full:
                 self.dropped += count
             else:
-                self._items.append(item)
-                self._counts.append(count)
+                self._items.append((item, count))
                 self._queued += count
                 if self._queued >= self._batch:
                     self._cond.notify()
         if full:
-            self._warn(f"span queue full ({self._capacity}); spans dropped")
+            self._warn("queue full", f"span queue full ({self._capacity}); spans dropped")
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:
         with self._cond:
@@ -233,7 +231,7 @@ class BatchExport(SpanExport):
                     self.exported += count
                 else:
                     self.failed += count
-                    self._warn(f"span export failed ({failure}); {count} spans lost")
+                    self._warn("failed", f"span export failed ({failure}); {count} spans lost")
             with self._cond:
                 self._flushed = flushes
                 self._cond.notify_all()
@@ -245,19 +243,20 @@ class BatchExport(SpanExport):
         with self._cond:
             taken = count = 0
             while taken < len(self._items) and (taken == 0 or count < self._batch):
-                count += self._counts[taken]
+                count += self._items[taken][1]
                 taken += 1
             if not taken:
                 return None
-            items = self._items[:taken]
-            del self._items[:taken], self._counts[:taken]
+            items = [item for item, _ in self._items[:taken]]
+            del self._items[:taken]
             self._queued -= count
             return items, count
 
-    def _warn(self, message: str) -> None:
-        head, now = message.split(" (")[0], time.monotonic()
-        if head != self._logged[0] or now - self._logged[1] >= _LOG_EVERY_S:
-            self._logged = (head, now)
+    def _warn(self, kind: str, message: str) -> None:
+        """Rate-limited: one line per kind of trouble every _LOG_EVERY_S."""
+        now = time.monotonic()
+        if kind != self._logged[0] or now - self._logged[1] >= _LOG_EVERY_S:
+            self._logged = (kind, now)
             log.warning("%s (exported=%d, dropped=%d)", message, self.exported, self.dropped)
 
 

@@ -140,9 +140,7 @@ class Span:
         self.end_ns = 0
         self._finish = finish
 
-    @property
-    def sampled(self) -> bool:
-        return True
+    sampled = True
 
     def is_recording(self) -> bool:
         return self.end_ns == 0
@@ -205,9 +203,7 @@ class UnsampledSpan(Span):
 
     __slots__ = ()
 
-    @property
-    def sampled(self) -> bool:
-        return False
+    sampled = False
 
     def is_recording(self) -> bool:
         return False

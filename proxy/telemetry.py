@@ -38,12 +38,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import INVALID_SPAN
 from opentelemetry.trace import Span as ApiSpan
 
+from proxy.config import host_port
 from proxy.span_export import SpanExport, build_export
 from proxy.spans import (
     CLIENT,
@@ -111,13 +111,6 @@ def _noop_span(*_args: object, **_kwargs: object) -> ApiSpan:
     return INVALID_SPAN
 
 
-def _host_port(url: str | None) -> tuple[str | None, int | None]:
-    if not url:
-        return None, None
-    parts = urlsplit(url)
-    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-
-
 class Telemetry:
     """Tracing for one gateway process; see the module docstring for the API."""
 
@@ -155,7 +148,7 @@ class Telemetry:
             self._export = build_export(config.traces, exporter, self.resource, SCOPE)
         self._finish = self._export.add
         self._parent_based, self._bound = sampler_from_env(config.sample_ratio)
-        address, port = _host_port(classifier_url)
+        address, port = host_port(classifier_url) if classifier_url else ("", 0)
         self._classifier_attrs: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": classifier_provider,
@@ -182,21 +175,8 @@ class Telemetry:
         if traceparent is not None:
             state = tracestate.decode("latin-1") if tracestate else ""
             parent = parse_traceparent(traceparent.decode("latin-1"), state)
-        if parent is None:
-            trace_id, parent_id, parent_sampled, state = new_id(128), 0, None, ""
-        else:
-            trace_id, parent_id, parent_sampled, state = parent
-        if self._parent_based and parent_sampled is not None:
-            sampled = parent_sampled
-        else:
-            sampled = trace_id & LOW64 < self._bound
         attributes = {"http.request.method": method, "url.path": path}
-        kind = Span if sampled else UnsampledSpan
-        span = kind(
-            f"{method} {path}", SERVER, trace_id, parent_id, parent is not None, state,
-            attributes, self._finish,
-        )  # fmt: skip
-        return Active(span)
+        return Active(self._root(f"{method} {path}", SERVER, attributes, parent))
 
     def classification_span(
         self, policy_id: str, policy_version: str, model: str, side: str
@@ -234,15 +214,35 @@ class Telemetry:
     def _client_span(self, name: str, attributes: dict[str, Any]) -> Span:
         parent = current.get()
         if parent is None:  # not inside a request: a root of its own
-            trace_id = new_id(128)
-            kind = Span if trace_id & LOW64 < self._bound else UnsampledSpan
-            return kind(name, CLIENT, trace_id, 0, False, "", attributes, self._finish)
+            return self._root(name, CLIENT, attributes, None)
         if not parent.sampled:
             return parent
         return Span(
             name, CLIENT, parent.trace_id, parent.span_id, False, parent.trace_state,
             attributes, self._finish,
         )  # fmt: skip
+
+    def _root(
+        self,
+        name: str,
+        kind: int,
+        attributes: dict[str, Any],
+        remote: tuple[int, int, bool, str] | None,
+    ) -> Span:
+        """A span with no local parent: a new trace, or continuing the client's `remote`
+        (trace id, parent id, sampled, tracestate); sampled here, once per trace."""
+        if remote is None:
+            trace_id, parent_id, parent_sampled, state = new_id(128), 0, None, ""
+        else:
+            trace_id, parent_id, parent_sampled, state = remote
+        if self._parent_based and parent_sampled is not None:
+            sampled = parent_sampled
+        else:
+            sampled = trace_id & LOW64 < self._bound
+        span_type = Span if sampled else UnsampledSpan
+        return span_type(
+            name, kind, trace_id, parent_id, remote is not None, state, attributes, self._finish
+        )
 
     @staticmethod
     def _enter(span: Span) -> Active | Within:

@@ -19,10 +19,10 @@ from typing import Any
 
 import orjson
 
-from proxy.audit import apply_retention
-from proxy.audit_store import encode
+from proxy.audit import SpillFile, apply_retention, spill_path
 from proxy.config import Config
 from proxy.recorder.frames import HEADER, read_frames, records_frame, spans_frame
+from proxy.span_export import SpanExport
 
 log = logging.getLogger("proxy.audit")
 
@@ -33,7 +33,7 @@ MAX_BACKLOG = 64 << 20  # bytes waiting for the recorder before records spill he
 _F_SETPIPE_SZ = 1031
 
 
-class Recorder:
+class Recorder(SpanExport):
     """Ships audit records and spans to the recorder process; `AuditLog`'s API for the
     gateway (start, submit, close, health, stats) and a span sink for Telemetry (add).
 
@@ -45,7 +45,8 @@ class Recorder:
 
     def __init__(self, config: Config, *, audit: bool, spans: bool) -> None:
         self.cfg = config.audit
-        self.spill_path = self.cfg.spill_path or f"{self.cfg.path}.spill.jsonl"
+        self.spill_path = spill_path(self.cfg)
+        self._spill_file = SpillFile(self.spill_path)
         self._settings = orjson.dumps(
             {
                 "audit": dataclasses.asdict(config.audit) if audit else None,
@@ -54,6 +55,7 @@ class Recorder:
             }
         ).decode()
         self._audit = audit
+        self._otlp = spans
         self._records: list[Any] = []  # for the next frame
         self._spans: list[Any] = []
         self._frames: deque[bytes] = deque()  # not yet (wholly) taken by the pipe
@@ -79,7 +81,8 @@ class Recorder:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._loop is not None or self._closed:
+        """Start the recorder process, if there is anything for it to do."""
+        if self._loop is not None or self._closed or not (self._audit or self._otlp):
             return
         self._loop = asyncio.get_running_loop()
         self._spawn()
@@ -136,6 +139,7 @@ class Recorder:
             self._read_status()
             self._release(proc)
         self._spill_unsettled("audit recorder stopped before storing them")
+        self._spill_file.close()
 
     def _finish(self, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
         """Write what is left, close the pipe, wait for the recorder: all within timeout_s."""
@@ -294,9 +298,7 @@ class Recorder:
         if not records or not self._audit:
             return
         try:
-            lines = [encode(apply_retention(r, self.cfg.content)) + b"\n" for r in records]
-            with open(self.spill_path, "ab") as f:
-                f.write(b"".join(lines))
+            self._spill_file.write([apply_retention(r, self.cfg.content) for r in records])
             self._spilled += len(records)
         except (OSError, TypeError, ValueError, AttributeError) as exc:
             log.error("%s; spilling %d audit records failed (%s)", reason, len(records), exc)
@@ -323,11 +325,15 @@ class Recorder:
                 with contextlib.suppress(orjson.JSONDecodeError):
                     self._status = orjson.loads(line)
                     break
-        settled = (self._status.get("audit") or {}).get("settled", 0)
+        settled = self._audit_status.get("settled", 0)
         while self._unsettled and self._unsettled[0][0] <= settled:
             self._unsettled.popleft()
         if self._first_status is not None and not self._first_status.done():
             self._first_status.set_result(None)
+
+    @property
+    def _audit_status(self) -> dict[str, Any]:
+        return self._status.get("audit") or {}
 
     def _counter(self, key: str, name: str) -> int:
         return (self._status.get(key) or {}).get(name, 0) + self._before.get(f"{key}.{name}", 0)
@@ -349,14 +355,13 @@ class Recorder:
     def stats(self) -> dict[str, Any]:
         """AuditLog.stats() across every recorder this gateway has run (counters only grow)."""
         return {
-            "queued": len(self._records) + (self._status.get("audit") or {}).get("queued", 0),
+            "queued": len(self._records) + self._audit_status.get("queued", 0),
             "written": self._counter("audit", "written"),
             "batches": self._counter("audit", "batches"),
             "spilled": self._counter("audit", "spilled") + self._spilled,
             "errors": self._counter("audit", "errors") + self._exits,
             "dropped": self._counter("audit", "dropped"),
-            "degraded": bool(self._problem)
-            or (self._status.get("audit") or {}).get("degraded", False),
+            "degraded": bool(self._problem) or self._audit_status.get("degraded", False),
         }
 
     def span_stats(self) -> dict[str, int]:
@@ -366,11 +371,8 @@ class Recorder:
             "dropped": self._counter("spans", "dropped") + self._dropped_spans,
         }
 
-    # Telemetry's span sink API; the gateway closes the recorder itself.
+    # SpanExport: spans reach the recorder at the next tick; the gateway closes it itself.
     def force_flush(self, timeout_s: float = 30.0) -> bool:
         if self._loop is not None and not self._closed:
             self._ship()
         return True
-
-    def shutdown(self) -> None:
-        return None
