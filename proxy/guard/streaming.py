@@ -237,6 +237,9 @@ class StreamGuard:
     def _release(self, sealed: Sealed, released: dict[int, str]) -> list[bytes]:
         changed = {i: t for i, t in released.items() if t != sealed.texts[i]}
         self._redacted = self._redacted or bool(changed)
+        for index, text in released.items():  # before the final events restate the text
+            self._released[index].append(text)
+        final_texts: dict[int, str] | None = None
         frames, placed = [], set()
         for event in sealed.events:
             if changed and set(event.texts) & set(changed):
@@ -250,11 +253,10 @@ class StreamGuard:
                         texts[index] = event.texts[index]
                 frames.append(with_texts(event, self.endpoint, texts))
             elif self._redacted and self.endpoint == RESPONSES and event.type in _RESPONSES_FINAL:
-                frames.append(with_final_text(event, self.released))
+                final_texts = final_texts or self.released
+                frames.append(with_final_text(event, final_texts))
             else:
                 frames.append(event.raw)
-        for index, text in released.items():
-            self._released[index].append(text)
         return frames
 
     async def run(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
