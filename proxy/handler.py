@@ -217,8 +217,8 @@ class ProxyHandler:
             body = await response.read()
             ex.upstream_ms = since(ex.upstream_started)
             ex.status = response.status
-            if response.status == 200 and ex.upstream_span.is_recording():
-                ex.take_answer(json_or_none(body))  # usage and model for the span
+            if response.status == 200 and ex.endpoint in GENERATION_ENDPOINTS:
+                ex.take_answer(json_or_none(body))  # usage for the metrics, model for the span
             await send.whole(response.status, response.headers + ex.headers(), body)
             return
         await send.start(response.status, response.headers + ex.headers())
@@ -235,8 +235,9 @@ class ProxyHandler:
                 ex.take_stream(watched)
 
     def _watcher(self, ex: Exchange) -> StreamGuard | None:
-        """When traced, a policy-less stream guard that only notes usage as events pass."""
-        if not ex.upstream_span.is_recording():
+        """A policy-less stream guard that notes usage (for the token metrics) and the
+        finish reasons (for the span) as a generation stream passes."""
+        if ex.endpoint not in GENERATION_ENDPOINTS:
             return None
         return StreamGuard(self.gw.guard, WATCH_ONLY, {}, ex.endpoint, "open")
 

@@ -142,3 +142,31 @@ def test_gateway_traces_reach_a_real_otlp_receiver_as_one_trace(make_gateway, mo
     names = [s.name for s in spans]
     assert "POST /v1/chat/completions" in names and "chat guarded-1" in names
     assert sum(n.startswith("chat openai/gpt-oss-safeguard") for n in names) == 5  # 3 in, 2 out
+
+
+def test_token_metrics_count_untraced_pass_through_answers_and_streams(make_gateway):
+    from tests.test_metrics import parse, value
+
+    gw = make_gateway()  # traces: none, open route
+    sdk = client(gw)
+    sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "a"}])
+    list(
+        sdk.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "b"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+
+    def outputs() -> float:
+        families = parse(httpx.get(gw.url + "/metrics").text)
+        try:
+            return value(families, "safeguard_upstream_tokens_total", route="open", type="output")
+        except (KeyError, AssertionError):
+            return 0.0
+
+    deadline = time.monotonic() + 5
+    while outputs() < 4 and time.monotonic() < deadline:  # 2 tokens per fake answer
+        time.sleep(0.02)
+    assert outputs() == 4

@@ -12,6 +12,7 @@ cut in two by a window edge.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ from proxy.sse import (
     with_texts,
 )
 
+_NOTEWORTHY = re.compile(
+    rb'"usage"|"finish_reason":\s*"|response\.(?:created|completed|incomplete)'
+)  # events a watching StreamGuard reads: usage, a finish reason, the Responses envelope
 _RESPONSES_FINAL = frozenset(
     (
         "response.output_text.done",
@@ -190,6 +194,7 @@ class StreamGuard:
         self.finish_reasons: list[str] = []
         # choice/output index -> text pieces: as the upstream sent them, and as released
         self._received: dict[int, list[str]] = defaultdict(list)
+        self._watch_only = not (side.policies or side.shadow)  # usage and finish, no text
         self._released: dict[int, list[str]] = defaultdict(list)
         self.last: dict[str, Any] | None = None
         self._redacted = False
@@ -219,8 +224,9 @@ class StreamGuard:
             status = (event.data.get("response") or {}).get("status")
             self.finish_reasons.append(str(status))
         self.usage = usage_of(event) or self.usage
-        for index, text in event.texts.items():
-            self._received[index].append(text)
+        if not self._watch_only:
+            for index, text in event.texts.items():
+                self._received[index].append(text)
 
     async def _judge(self, sealed: Sealed) -> tuple[list[Outcome], dict[int, str]]:
         outcomes: list[Outcome] = []
@@ -351,7 +357,9 @@ class StreamGuard:
         splitter = EventSplitter()
         async for chunk in chunks:
             for raw in splitter.feed(chunk):
-                self._observe(parse_event(raw, self.endpoint))
+                # Watching only, most events (text deltas) hold nothing to note: skip parsing.
+                if not self._watch_only or self.last is None or _NOTEWORTHY.search(raw):
+                    self._observe(parse_event(raw, self.endpoint))
             yield chunk
 
     async def judge_passthrough(self) -> None:
