@@ -77,6 +77,11 @@ class Side:
     overlap_chars: int = 120
     window_ms: int = 1000  # the longest text waits in a window before it is checked
 
+    @property
+    def guarded(self) -> bool:
+        """Any policy at all on this side, enforced or shadow."""
+        return bool(self.policies or self.shadow)
+
 
 @dataclass(frozen=True, slots=True)
 class Route:

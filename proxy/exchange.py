@@ -76,7 +76,7 @@ class Exchange:
             "endpoint": self.endpoint,
             "model": self.model,
             "stream": self.stream,
-            "decision": "error" if self.error == "guard_unavailable" else self.decision,
+            "decision": self.decision,
             "status": self.status,
             "error": self.error,
             "verdicts": [o.record() for o in self.outcomes],

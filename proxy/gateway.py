@@ -84,11 +84,7 @@ class Gateway:
         if spans_out:
             self.metrics.watch_spans(self.recorder.span_stats)
         self.uses_classifier = any(
-            route.input.policies
-            or route.input.shadow
-            or route.output.policies
-            or route.output.shadow
-            for route in config.routes.values()
+            route.input.guarded or route.output.guarded for route in config.routes.values()
         )
 
     def reload_policies(self) -> tuple[bool, str]:

@@ -279,7 +279,7 @@ class ProxyHandler:
         assert route is not None
         policies = self.gw.policies  # one snapshot for the whole request
         side = route.input
-        if not (side.policies or side.shadow or route.output.policies or route.output.shadow):
+        if not (side.guarded or route.output.guarded):
             await self._forward_raw(ex, scope, raw, send)
             return
         if self.keep_content:
@@ -291,7 +291,7 @@ class ProxyHandler:
             pending = asyncio.ensure_future(self._upstream_call(ex, scope, raw))
         inputs = SideResult()
         try:
-            if side.policies or side.shadow:
+            if side.guarded:
                 started = time.perf_counter()
                 inputs = await self.gw.guard.check_request(side, policies, body, ex.endpoint)
                 ex.add(inputs, (time.perf_counter() - started) * 1000)
@@ -353,14 +353,14 @@ class ProxyHandler:
         if self.keep_content:
             ex.content["output"] = "\n\n".join(render(c, "last_user") for c in choices)
         outputs = SideResult()
-        if route.output.policies or route.output.shadow:
+        if route.output.guarded:
             started = time.perf_counter()
             outputs = await self.gw.guard.check_completion(route.output, policies, choices)
             ex.add(outputs, (time.perf_counter() - started) * 1000)
         decision = outputs.decision(route.fail)
+        ex.decision = worse(ex.decision, decision)
         if decision == "error":
             raise guard_unavailable()
-        ex.decision = worse(ex.decision, decision)
         withhold(ex.endpoint, body, {o.choice for o in outputs.blocked()})
         if decision == "redact" and self.keep_content:
             ex.content["output_redacted"] = "\n\n".join(render(c, "last_user") for c in choices)
@@ -380,7 +380,7 @@ class ProxyHandler:
         side = route.output
         await send.start(200, response.headers + ex.headers())
         ex.status = 200
-        if side.policies or side.shadow:
+        if side.guarded:
             guard: StreamGuard | None = StreamGuard(
                 self.gw.guard, side, policies, ex.endpoint, route.fail
             )
@@ -393,7 +393,7 @@ class ProxyHandler:
             ex.upstream_ms = since(ex.upstream_started)
             if guard is not None:
                 ex.take_stream(guard)
-            if guard is not None and (side.policies or side.shadow):
+            if guard is not None and side.guarded:
                 if side.stream == "passthrough":
                     ex.pending.append(asyncio.ensure_future(self._judge_passthrough(ex, guard)))
                 else:

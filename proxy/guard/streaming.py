@@ -194,7 +194,7 @@ class StreamGuard:
         self.finish_reasons: list[str] = []
         # choice/output index -> text pieces: as the upstream sent them, and as released
         self._received: dict[int, list[str]] = defaultdict(list)
-        self._watch_only = not (side.policies or side.shadow)  # usage and finish, no text
+        self._watch_only = not side.guarded  # usage and finish reasons, no text
         self._released: dict[int, list[str]] = defaultdict(list)
         self.last: dict[str, Any] | None = None
         self._redacted = False
