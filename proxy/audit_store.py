@@ -78,9 +78,9 @@ _VERDICT_COLS = ("policy", "version", "side", "label", "category", "action")
 
 
 def insert_records(conn: sqlite3.Connection, records: Sequence[Mapping[str, Any]]) -> None:
-    """Insert a batch in one transaction (all or nothing) with a few multi-row statements:
-    every statement releases and retakes the GIL, a hand-off the gateway's event loop
-    pays for, so a batch costs a handful of them rather than two per record."""
+    """Insert a batch in one transaction (all or nothing) with a few multi-row statements
+    rather than two per record: each statement costs a GIL hand-off between the writer
+    thread and the recorder's reader, and the per-row Python around it."""
     requests: list[Any] = []
     verdicts: list[Any] = []
     with conn:

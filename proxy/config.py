@@ -192,6 +192,18 @@ def _load_yaml_with_env(text: str, env: Mapping[str, str]) -> Any:
 
 
 _SHA256_KEY = re.compile(r"sha256:[0-9a-fA-F]{64}")
+
+
+def key_digest(key: str) -> bytes:
+    """The sha256 digest a key is stored and compared as (`sha256:<hex>` keys are digests)."""
+    if key.startswith("sha256:"):
+        return bytes.fromhex(key[7:])
+    return hashlib.sha256(key.encode()).digest()
+
+
+def _check_keys(path: str, keys: tuple[str, ...]) -> None:
+    if any(k.startswith("sha256:") and not _SHA256_KEY.fullmatch(k) for k in keys):
+        raise ConfigError(path, "a sha256: key must carry 64 hex digits")
 _PLACEHOLDER = re.compile(r"__SAFEGUARD_ENV_(\d+)__")
 
 
@@ -365,21 +377,16 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
     ts = root.child("tenants")
     if not ts.data:
         raise ConfigError("tenants", "at least one tenant is required")
-    seen_keys: dict[str, str] = {}
+    seen_keys: dict[bytes, str] = {}
     for name in ts.data:
         t = ts.child(name)
         t.only("keys", "route", "routes")
         keys = tuple(k for k in t.strings("keys") if k)
         if not keys:
             raise ConfigError(t._path("keys"), "needs at least one non-empty key")
+        _check_keys(t._path("keys"), keys)
         for key in keys:
-            if key.startswith("sha256:") and not _SHA256_KEY.fullmatch(key):
-                raise ConfigError(t._path("keys"), "a sha256: key must carry 64 hex digits")
-            digest = (
-                key[7:].lower()
-                if key.startswith("sha256:")
-                else hashlib.sha256(key.encode()).hexdigest()
-            )
+            digest = key_digest(key)
             if digest in seen_keys:
                 raise ConfigError(
                     t._path("keys"), f"a key is shared with tenant {seen_keys[digest]!r}"
@@ -405,8 +412,7 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
     a = root.child("admin")
     a.only("keys")
     admin_keys = tuple(k for k in a.strings("keys") if k)
-    if any(k.startswith("sha256:") and not _SHA256_KEY.fullmatch(k) for k in admin_keys):
-        raise ConfigError("admin.keys", "a sha256: key must carry 64 hex digits")
+    _check_keys("admin.keys", admin_keys)
 
     au = root.child("audit")
     au.only(

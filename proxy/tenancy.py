@@ -13,16 +13,9 @@ from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from typing import Generic, TypeVar
 
-from proxy.config import Config, Route, Tenant
+from proxy.config import Config, Route, Tenant, key_digest
 
 T = TypeVar("T")
-
-
-def key_digest(key: str) -> bytes:
-    """The sha256 digest a key is stored and compared as (`sha256:<hex>` keys are digests)."""
-    if key.startswith("sha256:"):
-        return bytes.fromhex(key[7:])
-    return hashlib.sha256(key.encode()).digest()
 
 
 class KeyRing(Generic[T]):
