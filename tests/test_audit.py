@@ -273,6 +273,7 @@ async def test_submit_after_close_spills_and_bad_input_never_raises(tmp_path):
     log.submit(None)  # type: ignore[arg-type]
     log.submit("not a record")  # type: ignore[arg-type]
     assert log.stats()["errors"] == 2
+    assert log.stats()["rejected"] == 2  # settled: the gateway's recorder handle counts on it
     await log.close()
     log.submit(record(9))
     assert log.stats()["spilled"] == 1

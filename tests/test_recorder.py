@@ -163,6 +163,19 @@ def test_a_stuck_recorder_makes_the_gateway_unready_until_it_moves(make_gateway,
     wait_for(lambda: audit_check()[0] == 200, what="ready again")
 
 
+async def test_a_recorder_too_far_behind_means_spill_at_the_gateway(tmp_path, monkeypatch):
+    monkeypatch.setattr(handle, "MAX_BACKLOG", -1)  # every frame is over the limit
+    config = parse_config(base_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", tmp_path))
+    rec = Recorder(config, audit=True, spans=False)
+    await rec.start()
+    rec.submit({"request_id": "r1", "tenant": "acme", "verdicts": [], "content": {}})
+    await asyncio.sleep(3 * handle.FLUSH_S)
+    spill = Path(config.audit.path + ".spill.jsonl")
+    assert [orjson.loads(line)["request_id"] for line in spill.read_bytes().splitlines()] == ["r1"]
+    assert rec.stats()["spilled"] == 1
+    await rec.close()
+
+
 async def test_records_in_the_pipe_of_a_recorder_that_dies_are_spilled(tmp_path):
     config = parse_config(base_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", tmp_path))
     rec = Recorder(config, audit=True, spans=False)

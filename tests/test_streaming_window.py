@@ -301,9 +301,7 @@ def test_a_responses_done_event_in_the_redacting_window_carries_the_redacted_tex
     delta = {"type": "response.output_text.delta", "output_index": 0, "delta": "mail jo@x.com"}
     done = {"type": "response.output_text.done", "output_index": 0, "text": "mail jo@x.com"}
     events = [
-        parse_event(
-            f"event: {d['type']}\ndata: ".encode() + orjson.dumps(d) + b"\n\n", RESPONSES
-        )
+        parse_event(f"event: {d['type']}\ndata: ".encode() + orjson.dumps(d) + b"\n\n", RESPONSES)
         for d in (delta, done)
     ]
     sealed = Sealed(events, {0: "mail jo@x.com"}, {0: ""})

@@ -1,0 +1,118 @@
+"""Span export settings: OTEL_BSP_* batching, OTLP/HTTP compression and retries, console."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from proxy.config import Telemetry as TelemetryConfig
+from proxy.span_export import BatchExport, OtlpHttp
+from proxy.telemetry import Telemetry
+
+
+def collecting() -> tuple[BatchExport, list[list[str]]]:
+    batches: list[list[str]] = []
+    return BatchExport(lambda items: batches.append(list(items))), batches
+
+
+def test_a_full_queue_drops_what_does_not_fit(monkeypatch):
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "2")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
+    export, batches = collecting()
+    for name in "abcde":
+        export.add(name)
+    assert export.dropped == 3
+    export.shutdown()  # exports what is queued
+    assert batches == [["a", "b"]] and export.exported == 2
+
+
+def test_batches_hold_at_most_the_batch_size_and_chunks_count_their_spans(monkeypatch):
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
+    export, batches = collecting()
+    for name in "abcde":
+        export.add(name)
+    export.add("chunk of 3", 3)  # a recorder chunk: counted as its spans
+    export.shutdown()
+    assert [item for batch in batches for item in batch] == [*"abcde", "chunk of 3"]
+    assert all(len(batch) <= 2 for batch in batches)
+    assert export.exported == 8
+
+
+class Collector:
+    """A loopback OTLP/HTTP endpoint answering with the statuses it is given, then 200."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.posts: list[tuple[dict[str, str], bytes]] = []
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                collector.posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(statuses.pop(0) if statuses else 200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def collector_for(monkeypatch) -> Iterator:
+    started: list[Collector] = []
+
+    def start(*statuses: int) -> Collector:
+        collector = Collector(list(statuses))
+        started.append(collector)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+        return collector
+
+    yield start
+    for collector in started:
+        collector.server.shutdown()
+        collector.server.server_close()
+
+
+def test_gzip_compression_is_sent_and_declared(collector_for, monkeypatch):
+    collector = collector_for()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+    assert OtlpHttp().send(b"spans" * 100) is None
+    ((headers, body),) = collector.posts
+    assert headers["content-encoding"] == "gzip"
+    assert gzip.decompress(body) == b"spans" * 100
+
+
+def test_a_busy_collector_is_retried_and_a_broken_one_is_not(collector_for):
+    collector = collector_for(503)
+    assert OtlpHttp().send(b"x") is None
+    assert len(collector.posts) == 2  # 503, then 200
+    collector = collector_for(400)
+    assert OtlpHttp().send(b"x") == "HTTP 400"
+    assert len(collector.posts) == 1
+
+
+def test_retries_stop_at_the_timeout(collector_for, monkeypatch):
+    collector = collector_for(*[503] * 50)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    started = time.monotonic()
+    assert OtlpHttp().send(b"x") == "HTTP 503"
+    assert time.monotonic() - started < 2 and len(collector.posts) >= 2
+
+
+def test_console_traces_print_spans(capsys):
+    tel = Telemetry(TelemetryConfig(traces="console", service_name="gw-console"))
+    with tel.server_span("GET", "/v1/models", []):
+        pass
+    tel.shutdown()
+    out = capsys.readouterr().out
+    assert '"name": "GET /v1/models"' in out and "gw-console" in out
