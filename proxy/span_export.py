@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import sys
 import threading
 import time
 import zlib
@@ -270,7 +271,7 @@ def build_export(
     if traces == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-        console = ConsoleSpanExporter()
+        console = ConsoleSpanExporter(out=sys.stdout)  # the stdout of now, not of import time
         convert = ReadableConverter(resource, scope)
 
         def show(batch: list[Span]) -> str | None:
