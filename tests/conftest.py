@@ -20,6 +20,7 @@ import yaml
 from proxy.app import build_app
 from proxy.config import Config, parse_config
 from tests.fakes.classifier import FakeSafeguard
+from tests.fakes.collector import Collector
 from tests.fakes.serve import ServerHandle, free_socket, serve
 from tests.fakes.upstream import FakeOpenAI
 
@@ -256,3 +257,11 @@ def write_config_file(tmp_path: Path, upstream, classifier, **changes: Any) -> P
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))  # key order is route order
     return path
+
+
+@pytest.fixture
+def receiver() -> Iterator[Collector]:
+    """A loopback OTLP/HTTP collector, for one test."""
+    collector = Collector()
+    yield collector
+    collector.close()

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -281,37 +278,6 @@ async def test_asgi_endpoint_serves_prometheus_text():
 # -- OTLP push to a loopback receiver -----------------------------------------------------------
 
 
-class Receiver:
-    def __init__(self) -> None:
-        self.bodies: list[tuple[str, bytes]] = []
-        self.got = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.bodies.append((self.path, body))
-                receiver.got.set()
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.server.shutdown()
-    r.server.server_close()
-
-
 def test_otlp_push_reaches_a_loopback_receiver(receiver, monkeypatch):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
     m = Metrics(TelemetryConfig(metrics="otlp", service_name="gw-metrics"), interval_s=0.05)
@@ -323,7 +289,7 @@ def test_otlp_push_reaches_a_loopback_receiver(receiver, monkeypatch):
     assert receiver.got.wait(10), "the push thread sent nothing"
     m.shutdown()  # one last push with the final values
 
-    path, body = receiver.bodies[-1]
+    path, _, body = receiver.posts[-1]
     assert path == "/v1/metrics"
     request = ExportMetricsServiceRequest.FromString(body)
     (rm,) = request.resource_metrics

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import orjson
-import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from proxy.config import parse_config
@@ -26,7 +25,7 @@ from tests.conftest import (
     write_config_file,
 )
 from tests.test_guard import chat, client
-from tests.test_telemetry import Receiver, attrs
+from tests.test_telemetry import attrs
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -68,13 +67,6 @@ def test_frames_come_back_whole_however_the_pipe_splits_them():
 
 
 # -- spans through the recorder ------------------------------------------------------------------
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def test_otlp_spans_leave_through_the_recorder_as_one_trace(make_gateway, receiver, monkeypatch):

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import gzip
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from proxy.config import Telemetry as TelemetryConfig
 from proxy.span_export import BatchExport, OtlpHttp
 from proxy.telemetry import Telemetry
+from tests.fakes.collector import Collector
 
 
 def collecting() -> tuple[BatchExport, list[list[str]]]:
@@ -44,50 +43,26 @@ def test_batches_hold_at_most_the_batch_size_and_chunks_count_their_spans(monkey
     assert export.exported == 8
 
 
-class Collector:
-    """A loopback OTLP/HTTP endpoint answering with the statuses it is given, then 200."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.posts: list[tuple[dict[str, str], bytes]] = []
-        collector = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                collector.posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(statuses.pop(0) if statuses else 200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
 def collector_for(monkeypatch) -> Iterator:
     started: list[Collector] = []
 
     def start(*statuses: int) -> Collector:
-        collector = Collector(list(statuses))
+        collector = Collector(statuses)
         started.append(collector)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
         return collector
 
     yield start
     for collector in started:
-        collector.server.shutdown()
-        collector.server.server_close()
+        collector.close()
 
 
 def test_gzip_compression_is_sent_and_declared(collector_for, monkeypatch):
     collector = collector_for()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
     assert OtlpHttp().send(b"spans" * 100) is None
-    ((headers, body),) = collector.posts
+    ((_, headers, body),) = collector.posts
     assert headers["content-encoding"] == "gzip"
     assert gzip.decompress(body) == b"spans" * 100
 

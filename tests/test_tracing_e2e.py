@@ -116,28 +116,24 @@ def test_client_chosen_paths_do_not_grow_the_metric_labels(make_gateway):
     assert 'endpoint="/v1/other",status="401"} 5' in text
 
 
-def test_gateway_traces_reach_a_real_otlp_receiver_as_one_trace(make_gateway, monkeypatch):
+def test_gateway_traces_reach_a_real_otlp_receiver_as_one_trace(
+    make_gateway, receiver, monkeypatch
+):
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
     )
 
-    from tests.test_telemetry import Receiver
-
-    receiver = Receiver()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
-    try:
-        gw = make_gateway(guarded=GUARDED, raw={"telemetry": {"traces": "otlp"}})
-        chat(gw, "guarded-1", "say: exported")
-        gw.handle.stop()  # shutdown flushes the batch span processor
-        spans = [
-            span
-            for _, _, body in receiver.posts
-            for rs in ExportTraceServiceRequest.FromString(body).resource_spans
-            for ss in rs.scope_spans
-            for span in ss.spans
-        ]
-    finally:
-        receiver.close()
+    gw = make_gateway(guarded=GUARDED, raw={"telemetry": {"traces": "otlp"}})
+    chat(gw, "guarded-1", "say: exported")
+    gw.handle.stop()  # on shutdown the recorder exports what it has
+    spans = [
+        span
+        for _, _, body in receiver.posts
+        for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    ]
     assert len({s.trace_id for s in spans}) == 1
     names = [s.name for s in spans]
     assert "POST /v1/chat/completions" in names and "chat guarded-1" in names
