@@ -204,6 +204,8 @@ def key_digest(key: str) -> bytes:
 def _check_keys(path: str, keys: tuple[str, ...]) -> None:
     if any(k.startswith("sha256:") and not _SHA256_KEY.fullmatch(k) for k in keys):
         raise ConfigError(path, "a sha256: key must carry 64 hex digits")
+
+
 _PLACEHOLDER = re.compile(r"__SAFEGUARD_ENV_(\d+)__")
 
 

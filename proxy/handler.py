@@ -221,18 +221,22 @@ class ProxyHandler:
                 ex.take_answer(json_or_none(body))  # usage for the metrics, model for the span
             await send.whole(response.status, response.headers + ex.headers(), body)
             return
+        await self._pipe(ex, response, send, self._watcher(ex))
+
+    async def _pipe(
+        self, ex: Exchange, response: UpstreamResponse, send: Sender, guard: StreamGuard | None
+    ) -> None:
+        """Stream the answer to the client through `guard` (or as it comes), then note
+        what the guard saw."""
         await send.start(response.status, response.headers + ex.headers())
         ex.status = response.status
-        watched = self._watcher(ex)
         try:
-            await self._pump(
-                ex, watched.run(response.chunks()) if watched else response.chunks(), send
-            )
+            await self._pump(ex, guard.run(response.chunks()) if guard else response.chunks(), send)
         finally:
             response.close()
             ex.upstream_ms = since(ex.upstream_started)
-            if watched:
-                ex.take_stream(watched)
+            if guard is not None:
+                ex.take_stream(guard)
 
     def _watcher(self, ex: Exchange) -> StreamGuard | None:
         """A policy-less stream guard that notes usage (for the token metrics) and the
@@ -378,27 +382,18 @@ class ProxyHandler:
         route = ex.route
         assert route is not None
         side = route.output
-        await send.start(200, response.headers + ex.headers())
-        ex.status = 200
-        if side.guarded:
-            guard: StreamGuard | None = StreamGuard(
-                self.gw.guard, side, policies, ex.endpoint, route.fail
-            )
-        else:
-            guard = self._watcher(ex)
+        if not side.guarded:
+            await self._pipe(ex, response, send, self._watcher(ex))
+            return
+        guard = StreamGuard(self.gw.guard, side, policies, ex.endpoint, route.fail)
         try:
-            await self._pump(ex, guard.run(response.chunks()) if guard else response.chunks(), send)
+            await self._pipe(ex, response, send, guard)
         finally:
-            response.close()
-            ex.upstream_ms = since(ex.upstream_started)
-            if guard is not None:
-                ex.take_stream(guard)
-            if guard is not None and side.guarded:
-                if side.stream == "passthrough":
-                    ex.pending.append(asyncio.ensure_future(self._judge_passthrough(ex, guard)))
-                else:
-                    self._take_stream_result(ex, guard)
-                    ex.pending += guard.shadow
+            if side.stream == "passthrough":
+                ex.pending.append(asyncio.ensure_future(self._judge_passthrough(ex, guard)))
+            else:
+                self._take_stream_result(ex, guard)
+                ex.pending += guard.shadow
 
     def _take_stream_result(self, ex: Exchange, guard: StreamGuard) -> None:
         ex.outcomes += guard.outcomes

@@ -102,11 +102,13 @@ class Window:
             return cut
         matches = []  # per choice: event start offsets and the spans found in its text
         for index in {i for e in self._events for i in e.texts}:
-            starts, text = [], ""
+            starts, pieces, at = [], [], 0
             for event in self._events:
-                starts.append(len(text))
-                text += event.texts.get(index, "")
-            matches.append((starts, len(text), find_spans(text, self.detectors)))
+                piece = event.texts.get(index, "")
+                starts.append(at)
+                pieces.append(piece)
+                at += len(piece)
+            matches.append((starts, at, find_spans("".join(pieces), self.detectors)))
         moved = True
         while moved:  # moving back past one match can land inside an earlier one
             moved = False
