@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import marshal
 import os
 import signal
@@ -15,7 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from proxy.config import parse_config
 from proxy.recorder import Recorder, handle
-from proxy.recorder.frames import read_frames, records_frame, spans_frame
+from proxy.recorder.frames import iter_frames, read_frames, records_frame, spans_frame
 from proxy.spans import SERVER, Span
 from tests.conftest import (
     KEY,
@@ -64,6 +65,36 @@ def test_frames_come_back_whole_however_the_pipe_splits_them():
     assert orjson.loads(audit) == records
     assert [fields[0] for fields in marshal.loads(spans)] == [span.name, span.name]
     assert orjson.loads(empty) == []
+
+
+class Trickle(io.RawIOBase):
+    """A pipe that hands over at most `step` bytes per read."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.step, self.at = data, step, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        piece = self.data[self.at : self.at + min(self.step, len(buffer))]
+        buffer[: len(piece)] = piece
+        self.at += len(piece)
+        return len(piece)
+
+
+def test_the_recorder_reads_whole_frames_from_a_pipe_that_trickles():
+    span = Span("POST /v1/chat/completions", SERVER, 7, 0, False, "", {"k": "v"}, None)
+    span.end()
+    records = [{"request_id": f"req_{i}", "content": {"input": "x" * 500}} for i in range(300)]
+    stream = records_frame(records) + spans_frame([span] * 200) + records_frame([])
+    for step in (1, 7, 4096, 1 << 20):
+        frames = list(iter_frames(io.BufferedReader(Trickle(stream, step))))
+        assert [kind for kind, _ in frames] == [b"a", b"s", b"a"]
+        assert orjson.loads(frames[0][1]) == records
+        assert len(marshal.loads(frames[1][1])) == 200
+    torn = list(iter_frames(io.BufferedReader(Trickle(stream[:-1], 4096))))
+    assert [kind for kind, _ in torn] == [b"a", b"s"]  # the cut-off last frame is dropped
 
 
 # -- spans through the recorder ------------------------------------------------------------------

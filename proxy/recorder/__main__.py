@@ -23,7 +23,7 @@ import orjson
 from proxy import otlp
 from proxy.audit import AuditLog
 from proxy.config import Audit
-from proxy.recorder.frames import read_frames
+from proxy.recorder.frames import iter_frames
 
 log = logging.getLogger("proxy.audit")
 
@@ -77,20 +77,16 @@ def main(argv: list[str]) -> int:
     # every queued record and span, stays off (the status thread runs it now and then).
     gc.freeze()
     gc.disable()
-    pending = b""
-    stdin = sys.stdin.buffer.raw  # type: ignore[attr-defined]
-    while chunk := stdin.read(1 << 20):
-        frames, pending = read_frames(pending + chunk)
-        for kind, payload in frames:
-            try:
-                if kind == b"a" and audit is not None:
-                    for record in orjson.loads(payload):
-                        audit.submit(record)
-                elif kind == b"s" and export is not None:
-                    spans = marshal.loads(payload)
-                    export.add(otlp.span_entries(spans), len(spans))
-            except Exception:  # a bug: lose this frame, not the recorder
-                log.exception("recorder could not read a %r frame", kind)
+    for kind, payload in iter_frames(sys.stdin.buffer):
+        try:
+            if kind == b"a" and audit is not None:
+                for record in orjson.loads(payload):
+                    audit.submit(record)
+            elif kind == b"s" and export is not None:
+                spans = marshal.loads(payload)
+                export.add(otlp.span_entries(spans), len(spans))
+        except Exception:  # a bug: lose this frame, not the recorder
+            log.exception("recorder could not read a %r frame", kind)
     stop.set()
     if audit is not None:
         asyncio.run(audit.close())

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import marshal
 import struct
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 import orjson
 
@@ -39,3 +40,15 @@ def read_frames(buffer: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
         frames.append((kind, buffer[at + HEADER.size : end]))
         at = end
     return frames, buffer[at:]
+
+
+def iter_frames(stream: IO[bytes]) -> Iterator[tuple[bytes, bytes]]:
+    """Frames (kind, payload) from a blocking buffered stream until it ends; a frame cut
+    short by the end is dropped. Each payload is read whole into its own buffer: no
+    re-joining of a growing remainder, however the pipe splits the writes."""
+    while len(header := stream.read(HEADER.size)) == HEADER.size:
+        kind, size = HEADER.unpack(header)
+        payload = stream.read(size)
+        if len(payload) < size:
+            return
+        yield kind, payload
