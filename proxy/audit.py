@@ -45,11 +45,9 @@ def apply_retention(record: Mapping[str, Any], mode: str) -> dict:
     if mode == "full":
         kept = content.get("input"), content.get("output")
     elif mode == "redacted":
-        kept = tuple(
-            content.get(f"{side}_redacted")
-            if content.get(f"{side}_redacted") is not None
-            else content.get(side)
-            for side in ("input", "output")
+        kept = (
+            _redacted(content, "input", "input_redacted"),
+            _redacted(content, "output", "output_redacted"),
         )
     elif mode == "hash":
         kept = _digest(content.get("input")), _digest(content.get("output"))
@@ -65,6 +63,11 @@ def apply_retention(record: Mapping[str, Any], mode: str) -> dict:
             {**v, "reasoning": None, "rationale": None} for v in record.get("verdicts") or ()
         ]
     return stored
+
+
+def _redacted(content: Mapping[str, Any], side: str, redacted: str) -> Any:
+    text = content.get(redacted)
+    return content.get(side) if text is None else text
 
 
 def spill_path(cfg: Audit) -> str:

@@ -87,14 +87,11 @@ def insert_records(conn: sqlite3.Connection, records: Sequence[Mapping[str, Any]
         conn.execute("BEGIN IMMEDIATE")  # ids below stay ours until the commit
         (last,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()
         for rid, rec in enumerate(records, start=last + 1):
-            requests.append(
-                (rid, *(_column(rec.get(c)) for c in _REQUEST_COLS), encode(rec).decode())
-            )
-            verdicts.extend(
-                (rid, *(_column(v.get(c)) for c in _VERDICT_COLS), bool(v.get("shadow")))
-                for v in rec.get("verdicts") or ()
-                if isinstance(v, Mapping)
-            )
+            requests.append((rid, *map(_column, map(rec.get, _REQUEST_COLS)), encode(rec).decode()))
+            for v in rec.get("verdicts") or ():
+                if isinstance(v, Mapping):
+                    columns = map(_column, map(v.get, _VERDICT_COLS))
+                    verdicts.append((rid, *columns, bool(v.get("shadow"))))
         _insert_rows(conn, "requests", ("id", *_REQUEST_COLS, "record"), requests)
         _insert_rows(conn, "verdicts", ("request", *_VERDICT_COLS, "shadow"), verdicts)
 

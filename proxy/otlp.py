@@ -94,11 +94,24 @@ def key_value(number: int, key: str, value: Any) -> bytes:
     return field(number, field(1, key.encode()) + field(2, any_value(value)))
 
 
-# Most attributes repeat request after request (method, route, model, status...): cache
-# short scalar ones. `typed` keeps 1, 1.0 and True apart; sequences are never cached,
-# since (1,) == (1.0,) == (True,) would share an entry.
+# Most attributes repeat request after request (method, route, model, status, finish
+# reasons...): cache short scalar ones and tuples of strings. `typed` keeps 1, 1.0 and True
+# apart; other sequences are never cached, since (1,) == (1.0,) == (True,) would share an
+# entry. Values new every request (ids, long texts) keep only their key's bytes cached.
 _cached_key_value = lru_cache(maxsize=4096, typed=True)(key_value)
 _UNIQUE = frozenset({"gen_ai.response.id"})  # new every request: caching only evicts
+
+
+_SCALARS = frozenset({str, int, bool, float})
+
+
+def _short_texts(values: tuple) -> bool:
+    return len(values) <= 8 and all(type(v) is str for v in values)
+
+
+@lru_cache(maxsize=1024)
+def _key(key: str) -> bytes:
+    return field(1, key.encode())
 
 
 def attributes(number: int, attrs: Mapping[str, Any]) -> bytes:
@@ -106,8 +119,8 @@ def attributes(number: int, attrs: Mapping[str, Any]) -> bytes:
     for key, value in attrs.items():
         kind = type(value)
         if kind is str and (len(value) > 64 or key in _UNIQUE):
-            parts.append(key_value(number, key, value))
-        elif kind is int or kind is bool or kind is float or kind is str:
+            parts.append(field(number, _key(key) + field(2, field(1, value.encode()))))
+        elif kind in _SCALARS or (kind is tuple and _short_texts(value)):
             parts.append(cached(number, key, value))
         else:
             parts.append(key_value(number, key, value))

@@ -94,6 +94,11 @@ def test_ints_beyond_int64_become_text(value):
 
 
 def test_cached_scalars_keep_their_types():
-    for value in (1, 1.0, True, (1,), (1.0,), (True,)):
+    for value in (1, 1.0, True, (1,), (1.0,), (True,), ("1",), ("stop",), ("stop", "length")):
         expected = otlp.key_value(9, "k", value)
         assert otlp.attributes(9, {"k": value}) == expected
+
+
+def test_unique_and_long_texts_encode_like_any_other():
+    for key, value in (("gen_ai.response.id", "chatcmpl-1"), ("k", "x" * 200)):
+        assert otlp.attributes(9, {key: value}) == otlp.key_value(9, key, value)
