@@ -73,6 +73,7 @@ class ProxyHandler:
         self.gw = gateway
         self.max_body = gateway.config.server.max_body_bytes
         audit = gateway.config.audit
+        self.auditing = audit.enabled
         self.keep_content = audit.enabled and audit.content != "none"  # texts for the record
         self._addresses = {
             name: host_port(u.base_url) for name, u in gateway.config.upstreams.items()
@@ -441,7 +442,7 @@ class ProxyHandler:
             return
         if ex.pending:
             self.gw.in_background(self._audit_later(ex, total_s))
-        else:
+        elif self.auditing:
             self.gw.audit.submit(ex.record(total_s))
 
     def _upstream_done(self, ex: Exchange, route_name: str) -> None:
@@ -486,4 +487,5 @@ class ProxyHandler:
         """Shadow verdicts and passthrough-stream verdicts arrive after the response."""
         results = await asyncio.gather(*ex.pending, return_exceptions=True)
         ex.outcomes += [o for o in results if isinstance(o, Outcome)]
-        self.gw.audit.submit(ex.record(total_s))
+        if self.auditing:
+            self.gw.audit.submit(ex.record(total_s))
