@@ -8,6 +8,7 @@ import marshal
 import os
 import signal
 import time
+from collections import deque
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from proxy.config import parse_config
 from proxy.recorder import Recorder, handle
-from proxy.recorder.frames import iter_frames, read_frames, records_frame, spans_frame
+from proxy.recorder.frames import iter_frames, records_frame, spans_frame
 from proxy.spans import SERVER, Span
 from tests.conftest import (
     KEY,
@@ -50,51 +51,55 @@ def recorder_pid(parent: int) -> int:
 # -- framing (pure) ------------------------------------------------------------------------------
 
 
+class Pipe(io.RawIOBase):
+    """A pipe that hands the bytes over in the given pieces, one read at a time at most."""
+
+    def __init__(self, *pieces: bytes) -> None:
+        self.pieces = deque(p for p in pieces if p)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        if not self.pieces:
+            return 0
+        piece = self.pieces[0][: len(buffer)]
+        self.pieces[0] = self.pieces[0][len(piece) :]
+        if not self.pieces[0]:
+            self.pieces.popleft()
+        buffer[: len(piece)] = piece
+        return len(piece)
+
+
+def frames_through(*pieces: bytes) -> list[tuple[bytes, bytes]]:
+    return list(iter_frames(io.BufferedReader(Pipe(*pieces))))
+
+
 def test_frames_come_back_whole_however_the_pipe_splits_them():
     span = Span("POST /v1/chat/completions", SERVER, 7, 0, False, "", {"k": "v"}, None)
     span.end()
     records = [{"request_id": "req_1", "verdicts": [], "content": {"input": "hé"}}]
     stream = records_frame(records) + spans_frame([span, span]) + records_frame(records[:0])
     for cut in range(len(stream) + 1):
-        first, rest = read_frames(stream[:cut])
-        second, tail = read_frames(rest + stream[cut:])
-        assert tail == b""
-        kinds = [kind for kind, _ in first + second]
+        kinds = [kind for kind, _ in frames_through(stream[:cut], stream[cut:])]
         assert kinds == [b"a", b"s", b"a"]
-    (_, audit), (_, spans), (_, empty) = read_frames(stream)[0]
+    (_, audit), (_, spans), (_, empty) = frames_through(stream)
     assert orjson.loads(audit) == records
     assert [fields[0] for fields in marshal.loads(spans)] == [span.name, span.name]
     assert orjson.loads(empty) == []
+    assert [kind for kind, _ in frames_through(stream[:-1])] == [b"a", b"s"]  # torn: dropped
 
 
-class Trickle(io.RawIOBase):
-    """A pipe that hands over at most `step` bytes per read."""
-
-    def __init__(self, data: bytes, step: int) -> None:
-        self.data, self.step, self.at = data, step, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
-        piece = self.data[self.at : self.at + min(self.step, len(buffer))]
-        buffer[: len(piece)] = piece
-        self.at += len(piece)
-        return len(piece)
-
-
-def test_the_recorder_reads_whole_frames_from_a_pipe_that_trickles():
+def test_large_frames_come_back_whole_from_a_pipe_that_trickles():
     span = Span("POST /v1/chat/completions", SERVER, 7, 0, False, "", {"k": "v"}, None)
     span.end()
     records = [{"request_id": f"req_{i}", "content": {"input": "x" * 500}} for i in range(300)]
     stream = records_frame(records) + spans_frame([span] * 200) + records_frame([])
     for step in (1, 7, 4096, 1 << 20):
-        frames = list(iter_frames(io.BufferedReader(Trickle(stream, step))))
+        frames = frames_through(*(stream[i : i + step] for i in range(0, len(stream), step)))
         assert [kind for kind, _ in frames] == [b"a", b"s", b"a"]
         assert orjson.loads(frames[0][1]) == records
         assert len(marshal.loads(frames[1][1])) == 200
-    torn = list(iter_frames(io.BufferedReader(Trickle(stream[:-1], 4096))))
-    assert [kind for kind, _ in torn] == [b"a", b"s"]  # the cut-off last frame is dropped
 
 
 # -- spans through the recorder ------------------------------------------------------------------
@@ -220,6 +225,29 @@ async def test_records_in_the_pipe_of_a_recorder_that_dies_are_spilled(tmp_path)
     spilled = [orjson.loads(line)["request_id"] for line in spill.read_bytes().splitlines()]
     assert spilled == [f"r{i}" for i in range(200)]
     assert rec.stats()["spilled"] == 200
+    await rec.close()
+
+
+async def test_spans_still_queued_for_a_recorder_that_dies_are_counted_dropped(tmp_path):
+    config = parse_config(base_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", tmp_path))
+    rec = Recorder(config, audit=False, spans=True)
+    await rec.start()
+    pid = rec._proc.pid
+    os.kill(pid, signal.SIGSTOP)  # alive, reading nothing: the pipe fills, the rest queues
+    try:
+        for i in range(300):
+            span = Span("POST /v1/chat/completions", SERVER, i + 1, 0, False, "", {}, rec.add)
+            span.set_attribute("big", "x" * 8000)  # 300 x 8 KB: more than the 1 MB pipe holds
+            span.end()
+            await asyncio.sleep(0)
+        await asyncio.sleep(5 * handle.FLUSH_S)
+        assert rec._frames  # some never reached the pipe
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while rec._proc is not None and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert 0 < rec.span_stats()["dropped"] <= 300
     await rec.close()
 
 

@@ -29,19 +29,6 @@ def spans_frame(spans: list[Any]) -> bytes:
     return frame(b"s", marshal.dumps([s.fields() for s in spans]))
 
 
-def read_frames(buffer: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """Complete frames (kind, payload) at the start of `buffer`, and the incomplete rest."""
-    frames, at = [], 0
-    while len(buffer) - at >= HEADER.size:
-        kind, size = HEADER.unpack_from(buffer, at)
-        end = at + HEADER.size + size
-        if end > len(buffer):
-            break
-        frames.append((kind, buffer[at + HEADER.size : end]))
-        at = end
-    return frames, buffer[at:]
-
-
 def iter_frames(stream: IO[bytes]) -> Iterator[tuple[bytes, bytes]]:
     """Frames (kind, payload) from a blocking buffered stream until it ends; a frame cut
     short by the end is dropped. Each payload is read whole into its own buffer: no

@@ -21,7 +21,7 @@ import orjson
 
 from proxy.audit import SpillFile, apply_retention, spill_path
 from proxy.config import Config
-from proxy.recorder.frames import HEADER, read_frames, records_frame, spans_frame
+from proxy.recorder.frames import HEADER, records_frame, spans_frame
 from proxy.span_export import SpanExport
 
 log = logging.getLogger("proxy.audit")
@@ -277,10 +277,11 @@ class Recorder(SpanExport):
                 if isinstance(value, int) and not isinstance(value, bool):
                     self._before[f"{key}.{name}"] = self._before.get(f"{key}.{name}", 0) + value
         self._status = {}
-        frames, _ = read_frames(b"".join(self._frames))
+        self._dropped_spans += sum(
+            len(marshal.loads(f[HEADER.size :])) for f in self._frames if f[:1] == b"s"
+        )  # each queued item is one whole frame
         self._frames.clear()
         self._sent = self._backlog = 0
-        self._dropped_spans += sum(len(marshal.loads(p)) for k, p in frames if k == b"s")
         self._spill_unsettled("audit recorder exited")
 
     def _down(self, problem: str) -> None:
