@@ -91,7 +91,12 @@ def any_value(value: Any) -> bytes:
 
 def key_value(number: int, key: str, value: Any) -> bytes:
     """Attribute `key: value` as field `number` of its message."""
-    return field(number, field(1, key.encode()) + field(2, any_value(value)))
+    return field(number, _key(key) + field(2, any_value(value)))
+
+
+@lru_cache(maxsize=1024)
+def _key(key: str) -> bytes:
+    return field(1, key.encode())
 
 
 # Most attributes repeat request after request (method, route, model, status, finish
@@ -102,28 +107,22 @@ _cached_key_value = lru_cache(maxsize=4096, typed=True)(key_value)
 _UNIQUE = frozenset({"gen_ai.response.id"})  # new every request: caching only evicts
 
 
-_SCALARS = frozenset({str, int, bool, float})
+_NUMBERS = frozenset({int, bool, float})
 
 
 def _short_texts(values: tuple) -> bool:
     return len(values) <= 8 and all(type(v) is str for v in values)
 
 
-@lru_cache(maxsize=1024)
-def _key(key: str) -> bytes:
-    return field(1, key.encode())
-
-
 def attributes(number: int, attrs: Mapping[str, Any]) -> bytes:
     cached, parts = _cached_key_value, []
     for key, value in attrs.items():
         kind = type(value)
-        if kind is str and (len(value) > 64 or key in _UNIQUE):
-            parts.append(field(number, _key(key) + field(2, field(1, value.encode()))))
-        elif kind in _SCALARS or (kind is tuple and _short_texts(value)):
-            parts.append(cached(number, key, value))
+        if kind is str:
+            cache = len(value) <= 64 and key not in _UNIQUE
         else:
-            parts.append(key_value(number, key, value))
+            cache = kind in _NUMBERS or (kind is tuple and _short_texts(value))
+        parts.append((cached if cache else key_value)(number, key, value))
     return b"".join(parts)
 
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from proxy import otlp
+from proxy.spans import SERVER
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -325,7 +326,7 @@ class ReadableConverter:
             resource=self.resource,
             attributes=dict(span.attributes),
             events=_events(Event, span.events),
-            kind=SpanKind.SERVER if span.kind == 2 else SpanKind.CLIENT,
+            kind=SpanKind.SERVER if span.kind == SERVER else SpanKind.CLIENT,
             status=Status(StatusCode(span.status_code), span.status_message),
             start_time=span.start_ns,
             end_time=span.end_ns,
