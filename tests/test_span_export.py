@@ -14,28 +14,26 @@ from proxy.telemetry import Telemetry
 from tests.fakes.collector import Collector
 
 
-def collecting() -> tuple[BatchExport, list[list[str]]]:
+def filled(monkeypatch, **settings: str) -> tuple[BatchExport, list[list[str]]]:
+    """A BatchExport with these OTEL_BSP_* settings (no timed export), given "a".."e"."""
+    for name, value in {"SCHEDULE_DELAY": "60000", **settings}.items():
+        monkeypatch.setenv(f"OTEL_BSP_{name}", value)
     batches: list[list[str]] = []
-    return BatchExport(lambda items: batches.append(list(items))), batches
+    export = BatchExport(lambda items: batches.append(list(items)))
+    for name in "abcde":
+        export.add(name)
+    return export, batches
 
 
 def test_a_full_queue_drops_what_does_not_fit(monkeypatch):
-    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "2")
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
-    export, batches = collecting()
-    for name in "abcde":
-        export.add(name)
+    export, batches = filled(monkeypatch, MAX_QUEUE_SIZE="2")
     assert export.dropped == 3
     export.shutdown()  # exports what is queued
     assert batches == [["a", "b"]] and export.exported == 2
 
 
 def test_batches_hold_at_most_the_batch_size_and_chunks_count_their_spans(monkeypatch):
-    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2")
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
-    export, batches = collecting()
-    for name in "abcde":
-        export.add(name)
+    export, batches = filled(monkeypatch, MAX_EXPORT_BATCH_SIZE="2")
     export.add("chunk of 3", 3)  # a recorder chunk: counted as its spans
     export.shutdown()
     assert [item for batch in batches for item in batch] == [*"abcde", "chunk of 3"]

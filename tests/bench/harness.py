@@ -200,6 +200,7 @@ def bracketed(
 
 
 def ratio_spread(values: list[float]) -> dict[str, float]:
+    """Median, min and max of per-round values."""
     ordered = sorted(values)
     return {
         "median": round(statistics.median(ordered), 3),
@@ -238,15 +239,12 @@ def paired(
     a: list[dict[str, Any]], b: list[dict[str, Any]], key: str = "rps", op: str = "ratio"
 ) -> dict[str, float]:
     """Per-round a/b (or a-b) of one figure: median, min and max over the rounds."""
-    values = sorted(
-        (x[key] / y[key] if y[key] else 0.0) if op == "ratio" else x[key] - y[key]
-        for x, y in zip(a, b, strict=True)
+    return ratio_spread(
+        [
+            (x[key] / y[key] if y[key] else 0.0) if op == "ratio" else x[key] - y[key]
+            for x, y in zip(a, b, strict=True)
+        ]
     )
-    return {
-        "median": round(statistics.median(values), 3),
-        "min": round(values[0], 3),
-        "max": round(values[-1], 3),
-    }
 
 
 def spread(p: dict[str, float], digits: int = 2) -> str:
