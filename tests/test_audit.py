@@ -138,6 +138,9 @@ def test_apply_retention_modes():
     assert rec["content"]["input"] == SECRET_IN  # the caller's record is untouched
     no_content = apply_retention(record(content=None), "hash")["content"]
     assert no_content["input"] is None and no_content["output"] is None
+    # A blocked answer released nothing: its redacted text is "", not the original.
+    withheld = record(content={"input": SECRET_IN, "output": SECRET_OUT, "output_redacted": ""})
+    assert apply_retention(withheld, "redacted")["content"]["output"] == ""
 
 
 @pytest.mark.parametrize("mode", ["full", "redacted", "hash", "none"])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import httpx
 import openai
 import pytest
 
+from proxy.app import GC_GEN0_THRESHOLD
 from tests.conftest import KEY, OTHER_KEY, UPSTREAM_KEY
 
 
@@ -292,3 +294,12 @@ def test_a_client_request_id_is_kept_only_when_it_is_safe_to_echo(gateway):
     assert kept.headers["x-request-id"] == "trace-42.a"
     odd = httpx.post(url, json=body, headers={**auth, "x-request-id": "a b\tc"})
     assert odd.headers["x-request-id"].startswith("req_")
+
+
+def test_a_serving_gateway_collects_garbage_less_often_and_restores_it_on_shutdown(make_gateway):
+    before = gc.get_threshold()
+    gw = make_gateway()
+    assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
+    assert gc.get_freeze_count() > 0  # startup objects are out of the collector's way
+    gw.handle.stop()
+    assert gc.get_threshold() == before

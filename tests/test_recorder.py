@@ -251,6 +251,38 @@ async def test_spans_still_queued_for_a_recorder_that_dies_are_counted_dropped(t
     await rec.close()
 
 
+async def test_records_the_recorder_holds_unstored_are_spilled_when_it_dies(tmp_path):
+    data = base_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", tmp_path)
+    data["audit"]["flush_interval_s"] = 30  # read by the recorder, not yet written
+    rec = Recorder(parse_config(data), audit=True, spans=False)
+    await rec.start()
+    for i in range(50):
+        rec.submit({"request_id": f"r{i}", "tenant": "acme", "verdicts": [], "content": {}})
+    deadline = time.monotonic() + 10
+    while rec.stats()["queued"] < 50 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(3 * 0.25)  # several status lines: none may release them
+    assert rec.stats()["queued"] == 50 and rec.stats()["written"] == 0
+    os.kill(rec._proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while rec.health()[0] and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    spill = Path(data["audit"]["path"] + ".spill.jsonl")
+    spilled = [orjson.loads(line)["request_id"] for line in spill.read_bytes().splitlines()]
+    assert spilled == [f"r{i}" for i in range(50)]
+    await rec.close()
+
+
+def test_records_the_gateway_spills_itself_keep_the_retention_setting(tmp_path):
+    data = base_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", tmp_path)
+    data["audit"]["content"] = "hash"
+    rec = Recorder(parse_config(data), audit=True, spans=False)  # never started: spills here
+    rec.submit({"request_id": "r1", "verdicts": [], "content": {"input": "my secret plan"}})
+    text = Path(data["audit"]["path"] + ".spill.jsonl").read_text()
+    assert "my secret plan" not in text
+    assert orjson.loads(text)["content"]["input"].startswith("sha256:")
+
+
 def test_records_for_a_recorder_never_started_are_spilled_not_kept(tmp_path):
     config = parse_config(base_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", tmp_path))
     rec = Recorder(config, audit=True, spans=False)

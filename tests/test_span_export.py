@@ -41,6 +41,17 @@ def test_batches_hold_at_most_the_batch_size_and_chunks_count_their_spans(monkey
     assert export.exported == 8
 
 
+def test_a_failed_export_counts_its_spans_as_failed(monkeypatch):
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
+    sent: list[list[str]] = []
+    export = BatchExport(lambda items: sent.append(list(items)) or "HTTP 400")
+    export.add("a")
+    export.add("chunk of 3", 3)
+    export.shutdown()
+    assert sent == [["a", "chunk of 3"]]
+    assert (export.failed, export.exported) == (4, 0)
+
+
 @pytest.fixture
 def collector_for(monkeypatch) -> Iterator:
     started: list[Collector] = []
