@@ -99,31 +99,45 @@ def _key(key: str) -> bytes:
     return field(1, key.encode())
 
 
-# Most attributes repeat request after request (method, route, model, status, finish
-# reasons...): cache short scalar ones and tuples of strings. `typed` keeps 1, 1.0 and True
-# apart; other sequences are never cached, since (1,) == (1.0,) == (True,) would share an
-# entry. Values new every request (ids, long texts) keep only their key's bytes cached.
-_cached_key_value = lru_cache(maxsize=4096, typed=True)(key_value)
-_UNIQUE = frozenset({"gen_ai.response.id"})  # new every request: caching only evicts
+# Most attributes repeat request after request (method, route, model, status, tokens,
+# finish reasons...), so an attribute's bytes are remembered by its (key, value) item. One
+# cache per field number and value type, since 1 == 1.0 == True would share an entry: ints,
+# floats, bools, texts up to 64 chars and tuples of a few texts. A full cache is cleared, not
+# evicted entry by entry. Values new every request (ids, long texts) are never kept.
+_CACHE_MAX = 4096
+_UNIQUE = frozenset({"gen_ai.response.id"})  # new every request: keeping it only fills up
+_caches: dict[int, dict[type, dict[tuple[str, Any], bytes]]] = {}
 
 
-_NUMBERS = frozenset({int, bool, float})
-
-
-def _short_texts(values: tuple) -> bool:
-    return len(values) <= 8 and all(type(v) is str for v in values)
+def _new_caches(number: int) -> dict[type, dict[tuple[str, Any], bytes]]:
+    return _caches.setdefault(number, {str: {}, int: {}, float: {}, bool: {}, tuple: {}})
 
 
 def attributes(number: int, attrs: Mapping[str, Any]) -> bytes:
-    cached, parts = _cached_key_value, []
-    for key, value in attrs.items():
-        kind = type(value)
-        if kind is str:
-            cache = len(value) <= 64 and key not in _UNIQUE
-        else:
-            cache = kind in _NUMBERS or (kind is tuple and _short_texts(value))
-        parts.append((cached if cache else key_value)(number, key, value))
+    by_type = _caches.get(number) or _new_caches(number)
+    parts = []
+    for item in attrs.items():
+        cache = by_type.get(type(item[1]))
+        try:
+            encoded = None if cache is None else cache.get(item)
+        except TypeError:  # a tuple holding something unhashable
+            cache = encoded = None
+        if encoded is None:
+            encoded = key_value(number, *item)
+            if cache is not None and _keepable(*item):
+                if len(cache) >= _CACHE_MAX:
+                    cache.clear()
+                cache[item] = encoded
+        parts.append(encoded)
     return b"".join(parts)
+
+
+def _keepable(key: str, value: Any) -> bool:
+    if type(value) is str:
+        return len(value) <= 64 and key not in _UNIQUE
+    if type(value) is tuple:  # only tuples of texts: (1,) == (1.0,) == (True,)
+        return len(value) <= 8 and all(type(v) is str for v in value)
+    return True
 
 
 def span(fields: SpanFields) -> bytes:

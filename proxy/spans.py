@@ -188,8 +188,8 @@ class Span:
         )  # fmt: skip
 
     def traceparent(self) -> str:
-        flags = "01" if self.sampled else "00"
-        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{flags}"
+        trace_id, span_id = self.trace_id.to_bytes(16, "big"), self.span_id.to_bytes(8, "big")
+        return f"00-{trace_id.hex()}-{span_id.hex()}-{'01' if self.sampled else '00'}"
 
     def get_span_context(self) -> SpanContext:
         flags = TraceFlags(TraceFlags.SAMPLED if self.sampled else TraceFlags.DEFAULT)

@@ -102,3 +102,17 @@ def test_cached_scalars_keep_their_types():
 def test_unique_and_long_texts_encode_like_any_other():
     for key, value in (("gen_ai.response.id", "chatcmpl-1"), ("k", "x" * 200)):
         assert otlp.attributes(9, {key: value}) == otlp.key_value(9, key, value)
+
+
+def test_tuples_holding_unhashable_values_encode_uncached():
+    value = ("stop", ["nested"])
+    assert otlp.attributes(9, {"k": value}) == otlp.key_value(9, "k", value)
+
+
+def test_attribute_cache_stays_bounded(monkeypatch):
+    monkeypatch.setattr(otlp, "_CACHE_MAX", 8)
+    for tokens in range(100):
+        assert otlp.attributes(9, {"gen_ai.usage.input_tokens": tokens}) == otlp.key_value(
+            9, "gen_ai.usage.input_tokens", tokens
+        )
+    assert 0 < len(otlp._caches[9][int]) <= 8
