@@ -199,11 +199,18 @@ class Span:
 
 
 class UnsampledSpan(Span):
-    """A sampled-out span: carries the trace context on to the upstream, records nothing."""
+    """A sampled-out span: carries the trace context on to the upstream, records nothing.
+    It holds only its ids and trace state; everything that would read the rest checks
+    `is_recording()` first."""
 
     __slots__ = ()
 
     sampled = False
+
+    def __init__(self, trace_id: int, trace_state: str) -> None:
+        self.trace_id = trace_id
+        self.span_id = new_id(64)
+        self.trace_state = trace_state
 
     def is_recording(self) -> bool:
         return False

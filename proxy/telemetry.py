@@ -182,6 +182,9 @@ class Telemetry:
         self, policy_id: str, policy_version: str, model: str, side: str
     ) -> Active | Within:
         """CLIENT inference span for one classifier call: `chat {model}` (GenAI semconv)."""
+        parent = current.get()
+        if parent is not None and not parent.sampled:
+            return Within(parent)
         attributes = dict(self._classifier_attrs)
         attributes["gen_ai.request.model"] = model
         attributes["safeguard.policy.id"] = policy_id
@@ -201,6 +204,9 @@ class Telemetry:
         """The upstream CLIENT span, started but not made current: a streamed answer
         outlives the call that started it, so the caller ends it (`span.end()`) when the
         last byte is through, from whichever task that is."""
+        parent = current.get()
+        if parent is not None and not parent.sampled:
+            return parent
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
             "gen_ai.provider.name": "openai",
@@ -239,8 +245,9 @@ class Telemetry:
             sampled = parent_sampled
         else:
             sampled = trace_id & LOW64 < self._bound
-        span_type = Span if sampled else UnsampledSpan
-        return span_type(
+        if not sampled:
+            return UnsampledSpan(trace_id, state)
+        return Span(
             name, kind, trace_id, parent_id, remote is not None, state, attributes, self._finish
         )
 
