@@ -66,6 +66,7 @@ class Server:
     args: Sequence[str] = ()
     env: dict[str, str] = field(default_factory=dict)
     startup_s: float = 30.0
+    wrapper: Sequence[str] = ()  # a command the server runs under, e.g. valgrind
     proc: subprocess.Popen | None = None
     port: int = 0
     log_path: Path | None = None
@@ -83,7 +84,7 @@ class Server:
         self.log_path = log_dir / f"{self.name}.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 (owned by the child)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, *self.args],
+            [*self.wrapper, sys.executable, "-m", self.module, *self.args],
             cwd=ROOT,
             env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
             stdout=subprocess.PIPE,
