@@ -190,7 +190,7 @@ class Telemetry:
         attributes["safeguard.policy.id"] = policy_id
         attributes["safeguard.policy.version"] = policy_version
         attributes["safeguard.side"] = side
-        return self._enter(self._client_span(f"chat {model}", attributes))
+        return Active(self._client_span(parent, f"chat {model}", attributes))
 
     def upstream_span(
         self, operation: str, model: str | None, server_address: str, server_port: int
@@ -215,14 +215,13 @@ class Telemetry:
         }
         if model:
             attributes["gen_ai.request.model"] = model
-        return self._client_span(f"{operation} {model}" if model else operation, attributes)
+        return self._client_span(parent, f"{operation} {model}" if model else operation, attributes)
 
-    def _client_span(self, name: str, attributes: dict[str, Any]) -> Span:
-        parent = current.get()
-        if parent is None:  # not inside a request: a root of its own
+    def _client_span(self, parent: Span | None, name: str, attributes: dict[str, Any]) -> Span:
+        """A CLIENT span under `parent` (a sampled one: callers return a sampled-out parent
+        before building attributes), or outside any request a root of its own."""
+        if parent is None:
             return self._root(name, CLIENT, attributes, None)
-        if not parent.sampled:
-            return parent
         return Span(
             name, CLIENT, parent.trace_id, parent.span_id, False, parent.trace_state,
             attributes, self._finish,
