@@ -218,8 +218,8 @@ class ProxyHandler:
             body = await response.read()
             ex.upstream_ms = since(ex.upstream_started)
             ex.status = response.status
-            if response.status == 200 and ex.endpoint in GENERATION_ENDPOINTS:
-                ex.take_answer(json_or_none(body))  # usage for the metrics, model for the span
+            if response.status == 200 and self._reads_usage(ex):
+                ex.take_answer(json_or_none(body))
             await send.whole(response.status, response.headers + ex.headers(), body)
             return
         await self._pipe(ex, response, send, self._watcher(ex))
@@ -240,11 +240,18 @@ class ProxyHandler:
                 ex.take_stream(guard)
 
     def _watcher(self, ex: Exchange) -> StreamGuard | None:
-        """A policy-less stream guard that notes usage (for the token metrics) and the
-        finish reasons (for the span) as a generation stream passes."""
-        if ex.endpoint not in GENERATION_ENDPOINTS:
+        """A policy-less stream guard that notes usage and finish reasons as the stream
+        passes, when something will use them."""
+        if not self._reads_usage(ex):
             return None
         return StreamGuard(self.gw.guard, WATCH_ONLY, {}, ex.endpoint, "open")
+
+    def _reads_usage(self, ex: Exchange) -> bool:
+        """A relayed answer's usage, model and finish reasons feed the token metrics and
+        the upstream span: read a generation's only when either will use them."""
+        return ex.endpoint in GENERATION_ENDPOINTS and (
+            self.gw.metrics.exposed or ex.upstream_span.is_recording()
+        )
 
     async def _pump(self, ex: Exchange, frames: AsyncIterator[bytes], send: Sender) -> None:
         """Send frames until they end, the upstream fails, or the client goes away (which

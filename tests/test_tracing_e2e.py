@@ -166,3 +166,22 @@ def test_token_metrics_count_untraced_pass_through_answers_and_streams(make_gate
     while outputs() < 4 and time.monotonic() < deadline:  # 2 tokens per fake answer
         time.sleep(0.02)
     assert outputs() == 4
+
+
+def test_spans_carry_usage_with_metrics_off(make_gateway):
+    exporter = InMemorySpanExporter()
+    gw = make_gateway(raw={"telemetry": {"metrics": "none"}}, options={"span_exporter": exporter})
+    sdk = client(gw)
+    for stream in (False, True):
+        exporter.clear()
+        answer = sdk.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "a"}],
+            stream=stream,
+            **({"stream_options": {"include_usage": True}} if stream else {}),
+        )
+        if stream:
+            list(answer)
+        upstream = next(s for s in finished_trace(exporter) if s.name == "chat gpt-4o-mini")
+        assert upstream.attributes["gen_ai.usage.output_tokens"] == 2, stream
+        assert upstream.attributes["gen_ai.response.finish_reasons"] == ("stop",), stream
