@@ -28,6 +28,17 @@ from tests.bench.harness import (
 from tests.bench.procs import RssSampler, Server, rss_mb, run_loadgen
 
 RSS_TARGET_MB = 250.0
+# The `obs` gateways: name -> (label, audit on, telemetry.traces, extra environment).
+OBS_VARIANTS: dict[str, tuple[str, bool, str, dict[str, str]]] = {
+    "off": ("audit off, traces off", False, "none", {}),
+    "audit": ("audit on, traces off", True, "none", {}),
+    "tracing": ("audit off, traces otlp", False, "otlp", {}),
+    "both": ("audit on, traces otlp", True, "otlp", {}),
+    "sampled": (
+        "audit on, traces otlp sampled 10%", True, "otlp",
+        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+    ),
+}  # fmt: skip
 
 
 def core(settings: Settings) -> Scenario:
@@ -206,15 +217,9 @@ def observability(settings: Settings) -> Scenario:
         "over the rounds); other figures are medians.",
     ]
     tmp = settings.log_dir / "obs"
-    sampled = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
-    variants: dict[str, tuple[str, bool, str, dict[str, str]]] = {
-        "off": ("audit off, traces off", False, "none", {}),
-        "audit": ("audit on, traces off", True, "none", {}),
-        "tracing": ("audit off, traces otlp", False, "otlp", {}),
-        "both": ("audit on, traces otlp", True, "otlp", {}),
-    }
-    if not settings.quick:
-        variants["sampled"] = ("audit on, traces otlp sampled 10%", True, "otlp", sampled)
+    variants = dict(OBS_VARIANTS)
+    if settings.quick:
+        del variants["sampled"]
     with cluster(settings) as cl:
         up = cl.upstream()
         sink = cl.start("otlp-sink", "otlp_sink")

@@ -31,17 +31,10 @@ if __package__ in (None, ""):  # run as a script: import `tests.bench.*` from th
 
 import aiohttp
 
+from tests.bench.core import OBS_VARIANTS
 from tests.bench.harness import CHAT, KEY, Cluster, gateway_config
 from tests.bench.procs import Server
 
-SAMPLED = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
-VARIANTS: dict[str, tuple[str, bool, str, dict[str, str]]] = {
-    "off": ("audit off, traces off", False, "none", {}),
-    "audit": ("audit on, traces off", True, "none", {}),
-    "tracing": ("audit off, traces otlp", False, "otlp", {}),
-    "both": ("audit on, traces otlp", True, "otlp", {}),
-    "sampled": ("audit on, traces otlp sampled 10%", True, "otlp", SAMPLED),
-}
 BODY = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "hello"}]})
 CONCURRENCY = 8
 
@@ -95,7 +88,7 @@ def counted(name: str, config: dict, env: dict[str, str], requests: int, tmp: Pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", default="500,2500", help="N1,N2 requests per pair")
-    parser.add_argument("--only", default=",".join(VARIANTS), help="variants, comma-separated")
+    parser.add_argument("--only", default=",".join(OBS_VARIANTS), help="variants, comma-separated")
     parser.add_argument("--keep", action="store_true", help="keep the cachegrind files")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
@@ -109,7 +102,7 @@ def main() -> None:
         upstream = cluster.upstream()
         sink = cluster.start("otlp-sink", "otlp_sink")
         for name in names:
-            _, audit, traces, extra = VARIANTS[name]
+            _, audit, traces, extra = OBS_VARIANTS[name]
             config = gateway_config(upstream, tmp / name, audit=audit, traces=traces)
             env = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url, **extra}
             first, second = (counted(name, config, env, n, tmp) for n in (n1, n2))
@@ -129,7 +122,7 @@ def main() -> None:
         total = row["worker"] + row["recorder"]
         versus = f"{total / (base['worker'] + base['recorder']):.2f}x" if base else "-"
         print(
-            f"| {VARIANTS[name][0]} | {row['worker']:,.0f} | {row['recorder']:,.0f} "
+            f"| {OBS_VARIANTS[name][0]} | {row['worker']:,.0f} | {row['recorder']:,.0f} "
             f"| {total:,.0f} | {versus} |"
         )
 
