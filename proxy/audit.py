@@ -1,11 +1,12 @@
 """The audit writer: one record per request, stored off the request path, never dropped.
 
-`AuditLog.submit` applies the retention setting and appends the record to a deque
-(microseconds, never raises, no lock or thread wake-up per record: deque appends and pops
-are atomic). A dedicated thread owns the SQLite connection and, every flush interval,
-takes what is pending and writes it in batches, one transaction each. When the queue is
-full or the store fails, records are appended as JSON lines to the spill file instead,
-and `health()` reports degraded until writes succeed again.
+`AuditLog.submit` applies the retention setting, makes the record a row
+(proxy.audit_store.audit_row) and appends it to a deque (microseconds, never raises, no
+lock or thread wake-up per record: deque appends and pops are atomic); `submit_rows` takes
+rows the gateway has already made. A dedicated thread owns the SQLite connection and,
+every flush interval, takes what is pending and writes it in batches, one transaction
+each. When the queue is full or the store fails, records are appended as JSON lines to
+the spill file instead, and `health()` reports degraded until writes succeed again.
 The gateway runs it in its recorder process (proxy.recorder), out of the event loop's way;
 when audit is off it is the gateway's no-op stand-in. Reading the store (CLI, admin API)
 lives in proxy.audit_store.
@@ -25,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from proxy.audit_store import encode, insert_records, open_store
+from proxy.audit_store import RECORD, Row, audit_row, encode, insert_rows, open_store
 from proxy.config import Audit
 
 log = logging.getLogger("proxy.audit")
@@ -65,6 +66,12 @@ def apply_retention(record: Mapping[str, Any], mode: str) -> dict:
     return stored
 
 
+def stored_row(record: Mapping[str, Any], mode: str) -> Row:
+    """The store's row for `record` under retention `mode`. Raises (AttributeError,
+    TypeError, ValueError) for what is not a record that can be kept."""
+    return audit_row(apply_retention(record, mode))
+
+
 def _redacted(content: Mapping[str, Any], side: str, redacted: str) -> Any:
     text = content.get(redacted)
     return content.get(side) if text is None else text
@@ -75,23 +82,23 @@ def spill_path(cfg: Audit) -> str:
 
 
 class SpillFile:
-    """Records as JSON lines appended to the spill file (kept open; any thread).
-    `write` raises OSError or TypeError when they cannot be kept."""
+    """Rows' records as JSON lines appended to the spill file (kept open; any thread).
+    `write` raises OSError when they cannot be kept."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._file: IO[bytes] | None = None
 
-    def write(self, records: list[Mapping[str, Any]]) -> None:
+    def write(self, rows: list[Row]) -> None:
         with self._lock:
             try:
                 if self._file is None:
                     Path(self.path).parent.mkdir(parents=True, exist_ok=True)
                     self._file = open(self.path, "ab")  # noqa: SIM115 (kept open)
-                self._file.write(b"".join(encode(r) + b"\n" for r in records))
+                self._file.write("".join([f"{row[RECORD]}\n" for row in rows]).encode())
                 self._file.flush()
-            except (OSError, TypeError):
+            except OSError:
                 self._file = None  # reopened next time (a freed disk, a replaced file)
                 raise
 
@@ -118,7 +125,7 @@ class AuditLog:
         self.cfg = cfg
         self.path = cfg.path
         self.spill_path = spill_path(cfg)
-        self._pending: deque[dict] = deque()  # appended by submit, popped by the writer
+        self._pending: deque[Row] = deque()  # appended by submit, popped by the writer
         self._capacity = max(1, cfg.queue_size)
         self._stop = threading.Event()
         self._batch_size = max(1, cfg.batch_size)
@@ -151,19 +158,26 @@ class AuditLog:
         if not self.cfg.enabled:
             return
         try:
-            stored = apply_retention(record, self.cfg.content)
-        except Exception as exc:  # not a mapping: nothing we may safely keep
+            row = stored_row(record, self.cfg.content)
+        except Exception as exc:  # not a record: nothing we may safely keep
             self._errors += 1
             self._rejected += 1
             self._warn(f"audit record rejected ({type(exc).__name__})")
             return
-        if self._closed:
-            self._spill([stored], "audit log closed")
+        self.submit_rows([row])
+
+    def submit_rows(self, rows: list[Row]) -> None:
+        """Rows of records already stored_row()ed (the gateway's recorder sends these)."""
+        if not self.cfg.enabled or not rows:
             return
-        if len(self._pending) >= self._capacity:
-            self._spill([stored], f"audit queue full ({self._capacity})")
-        else:
-            self._pending.append(stored)
+        if self._closed:
+            self._spill(rows, "audit log closed")
+            return
+        room = self._capacity - len(self._pending)
+        if len(rows) > room:
+            self._spill(rows[max(room, 0) :], f"audit queue full ({self._capacity})")
+            rows = rows[: max(room, 0)]
+        self._pending.extend(rows)
 
     async def close(self) -> None:
         """Write everything queued, then stop. Records submitted afterwards are spilled."""
@@ -225,7 +239,7 @@ class AuditLog:
             self._conn.close()
             self._conn = None
 
-    def _take(self) -> list[dict]:
+    def _take(self) -> list[Row]:
         """Everything submitted so far; what arrives meanwhile waits for the next round."""
         pending = self._pending
         return [pending.popleft() for _ in range(len(pending))]
@@ -240,13 +254,13 @@ class AuditLog:
                 self._degrade(f"cannot open audit store {self.path} ({_describe(exc)})")
         return self._conn
 
-    def _write(self, batch: list[dict]) -> None:
+    def _write(self, batch: list[Row]) -> None:
         conn = self._open()
         if conn is None:
             self._spill(batch, self._degraded or "audit store unavailable")
             return
         try:
-            insert_records(conn, batch)
+            insert_rows(conn, batch)
         except (sqlite3.Error, OSError) as exc:
             self._errors += 1
             self._conn = None  # reopened for the next batch (a replaced file, a freed disk)
@@ -263,12 +277,12 @@ class AuditLog:
 
     # -- spill (either thread) -------------------------------------------------------------
 
-    def _spill(self, records: list[dict], reason: str) -> None:
+    def _spill(self, rows: list[Row], reason: str) -> None:
         try:
-            self._spill_file.write(records)
-            self._spilled += len(records)
-        except (OSError, TypeError) as exc:
-            self._dropped += len(records)
+            self._spill_file.write(rows)
+            self._spilled += len(rows)
+        except OSError as exc:
+            self._dropped += len(rows)
             self._errors += 1
             reason = f"{reason}; spill to {self.spill_path} failed ({_describe(exc)})"
         self._degrade(reason)

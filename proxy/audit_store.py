@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import operator
 import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -70,28 +71,53 @@ def open_store(path: str | Path) -> sqlite3.Connection:
 
 
 def encode(record: Mapping[str, Any]) -> bytes:
-    return orjson.dumps(record, default=str, option=orjson.OPT_NON_STR_KEYS)
+    try:
+        return orjson.dumps(record, default=str)
+    except TypeError:  # a key that is not text, say: OPT_NON_STR_KEYS takes it, at twice the cost
+        return orjson.dumps(record, default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
 _REQUEST_COLS = ("request_id", "time", "tenant", "route", "endpoint", "model", "decision", "status")
 _VERDICT_COLS = ("policy", "version", "side", "label", "category", "action")
+_request_columns = operator.itemgetter(*_REQUEST_COLS)
+
+# A stored record as the writer inserts it (`audit_row` makes one): its `requests` columns,
+# its JSON text (RECORD) and a tuple of its `verdicts` rows (VERDICTS). A plain tuple, so
+# the gateway builds rows and its recorder process only inserts them.
+Row = tuple[Any, ...]
+RECORD = len(_REQUEST_COLS)
+VERDICTS = RECORD + 1
 
 
-def insert_records(conn: sqlite3.Connection, records: Sequence[Mapping[str, Any]]) -> None:
+def audit_row(stored: Mapping[str, Any]) -> Row:
+    """The row of a record as stored (retention applied). Raises TypeError when the
+    record cannot be encoded."""
+    try:
+        columns = _request_columns(stored)
+    except KeyError:  # a partial record: its missing columns are NULL
+        columns = tuple(map(stored.get, _REQUEST_COLS))
+    if not _PLAIN.issuperset(map(type, columns)):
+        columns = tuple(map(_column, columns))
+    verdicts = stored.get("verdicts")
+    if verdicts:
+        verdicts = tuple(
+            (*map(_column, map(v.get, _VERDICT_COLS)), bool(v.get("shadow")))
+            for v in verdicts
+            if isinstance(v, Mapping)
+        )
+    return (*columns, encode(stored).decode(), verdicts or ())
+
+
+def insert_rows(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
     """Insert a batch in one transaction (all or nothing) with a few multi-row statements
     rather than two per record: each statement costs a GIL hand-off between the writer
     thread and the recorder's reader, and the per-row Python around it."""
-    requests: list[Any] = []
-    verdicts: list[Any] = []
     with conn:
         conn.execute("BEGIN IMMEDIATE")  # ids below stay ours until the commit
         (last,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()
-        for rid, rec in enumerate(records, start=last + 1):
-            requests.append((rid, *map(_column, map(rec.get, _REQUEST_COLS)), encode(rec).decode()))
-            for v in rec.get("verdicts") or ():
-                if isinstance(v, Mapping):
-                    columns = map(_column, map(v.get, _VERDICT_COLS))
-                    verdicts.append((rid, *columns, bool(v.get("shadow"))))
+        first = last + 1
+        requests = [(rid, *row[:VERDICTS]) for rid, row in enumerate(rows, first)]
+        verdicts = [(rid, *v) for rid, row in enumerate(rows, first) for v in row[VERDICTS]]
         _insert_rows(conn, "requests", ("id", *_REQUEST_COLS, "record"), requests)
         _insert_rows(conn, "verdicts", ("request", *_VERDICT_COLS, "shadow"), verdicts)
 

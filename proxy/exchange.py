@@ -79,11 +79,11 @@ class Exchange:
             "decision": self.decision,
             "status": self.status,
             "error": self.error,
-            "verdicts": [o.record() for o in self.outcomes],
+            "verdicts": [o.record() for o in self.outcomes] if self.outcomes else [],
             "timings": {
-                "classifier_ms": round(self.guard_ms, 2),
+                "classifier_ms": round_ms(self.guard_ms),
                 "upstream_ms": round_ms(self.upstream_ms),
-                "total_ms": round(total_s * 1000, 2),
+                "total_ms": round_ms(total_s * 1000),
                 "ttft_ms": round_ms(self.ttft_ms),
             },
             "content": self.content,
@@ -103,4 +103,5 @@ def json_or_none(raw: bytes) -> dict[str, Any] | None:
 
 
 def round_ms(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
+    """To the hundredth: `round(value, 2)` goes through decimal text, twice the time."""
+    return None if value is None else round(value * 100) / 100

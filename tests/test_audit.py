@@ -10,11 +10,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from proxy.audit import AuditLog, apply_retention
+from proxy.audit import AuditLog, apply_retention, stored_row
 from proxy.audit_store import (
+    RECORD,
+    VERDICTS,
     AuditQueryError,
     audit_page,
-    insert_records,
+    audit_row,
+    insert_rows,
     open_store,
     parse_time,
     query,
@@ -270,6 +273,27 @@ async def test_full_queue_spills_instead_of_dropping(tmp_path):
     assert stored | spilled == {f"req-{i}" for i in range(12)} and not stored & spilled
 
 
+def test_rows_keep_odd_values_as_text():
+    odd = record(1, verdicts=[{**verdict("pii", "violation"), "extra": {7: "int key"}}])
+    odd["model"] = {"not": "a string"}  # a client's odd `model` still goes into its column
+    row = stored_row(odd, "full")
+    assert row[:6] == ("req-1", T0 + 1, "acme", "default", odd["endpoint"], str(odd["model"]))
+    assert row[VERDICTS][0][:4] == ("pii", "vpii", "input", "violation")
+    assert orjson.loads(row[RECORD])["verdicts"][0]["extra"] == {"7": "int key"}
+
+
+async def test_a_batch_of_rows_beyond_the_queue_spills_its_overflow(tmp_path):
+    log = AuditLog(audit_cfg(tmp_path, queue_size=5))
+    log.submit_rows([stored_row(record(i), "full") for i in range(3)])
+    log.submit_rows([stored_row(record(i), "full") for i in range(3, 8)])  # room for 2
+    assert log.stats()["queued"] == 5 and log.stats()["spilled"] == 3
+    spilled = [orjson.loads(x) for x in Path(log.spill_path).read_bytes().splitlines()]
+    assert [r["request_id"] for r in spilled] == ["req-5", "req-6", "req-7"]
+    await log.start()
+    await log.close()
+    assert ids(query(log.path, newest_first=False)) == [f"req-{i}" for i in range(5)]
+
+
 async def test_submit_after_close_spills_and_bad_input_never_raises(tmp_path):
     log = AuditLog(audit_cfg(tmp_path))
     await log.start()
@@ -336,7 +360,7 @@ def sample() -> list[dict]:
 def store(tmp_path) -> str:
     path = str(tmp_path / "audit.db")
     with closing(open_store(path)) as conn:
-        insert_records(conn, sample())
+        insert_rows(conn, [audit_row(r) for r in sample()])
     return path
 
 

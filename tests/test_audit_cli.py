@@ -9,7 +9,15 @@ import orjson
 import pytest
 
 from proxy.audit_cli import follow, register
-from proxy.audit_store import Filters, connect_readonly, insert_records, open_store, query, stats
+from proxy.audit_store import (
+    Filters,
+    audit_row,
+    connect_readonly,
+    insert_rows,
+    open_store,
+    query,
+    stats,
+)
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
@@ -72,7 +80,7 @@ RECORDS = [
 def config(tmp_path) -> Path:
     db = tmp_path / "data" / "audit.db"
     with closing(open_store(db)) as conn:
-        insert_records(conn, RECORDS)
+        insert_rows(conn, [audit_row(r) for r in RECORDS])
     return write_config(tmp_path, db)
 
 
@@ -181,7 +189,7 @@ def test_follow_yields_records_stored_later(config):
 
     def sleep(_: float) -> None:  # each poll: another writer stores a batch meanwhile
         with closing(open_store(db)) as conn:
-            insert_records(conn, next(arrivals))
+            insert_rows(conn, [audit_row(r) for r in next(arrivals)])
 
     with closing(connect_readonly(db)) as conn:
         last = conn.execute("SELECT MAX(id) FROM requests").fetchone()[0]

@@ -15,9 +15,10 @@ import httpx
 import orjson
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from proxy.audit import stored_row
 from proxy.config import parse_config
 from proxy.recorder import Recorder, handle
-from proxy.recorder.frames import iter_frames, records_frame, spans_frame
+from proxy.recorder.frames import iter_frames, rows_frame, spans_frame
 from proxy.spans import SERVER, Span
 from tests.conftest import (
     KEY,
@@ -78,15 +79,15 @@ def frames_through(*pieces: bytes) -> list[tuple[bytes, bytes]]:
 def test_frames_come_back_whole_however_the_pipe_splits_them():
     span = Span("POST /v1/chat/completions", SERVER, 7, 0, False, "", {"k": "v"}, None)
     span.end()
-    records = [{"request_id": "req_1", "verdicts": [], "content": {"input": "hé"}}]
-    stream = records_frame(records) + spans_frame([span, span]) + records_frame(records[:0])
+    rows = [stored_row({"request_id": "req_1", "verdicts": [], "content": {"input": "hé"}}, "full")]
+    stream = rows_frame(rows) + spans_frame([span, span]) + rows_frame(rows[:0])
     for cut in range(len(stream) + 1):
         kinds = [kind for kind, _ in frames_through(stream[:cut], stream[cut:])]
         assert kinds == [b"a", b"s", b"a"]
     (_, audit), (_, spans), (_, empty) = frames_through(stream)
-    assert orjson.loads(audit) == records
+    assert marshal.loads(audit) == rows
     assert [fields[0] for fields in marshal.loads(spans)] == [span.name, span.name]
-    assert orjson.loads(empty) == []
+    assert marshal.loads(empty) == []
     assert [kind for kind, _ in frames_through(stream[:-1])] == [b"a", b"s"]  # torn: dropped
 
 
@@ -94,11 +95,12 @@ def test_large_frames_come_back_whole_from_a_pipe_that_trickles():
     span = Span("POST /v1/chat/completions", SERVER, 7, 0, False, "", {"k": "v"}, None)
     span.end()
     records = [{"request_id": f"req_{i}", "content": {"input": "x" * 500}} for i in range(300)]
-    stream = records_frame(records) + spans_frame([span] * 200) + records_frame([])
+    rows = [stored_row(record, "full") for record in records]
+    stream = rows_frame(rows) + spans_frame([span] * 200) + rows_frame([])
     for step in (1, 7, 4096, 1 << 20):
         frames = frames_through(*(stream[i : i + step] for i in range(0, len(stream), step)))
         assert [kind for kind, _ in frames] == [b"a", b"s", b"a"]
-        assert orjson.loads(frames[0][1]) == records
+        assert marshal.loads(frames[0][1]) == rows
         assert len(marshal.loads(frames[1][1])) == 200
 
 

@@ -80,8 +80,7 @@ def main(argv: list[str]) -> int:
     for kind, payload in iter_frames(sys.stdin.buffer):
         try:
             if kind == b"a" and audit is not None:
-                for record in orjson.loads(payload):
-                    audit.submit(record)
+                audit.submit_rows(marshal.loads(payload))
             elif kind == b"s" and export is not None:
                 spans = marshal.loads(payload)
                 export.add(otlp.span_entries(spans), len(spans))

@@ -1,7 +1,8 @@
 """The data pipe's format: frames of audit records and of spans (pure functions).
 
 A frame is a kind byte, a 4-byte big-endian length and the payload: b"a" audit records as
-an orjson array, b"s" spans as a marshalled list of `Span.fields()` tuples. marshal is safe
+a marshalled list of store rows (`proxy.audit.stored_row`), b"s" spans as a marshalled list
+of `Span.fields()` tuples. marshal is safe
 here: both ends are this program, and the pipe is private to them.
 """
 
@@ -12,8 +13,6 @@ import struct
 from collections.abc import Iterator
 from typing import IO, Any
 
-import orjson
-
 HEADER = struct.Struct(">cI")
 
 
@@ -21,8 +20,8 @@ def frame(kind: bytes, payload: bytes) -> bytes:
     return HEADER.pack(kind, len(payload)) + payload
 
 
-def records_frame(records: list[Any]) -> bytes:
-    return frame(b"a", orjson.dumps(records, default=str, option=orjson.OPT_NON_STR_KEYS))
+def rows_frame(rows: list[Any]) -> bytes:
+    return frame(b"a", marshal.dumps(rows))
 
 
 def spans_frame(spans: list[Any]) -> bytes:

@@ -19,9 +19,10 @@ from typing import Any
 
 import orjson
 
-from proxy.audit import SpillFile, apply_retention, spill_path
+from proxy.audit import SpillFile, spill_path, stored_row
+from proxy.audit_store import Row
 from proxy.config import Config
-from proxy.recorder.frames import HEADER, records_frame, spans_frame
+from proxy.recorder.frames import HEADER, rows_frame, spans_frame
 from proxy.span_export import SpanExport
 
 log = logging.getLogger("proxy.audit")
@@ -76,7 +77,7 @@ class Recorder(SpanExport):
         self._closed = False
         self._down_since = 0.0
         self._problem: str | None = None
-        self._spilled = self._dropped_spans = self._exits = 0
+        self._spilled = self._dropped = self._rejected = self._dropped_spans = self._exits = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -174,7 +175,8 @@ class Recorder(SpanExport):
     # -- the request path ------------------------------------------------------------------
 
     def submit(self, record: Mapping[str, Any]) -> None:
-        """Record one request (retention is applied by the recorder). Never raises."""
+        """Record one request (made a store row, retention applied, at the next tick). Never
+        raises."""
         if self._closed or self._loop is None:  # no recorder will ever take it
             self._spill([record], "audit log closed" if self._closed else "audit log not started")
             return
@@ -211,16 +213,11 @@ class Recorder(SpanExport):
             self._spill(records, reason if self._proc is None else "audit recorder is behind")
             self._dropped_spans += len(spans)
             return
-        if records:
-            try:
-                framed = records_frame(records)
-            except (TypeError, ValueError) as exc:  # not JSON-able: keep what can be kept
-                log.error("audit batch not serializable (%s)", exc)
-                self._spill(records, "audit batch not serializable")
-            else:
-                self._queue(framed)
-                self._sequence += len(records)
-                self._unsettled.append((self._sequence, framed))
+        if rows := self._rows(records):
+            framed = rows_frame(rows)
+            self._queue(framed)
+            self._sequence += len(rows)
+            self._unsettled.append((self._sequence, framed))
         if spans:
             try:
                 self._queue(spans_frame(spans))
@@ -290,19 +287,35 @@ class Recorder(SpanExport):
         self._down_since = time.monotonic()
         log.error("%s; spilling audit records to %s until it is back", problem, self.spill_path)
 
+    def _rows(self, records: list[Any]) -> list[Row]:
+        """The store's rows for `records`, retention applied: the recorder only writes them."""
+        rows = []
+        for record in records:
+            try:
+                rows.append(stored_row(record, self.cfg.content))
+            except Exception as exc:  # not a record that can be kept (a bug upstream of here)
+                self._rejected += 1
+                log.error("audit record rejected (%s: %s)", type(exc).__name__, exc)
+        return rows
+
     def _spill_unsettled(self, reason: str) -> None:
         while self._unsettled:
             framed = self._unsettled.popleft()[1]
-            self._spill(orjson.loads(framed[HEADER.size :]), reason)
+            self._spill_rows(marshal.loads(framed[HEADER.size :]), reason)
 
     def _spill(self, records: list[Any], reason: str) -> None:
-        if not records or not self._audit:
+        if records and self._audit:
+            self._spill_rows(self._rows(records), reason)
+
+    def _spill_rows(self, rows: list[Row], reason: str) -> None:
+        if not rows:
             return
         try:
-            self._spill_file.write([apply_retention(r, self.cfg.content) for r in records])
-            self._spilled += len(records)
-        except (OSError, TypeError, ValueError, AttributeError) as exc:
-            log.error("%s; spilling %d audit records failed (%s)", reason, len(records), exc)
+            self._spill_file.write(rows)
+            self._spilled += len(rows)
+        except OSError as exc:
+            self._dropped += len(rows)
+            log.error("%s; spilling %d audit records failed (%s)", reason, len(rows), exc)
 
     # -- status ----------------------------------------------------------------------------
 
@@ -361,7 +374,8 @@ class Recorder(SpanExport):
             "batches": self._counter("audit", "batches"),
             "spilled": self._counter("audit", "spilled") + self._spilled,
             "errors": self._counter("audit", "errors") + self._exits,
-            "dropped": self._counter("audit", "dropped"),
+            "dropped": self._counter("audit", "dropped") + self._dropped,
+            "rejected": self._counter("audit", "rejected") + self._rejected,
             "degraded": bool(self._problem) or self._audit_status.get("degraded", False),
         }
 
