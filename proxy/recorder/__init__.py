@@ -15,10 +15,10 @@ So one child process per gateway worker does both:
 Finished spans travel as `marshal`ed tuples (~1 us a request for the event loop, where
 encoding them to OTLP takes ~9 us), so the worker keeps its core for serving and the
 recorder encodes them (proxy.otlp). Audit records travel as the store's rows, retention
-applied (`proxy.audit.stored_row`, ~3 us a record): the unkept content never leaves the
-gateway, and the recorder only inserts them, instead of parsing, reducing and encoding
-each record again. `traces: console` stays in the gateway's process (a
-debugging aid; speed is not its point).
+applied (`proxy.audit.stored_row`, ~3 us a record): content that is not kept never leaves
+the gateway, and the recorder only inserts rows instead of parsing, reducing and encoding
+each record again. `traces: console` stays in the gateway's process (a debugging aid;
+speed is not its point).
 
 Modules: `frames` (the pipe's format), `handle` (the gateway's side: `Recorder`),
 `__main__` (the recorder process). The recorder ignores SIGINT/SIGTERM: it stops when the

@@ -2,8 +2,8 @@
 
 A frame is a kind byte, a 4-byte big-endian length and the payload: b"a" audit records as
 a marshalled list of store rows (`proxy.audit.stored_row`), b"s" spans as a marshalled list
-of `Span.fields()` tuples. marshal is safe
-here: both ends are this program, and the pipe is private to them.
+of `Span.fields()` tuples. marshal is safe here: both ends are this program, and the pipe
+is private to them.
 """
 
 from __future__ import annotations
