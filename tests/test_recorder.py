@@ -16,6 +16,7 @@ import orjson
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from proxy.audit import stored_row
+from proxy.audit_store import query
 from proxy.config import parse_config
 from proxy.recorder import Recorder, handle
 from proxy.recorder.frames import iter_frames, rows_frame, spans_frame
@@ -273,6 +274,24 @@ async def test_records_the_recorder_holds_unstored_are_spilled_when_it_dies(tmp_
     spilled = [orjson.loads(line)["request_id"] for line in spill.read_bytes().splitlines()]
     assert spilled == [f"r{i}" for i in range(50)]
     await rec.close()
+
+
+async def test_a_record_that_cannot_be_kept_does_not_take_its_batch_along(tmp_path, caplog):
+    data = base_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", tmp_path)
+    data["audit"]["content"] = "hash"
+    rec = Recorder(parse_config(data), audit=True, spans=False)
+    await rec.start()
+    rec.submit({"request_id": "r1", "verdicts": [], "content": {"input": "my secret plan"}})
+    for _ in range(3):
+        rec.submit({"request_id": "bad", "status": 2**70})  # beyond JSON's integers
+    rec.submit({"request_id": "r2", "verdicts": [], "content": {}})
+    await rec.close()
+    stored = query(data["audit"]["path"], newest_first=False)
+    assert [r["request_id"] for r in stored] == ["r1", "r2"]
+    assert stored[0]["content"]["input"].startswith("sha256:")  # reduced before the pipe
+    assert rec.stats()["rejected"] == 3
+    (logged,) = [r.message for r in caplog.records if "rejected" in r.message]  # one a batch
+    assert logged.startswith("3 audit records rejected (TypeError")
 
 
 def test_records_the_gateway_spills_itself_keep_the_retention_setting(tmp_path):

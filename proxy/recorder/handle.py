@@ -289,13 +289,16 @@ class Recorder(SpanExport):
 
     def _rows(self, records: list[Any]) -> list[Row]:
         """The store's rows for `records`, retention applied: the recorder only writes them."""
-        rows = []
+        rows, rejected = [], None
         for record in records:
             try:
                 rows.append(stored_row(record, self.cfg.content))
             except Exception as exc:  # not a record that can be kept (a bug upstream of here)
                 self._rejected += 1
-                log.error("audit record rejected (%s: %s)", type(exc).__name__, exc)
+                rejected = rejected or exc
+        if rejected is not None:  # one line a batch, not one a record
+            error = f"{type(rejected).__name__}: {rejected}"
+            log.error("%d audit records rejected (%s)", len(records) - len(rows), error)
         return rows
 
     def _spill_unsettled(self, reason: str) -> None:
