@@ -125,10 +125,15 @@ def insert_rows(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
 def _insert_rows(
     conn: sqlite3.Connection, table: str, columns: tuple[str, ...], rows: list
 ) -> None:
-    per_statement = 900 // len(columns)  # well under SQLite's bound-parameter limit
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start : start + per_statement]
-        conn.execute(_insert_sql(table, columns, len(chunk)), [x for row in chunk for x in row])
+    most = 900 // len(columns)  # well under SQLite's bound-parameter limit
+    start = 0
+    while left := len(rows) - start:
+        # `most` rows, else a power of two: a few statement shapes, each compiled once
+        # (the connection caches them) rather than one per batch size.
+        count = most if left >= most else 1 << (left.bit_length() - 1)
+        chunk = rows[start : start + count]
+        conn.execute(_insert_sql(table, columns, count), [x for row in chunk for x in row])
+        start += count
 
 
 @functools.lru_cache(maxsize=64)

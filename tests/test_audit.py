@@ -12,6 +12,7 @@ import pytest
 
 from proxy.audit import AuditLog, apply_retention, stored_row
 from proxy.audit_store import (
+    MAX_PAGE,
     RECORD,
     VERDICTS,
     AuditQueryError,
@@ -271,6 +272,19 @@ async def test_full_queue_spills_instead_of_dropping(tmp_path):
         orjson.loads(x)["request_id"] for x in Path(log.spill_path).read_bytes().splitlines()
     }
     assert stored | spilled == {f"req-{i}" for i in range(12)} and not stored & spilled
+
+
+@pytest.mark.parametrize("count", [1, 89, 90, 91, 203])
+def test_a_batch_of_any_size_is_stored_whole_and_in_order(tmp_path, count):
+    path = str(tmp_path / "audit.db")
+    batch = [record(i, verdicts=[verdict("pii", "safe")] * (i % 3)) for i in range(count)]
+    with closing(open_store(path)) as conn:
+        insert_rows(conn, [stored_row(r, "full") for r in batch])
+    assert ids(query(path, newest_first=False, limit=MAX_PAGE)) == [r["request_id"] for r in batch]
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == sum(
+            i % 3 for i in range(count)
+        )
 
 
 def test_rows_keep_odd_values_as_text():
