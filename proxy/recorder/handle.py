@@ -376,7 +376,7 @@ class Recorder(SpanExport):
             "written": self._counter("audit", "written"),
             "batches": self._counter("audit", "batches"),
             "spilled": self._counter("audit", "spilled") + self._spilled,
-            "errors": self._counter("audit", "errors") + self._exits,
+            "errors": self._counter("audit", "errors") + self._exits + self._rejected,
             "dropped": self._counter("audit", "dropped") + self._dropped,
             "rejected": self._counter("audit", "rejected") + self._rejected,
             "degraded": bool(self._problem) or self._audit_status.get("degraded", False),
