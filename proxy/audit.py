@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -70,6 +70,18 @@ def stored_row(record: Mapping[str, Any], mode: str) -> Row:
     """The store's row for `record` under retention `mode`. Raises (AttributeError,
     TypeError, ValueError) for what is not a record that can be kept."""
     return audit_row(apply_retention(record, mode))
+
+
+def stored_rows(records: Iterable[Any], mode: str) -> tuple[list[Row], list[str]]:
+    """The rows of those `records` that can be kept, and why each other one cannot (its
+    error's type: an error's text may quote the record)."""
+    rows, refused = [], []
+    for record in records:
+        try:
+            rows.append(stored_row(record, mode))
+        except Exception as exc:  # not a record, or not one that can be encoded
+            refused.append(type(exc).__name__)
+    return rows, refused
 
 
 def _redacted(content: Mapping[str, Any], side: str, redacted: str) -> Any:
@@ -157,26 +169,24 @@ class AuditLog:
         """Record one request. Cheap, synchronous, never raises."""
         if not self.cfg.enabled:
             return
-        try:
-            row = stored_row(record, self.cfg.content)
-        except Exception as exc:  # not a record: nothing we may safely keep
+        rows, refused = stored_rows([record], self.cfg.content)
+        if refused:  # nothing we may safely keep
             self._errors += 1
             self._rejected += 1
-            self._warn(f"audit record rejected ({type(exc).__name__})")
-            return
-        self.submit_rows([row])
+            self._warn(f"audit record rejected ({refused[0]})")
+        self.submit_rows(rows)
 
     def submit_rows(self, rows: list[Row]) -> None:
-        """Rows of records already stored_row()ed (the gateway's recorder sends these)."""
+        """Rows `stored_row` made, retention applied (the gateway sends its recorder these)."""
         if not self.cfg.enabled or not rows:
             return
         if self._closed:
             self._spill(rows, "audit log closed")
             return
-        room = self._capacity - len(self._pending)
+        room = self._capacity - len(self._pending)  # only this method fills the queue
         if len(rows) > room:
-            self._spill(rows[max(room, 0) :], f"audit queue full ({self._capacity})")
-            rows = rows[: max(room, 0)]
+            self._spill(rows[room:], f"audit queue full ({self._capacity})")
+            rows = rows[:room]
         self._pending.extend(rows)
 
     async def close(self) -> None:

@@ -98,14 +98,12 @@ def audit_row(stored: Mapping[str, Any]) -> Row:
         columns = tuple(map(stored.get, _REQUEST_COLS))
     if not _PLAIN.issuperset(map(type, columns)):
         columns = tuple(map(_column, columns))
-    verdicts = stored.get("verdicts")
-    if verdicts:
-        verdicts = tuple(
-            (*map(_column, map(v.get, _VERDICT_COLS)), bool(v.get("shadow")))
-            for v in verdicts
-            if isinstance(v, Mapping)
-        )
-    return (*columns, encode(stored).decode(), verdicts or ())
+    verdicts = tuple(
+        (*map(_column, map(v.get, _VERDICT_COLS)), bool(v.get("shadow")))
+        for v in stored.get("verdicts") or ()
+        if isinstance(v, Mapping)
+    )
+    return (*columns, encode(stored).decode(), verdicts)
 
 
 def insert_rows(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:

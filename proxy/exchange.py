@@ -79,7 +79,7 @@ class Exchange:
             "decision": self.decision,
             "status": self.status,
             "error": self.error,
-            "verdicts": [o.record() for o in self.outcomes] if self.outcomes else [],
+            "verdicts": [o.record() for o in self.outcomes],
             "timings": {
                 "classifier_ms": round_ms(self.guard_ms),
                 "upstream_ms": round_ms(self.upstream_ms),

@@ -74,7 +74,7 @@ class ProxyHandler:
         self.max_body = gateway.config.server.max_body_bytes
         audit = gateway.config.audit
         self.auditing = audit.enabled
-        self.keep_content = audit.enabled and audit.content != "none"  # texts for the record
+        self.keep_content = self.auditing and audit.content != "none"  # texts for the record
         self._addresses = {
             name: host_port(u.base_url) for name, u in gateway.config.upstreams.items()
         }

@@ -304,6 +304,15 @@ def test_records_the_gateway_spills_itself_keep_the_retention_setting(tmp_path):
     assert orjson.loads(text)["content"]["input"].startswith("sha256:")
 
 
+def test_records_the_gateway_cannot_spill_either_are_counted_dropped(tmp_path):
+    (tmp_path / "blocker").write_text("a file where the spill file's directory should be")
+    data = base_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", tmp_path)
+    data["audit"]["spill_path"] = str(tmp_path / "blocker" / "spill.jsonl")
+    rec = Recorder(parse_config(data), audit=True, spans=False)  # never started: spills here
+    rec.submit({"request_id": "r1", "verdicts": [], "content": {}})
+    assert (rec.stats()["spilled"], rec.stats()["dropped"], rec.stats()["errors"]) == (0, 1, 1)
+
+
 def test_records_for_a_recorder_never_started_are_spilled_not_kept(tmp_path):
     config = parse_config(base_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", tmp_path))
     rec = Recorder(config, audit=True, spans=False)

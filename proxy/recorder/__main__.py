@@ -1,6 +1,6 @@
 """The recorder process: `python -m proxy.recorder SETTINGS STATUS_FD`, started by the gateway.
 
-Reads frames from stdin until it closes; audit records go to an `AuditLog` (SQLite batch
+Reads frames from stdin until it closes; audit rows go to an `AuditLog` (SQLite batch
 writer, spill file), spans are encoded to OTLP and handed to a `BatchExport`. A status
 line (JSON) goes to STATUS_FD every STATUS_S.
 """

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from proxy.audit import SpillFile, spill_path, stored_row
+from proxy.audit import SpillFile, spill_path, stored_rows
 from proxy.audit_store import Row
 from proxy.config import Config
 from proxy.recorder.frames import HEADER, rows_frame, spans_frame
@@ -39,9 +39,9 @@ class Recorder(SpanExport):
     gateway (start, submit, close, health, stats) and a span sink for Telemetry (add).
 
     Audit records are kept until the recorder's status says it has settled them (stored,
-    spilled or rejected), so a recorder that dies takes none with it: what it had not
-    settled is spilled here (at least once: a record it settled just before dying may
-    then be in both the store and the spill file).
+    spilled, or dropped when even the spill file fails), so a recorder that dies takes
+    none with it: what it had not settled is spilled here (at least once: a record it
+    settled just before dying may then be in both the store and the spill file).
     """
 
     def __init__(self, config: Config, *, audit: bool, spans: bool) -> None:
@@ -78,6 +78,7 @@ class Recorder(SpanExport):
         self._down_since = 0.0
         self._problem: str | None = None
         self._spilled = self._dropped = self._rejected = self._dropped_spans = self._exits = 0
+        self._errors = 0  # records rejected here and failed spills here (not the recorder's)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -289,16 +290,11 @@ class Recorder(SpanExport):
 
     def _rows(self, records: list[Any]) -> list[Row]:
         """The store's rows for `records`, retention applied: the recorder only writes them."""
-        rows, rejected = [], None
-        for record in records:
-            try:
-                rows.append(stored_row(record, self.cfg.content))
-            except Exception as exc:  # not a record that can be kept (a bug upstream of here)
-                self._rejected += 1
-                rejected = rejected or exc
-        if rejected is not None:  # one line a batch, not one a record
-            error = f"{type(rejected).__name__}: {rejected}"
-            log.error("%d audit records rejected (%s)", len(records) - len(rows), error)
+        rows, refused = stored_rows(records, self.cfg.content)
+        if refused:  # a bug upstream of here; one line a batch, not one a record
+            self._rejected += len(refused)
+            self._errors += len(refused)
+            log.error("%d audit records rejected (%s)", len(refused), refused[0])
         return rows
 
     def _spill_unsettled(self, reason: str) -> None:
@@ -318,6 +314,7 @@ class Recorder(SpanExport):
             self._spilled += len(rows)
         except OSError as exc:
             self._dropped += len(rows)
+            self._errors += 1
             log.error("%s; spilling %d audit records failed (%s)", reason, len(rows), exc)
 
     # -- status ----------------------------------------------------------------------------
@@ -376,7 +373,7 @@ class Recorder(SpanExport):
             "written": self._counter("audit", "written"),
             "batches": self._counter("audit", "batches"),
             "spilled": self._counter("audit", "spilled") + self._spilled,
-            "errors": self._counter("audit", "errors") + self._exits + self._rejected,
+            "errors": self._counter("audit", "errors") + self._exits + self._errors,
             "dropped": self._counter("audit", "dropped") + self._dropped,
             "rejected": self._counter("audit", "rejected") + self._rejected,
             "degraded": bool(self._problem) or self._audit_status.get("degraded", False),
