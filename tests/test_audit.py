@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from proxy import audit_store
 from proxy.audit import AuditLog, apply_retention, stored_row
 from proxy.audit_store import (
     MAX_PAGE,
@@ -285,6 +286,17 @@ def test_a_batch_of_any_size_is_stored_whole_and_in_order(tmp_path, count):
         assert conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == sum(
             i % 3 for i in range(count)
         )
+
+
+def test_batches_of_every_size_share_a_few_statement_shapes(tmp_path):
+    audit_store._insert_sql.cache_clear()
+    with closing(open_store(str(tmp_path / "audit.db"))) as conn:
+        for size in range(1, 200):  # what 50 ms of traffic may bring
+            safe = [verdict("pii", "safe")]
+            batch = [record(size * 1000 + i, verdicts=safe) for i in range(size)]
+            insert_rows(conn, [stored_row(r, "full") for r in batch])
+    shapes = audit_store._insert_sql.cache_info().currsize  # per table, not per batch size
+    assert shapes <= 16
 
 
 def test_rows_keep_odd_values_as_text():

@@ -12,6 +12,8 @@ import httpx
 import openai
 import pytest
 
+from proxy.exchange import Exchange
+from proxy.handler import ProxyHandler
 from tests.conftest import (
     ADMIN_KEY,
     KEY,
@@ -176,3 +178,25 @@ async def _fire_and_terminate(base, proc, fake_upstream, n):
         assert len(fake_upstream.requests) == n  # all 200 are inside the gateway now
         proc.send_signal(signal.SIGTERM)
         return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_no_audit_record_is_made_when_audit_is_off(make_gateway, monkeypatch):
+    made, shadowed = [], []
+    monkeypatch.setattr(Exchange, "record", lambda ex, total_s: made.append(ex) or {})
+    finish_shadows = ProxyHandler._audit_later
+
+    async def audit_later(handler, ex, total_s):  # shadow verdicts finish after the answer
+        await finish_shadows(handler, ex, total_s)
+        shadowed.append(ex)
+
+    monkeypatch.setattr(ProxyHandler, "_audit_later", audit_later)
+    gw = make_gateway(
+        raw={"audit": {"enabled": False}},
+        shadowed={"upstream": "main", "input": {"policies": ["spam"], "shadow": ["cheating"]}},
+    )
+    chat(gw, "gpt-4o-mini", "hello")  # the open route: recorded at once, if at all
+    chat(gw, "shadowed-1", "say: an aimbot")
+    deadline = time.monotonic() + 10
+    while not shadowed and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert shadowed and made == []

@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from proxy import handler
 from proxy.app import GC_GEN0_THRESHOLD
 from tests.conftest import KEY, OTHER_KEY, UPSTREAM_KEY
 
@@ -303,3 +304,23 @@ def test_a_serving_gateway_collects_garbage_less_often_and_restores_it_on_shutdo
     assert gc.get_freeze_count() > 0  # startup objects are out of the collector's way
     gw.handle.stop()
     assert gc.get_threshold() == before
+
+
+def test_answers_are_read_for_usage_only_when_metrics_or_a_span_will_use_it(
+    make_gateway, monkeypatch
+):
+    parsed, watched = [], []
+    monkeypatch.setattr(handler, "json_or_none", lambda raw: parsed.append(raw) or None)
+    real_guard = handler.StreamGuard
+    monkeypatch.setattr(handler, "StreamGuard", lambda *a: watched.append(a) or real_guard(*a))
+    for metrics, reads in (("prometheus", True), ("none", False)):  # traces: none in both
+        gw = make_gateway(raw={"telemetry": {"metrics": metrics}})
+        sdk = openai.OpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0)
+        parsed.clear(), watched.clear()
+        for stream in (False, True):
+            answer = sdk.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "a"}], stream=stream
+            )
+            if stream:
+                list(answer)
+        assert (len(parsed), len(watched)) == ((1, 1) if reads else (0, 0)), metrics

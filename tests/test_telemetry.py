@@ -302,11 +302,26 @@ async def test_sampled_out_requests_record_nothing_but_still_propagate(monkeypat
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
     tel, exporter = traced()
     flags = "01" if sampler == "always_off" else "00"  # parent-based: follow the client
-    headers = [*HEADERS, (b"traceparent", f"00-{TRACE_ID}-{PARENT_ID}-{flags}".encode())]
+    headers = [
+        *HEADERS,
+        (b"traceparent", f"00-{TRACE_ID}-{PARENT_ID}-{flags}".encode()),
+        (b"tracestate", b"vendor=abc"),
+    ]
     upstream_headers = await one_request(tel, headers)
     assert exporter.get_finished_spans() == ()
     match = TRACEPARENT.match(upstream_headers["traceparent"])
     assert match and match.group(1) == TRACE_ID and match.group(3) == "00"
+    assert upstream_headers["tracestate"] == "vendor=abc"  # the client's, passed on
+    tel.shutdown()
+
+
+def test_calls_under_a_sampled_out_request_are_that_request_span(monkeypatch):
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    tel, _ = traced()
+    with tel.server_span("POST", "/v1/chat/completions", HEADERS) as server:
+        with tel.classification_span("spam", "v1", "gpt-oss-safeguard-20b", "input") as check:
+            assert check is server
+        assert tel.start_upstream_span("chat", "gpt-4o-mini", "api.example.com", 443) is server
     tel.shutdown()
 
 
