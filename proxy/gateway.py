@@ -15,6 +15,7 @@ from proxy.audit import AuditLog
 from proxy.config import Config, ConfigError
 from proxy.guard.cache import VerdictCache
 from proxy.guard.engine import Guard
+from proxy.guard.observers import GuardObserver, MetricsObserver, SpanObserver
 from proxy.guard.safeguard import SafeguardClient
 from proxy.metrics import Metrics
 from proxy.policies import Policy, PolicyError, load_policies
@@ -77,7 +78,10 @@ class Gateway:
         )
         self.metrics = Metrics(config.telemetry)
         self.cache = VerdictCache(ttl_s=c.cache_ttl_s, size=c.cache_size)
-        self.guard = Guard(self.classifier, self.cache, self.telemetry, self.metrics)
+        observers: list[GuardObserver] = [MetricsObserver(self.metrics)]
+        if self.telemetry.enabled:
+            observers.append(SpanObserver(self.telemetry))
+        self.guard = Guard(self.classifier, self.cache, observers)
         self.audit: AuditLog | Recorder = self.recorder if audit_on else AuditLog(config.audit)
         self._background: set[asyncio.Task[Any]] = set()
         self.metrics.watch_audit(self.audit.stats)

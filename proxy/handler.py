@@ -15,9 +15,8 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import orjson
-
 from proxy.config import Side, host_port
+from proxy.decision import Refuse, on_request, on_response
 from proxy.exchange import Exchange, json_or_none, since
 from proxy.gateway import Gateway
 from proxy.guard.engine import Outcome, SideResult, worse
@@ -28,23 +27,18 @@ from proxy.openai_api import (
     MODELS,
     OPERATION,
     OpenAIError,
-    input_slots,
-    output_slots,
     parse_json_body,
-    render,
 )
 from proxy.policies import Policy
 from proxy.shaping import (
     JSON,
     ClientDisconnected,
     Sender,
-    annotate,
-    content_filter_error,
     error_from_upstream,
-    guard_unavailable,
     too_large,
-    withhold,
 )
+from proxy.surfaces import surface_for
+from proxy.surfaces.text import render
 from proxy.tenancy import bearer_token
 from proxy.upstream import UpstreamError, UpstreamResponse
 
@@ -294,10 +288,10 @@ class ProxyHandler:
         if not (side.guarded or route.output.guarded):
             await self._forward_raw(ex, scope, raw, send)
             return
+        surface = surface_for(ex.endpoint)
+        pieces = surface.input_pieces(body) if side.guarded or self.keep_content else ()
         if self.keep_content:
-            ex.content["input"] = render(
-                input_slots(body, "conversation", ex.endpoint), "conversation"
-            )
+            ex.content["input"] = render(pieces, True)
         pending: asyncio.Future[UpstreamResponse] | None = None
         if side.mode == "parallel":
             pending = asyncio.ensure_future(self._upstream_call(ex, scope, raw))
@@ -305,20 +299,16 @@ class ProxyHandler:
         try:
             if side.guarded:
                 started = time.perf_counter()
-                inputs = await self.gw.guard.check_request(side, policies, body, ex.endpoint)
+                inputs = await self.gw.guard.check_request(side, policies, pieces)
                 ex.add(inputs, (time.perf_counter() - started) * 1000)
-            decision = inputs.decision(route.fail)
-            ex.decision = decision
-            if decision == "block":
-                raise content_filter_error(ex.endpoint, inputs.blocked(), inputs.filter_results())
-            if decision == "error":
-                raise guard_unavailable()
-            if decision == "redact":
-                raw = orjson.dumps(body)
+            action = on_request(surface, route.fail, body, inputs)
+            ex.decision = action.decision
+            if isinstance(action, Refuse):
+                raise action.error
+            if action.body is not None:
+                raw = action.body
                 if self.keep_content:
-                    ex.content["input_redacted"] = render(
-                        input_slots(body, "conversation", ex.endpoint), "conversation"
-                    )
+                    ex.content["input_redacted"] = render(pieces, True, inputs.edits)
             response = await (
                 pending if pending is not None else self._upstream_call(ex, scope, raw)
             )
@@ -361,24 +351,23 @@ class ProxyHandler:
             await send.whole(response.status, response.headers + ex.headers(), raw)
             ex.status = response.status
             return
-        choices = output_slots(ex.endpoint, body)
+        surface = surface_for(ex.endpoint)
+        pieces = surface.output_pieces(body)
         if self.keep_content:
-            ex.content["output"] = "\n\n".join(render(c, "last_user") for c in choices)
+            ex.content["output"] = render(pieces, False)
         outputs = SideResult()
         if route.output.guarded:
             started = time.perf_counter()
-            outputs = await self.gw.guard.check_completion(route.output, policies, choices)
+            outputs = await self.gw.guard.check_response(route.output, policies, pieces)
             ex.add(outputs, (time.perf_counter() - started) * 1000)
-        decision = outputs.decision(route.fail)
-        ex.decision = worse(ex.decision, decision)
-        if decision == "error":
-            raise guard_unavailable()
-        withhold(ex.endpoint, body, {o.choice for o in outputs.blocked()})
-        if decision == "redact" and self.keep_content:
-            ex.content["output_redacted"] = "\n\n".join(render(c, "last_user") for c in choices)
-        annotate(ex.endpoint, body, inputs, outputs)
+        action = on_response(surface, route.fail, body, inputs, outputs)
+        ex.decision = worse(ex.decision, action.decision)
+        if isinstance(action, Refuse):
+            raise action.error
+        if outputs.edits and self.keep_content:
+            ex.content["output_redacted"] = render(pieces, False, outputs.edits)
         ex.status = response.status
-        await send.whole(response.status, response.headers + ex.headers(), orjson.dumps(body))
+        await send.whole(response.status, response.headers + ex.headers(), action.body)
 
     async def _stream(
         self,

@@ -1,8 +1,12 @@
-"""Guard decisions: run a side's policies over text slots and decide what happens.
+"""Guard decisions: run a side's policies over text pieces and decide what happens.
 
 Per policy: pattern detectors first (cheap, synchronous; they redact, or flag without a
 model call), then the classifier through the verdict cache. All enforced policies of a
 side run in parallel; shadow policies run in the background and never change anything.
+A policy of `scope: per_message` (the default) classifies every piece on its own, so a
+conversation's earlier turns are cache hits and only new text costs a model call.
+
+The engine does no telemetry: what it did goes to its observers (proxy/guard/observers.py).
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from typing import Any
 from proxy.config import PolicyRef, Side
 from proxy.guard.cache import VerdictCache
 from proxy.guard.detectors import find_spans, redact
+from proxy.guard.observers import GuardObserver
 from proxy.guard.safeguard import ClassifierError, SafeguardClient, Verdict, errored
-from proxy.openai_api import Slot, input_slots, render
 from proxy.policies import Policy
+from proxy.surfaces.text import Edits, Path, Piece, Slot, render
 
 SEVERITY = ("allow", "annotate", "redact", "error", "block")
 
@@ -33,6 +38,7 @@ class Outcome:
     verdict: Verdict
     redacted: bool = False
     choice: int | None = None
+    tool: str | None = None  # the tool call (output) whose arguments were judged
 
     @property
     def effect(self) -> str:
@@ -58,11 +64,14 @@ class Outcome:
         return result
 
     def record(self) -> dict[str, Any]:
-        return self.verdict.as_record() | {
+        record = self.verdict.as_record() | {
             "side": self.side,
             "action": self.action,
             "choice": self.choice,
         }
+        if self.tool is not None:
+            record["tool"] = self.tool
+        return record
 
 
 def worse(a: str, b: str) -> str:
@@ -83,6 +92,7 @@ def decide(outcomes: Sequence[Outcome], fail: str) -> str:
 class SideResult:
     outcomes: list[Outcome] = field(default_factory=list)
     shadow: list[asyncio.Task[Outcome | None]] = field(default_factory=list)
+    edits: dict[Path, str] = field(default_factory=dict)  # redacted text by body path
 
     def decision(self, fail: str) -> str:
         return decide(self.outcomes, fail)
@@ -96,47 +106,53 @@ class SideResult:
 
 class Guard:
     def __init__(
-        self, classifier: SafeguardClient, cache: VerdictCache, telemetry: Any, metrics: Any
+        self,
+        classifier: SafeguardClient,
+        cache: VerdictCache,
+        observers: Sequence[GuardObserver] = (),
     ) -> None:
         self.classifier = classifier
         self.cache = cache
-        self.telemetry = telemetry
-        self.metrics = metrics
+        self.observers = tuple(observers)
 
     async def verdict(self, policy: Policy, content: str, side: str) -> Verdict:
         """The model's verdict, cached; a classifier failure becomes an error verdict."""
-        started = time.perf_counter()
-        with self.telemetry.classification_span(
-            policy.id, policy.version, self.classifier.model, side
-        ) as span:
-            try:
-                verdict = await self.cache.get_or_classify(
-                    policy, content, lambda: self.classifier.classify(policy, content)
-                )
-            except ClassifierError as exc:
-                verdict = errored(policy, exc, (time.perf_counter() - started) * 1000)
-            self.telemetry.record_verdict(span, verdict)
+        started = time.time_ns()
+        try:
+            verdict = await self.cache.get_or_classify(
+                policy, content, lambda: self.classifier.classify(policy, content)
+            )
+        except ClassifierError as exc:
+            verdict = errored(policy, exc, (time.time_ns() - started) / 1e6)
+        for observer in self.observers:
+            observer.classified(policy, self.classifier.model, side, verdict, started)
         return verdict
 
-    def _detect(self, job: _Job) -> None:
-        """Pattern detectors, synchronously: redact policies rewrite their slots here, before
-        any policy's text is rendered for the model (shadow policies only look)."""
-        for slot in job.slots if job.policy.detectors else ():
-            spans = find_spans(slot.text, job.policy.detectors)
-            if not spans:
-                continue
-            job.labels.extend(s.label for s in spans)
-            if job.action == "redact" and not job.shadow:
-                slot.text = redact(slot.text, spans)
-                job.redacted = True
+    @staticmethod
+    def _detect(job: _Job, edits: dict[Path, str]) -> None:
+        """Pattern detectors, synchronously: redact policies rewrite their slots' text in
+        `edits` here, before any policy's text is rendered for the model (shadow policies
+        only look)."""
+        for unit in job.units if job.policy.detectors else ():
+            for piece in unit:
+                for slot in piece.slots:
+                    text = edits.get(slot.path, slot.text)
+                    spans = find_spans(text, job.policy.detectors)
+                    if not spans:
+                        continue
+                    job.labels.extend(s.label for s in spans)
+                    if job.action == "redact" and not job.shadow:
+                        edits[slot.path] = redact(text, spans)
+                        job.redacted = True
 
-    async def _judge(self, job: _Job) -> Outcome | None:
-        outcome = await self._classify(job)
+    async def _judge(self, job: _Job, edits: Edits) -> Outcome | None:
+        outcome = await self._classify(job, edits)
         if outcome is not None:
-            self.metrics.observe_verdict(outcome.verdict, side=outcome.side, action=outcome.effect)
+            for observer in self.observers:
+                observer.judged(outcome)
         return outcome
 
-    async def _classify(self, job: _Job) -> Outcome | None:
+    async def _classify(self, job: _Job, edits: Edits) -> Outcome | None:
         policy, labels = job.policy, job.labels
         if labels and not job.redacted:
             # Triage: a pattern hit is a violation without spending a model call.
@@ -150,50 +166,74 @@ class Guard:
                 source="detector",
                 shadow=job.shadow,
             )
-            return Outcome(policy, job.action, job.side, verdict, choice=job.choice)
-        content = render(job.slots, job.scope)
-        if not content:
+            return Outcome(policy, job.action, job.side, verdict, choice=job.choice, tool=job.tool)
+        labelled = job.scope == "conversation"
+        contents = [c for unit in job.units if (c := render(unit, labelled, edits))]
+        if not contents:
             return None
-        verdict = await self.verdict(policy, job.context + content, job.side)
+        if len(contents) == 1:
+            verdict = await self.verdict(policy, job.context + contents[0], job.side)
+        else:
+            verdicts = await asyncio.gather(
+                *(self.verdict(policy, job.context + c, job.side) for c in contents)
+            )
+            verdict = _worst(verdicts)
         if job.shadow:
             verdict = replace(verdict, shadow=True)
         if job.redacted and not verdict.violation and not verdict.error:
             rationale = f"pattern detectors redacted: {', '.join(sorted(set(labels)))}"
             verdict = replace(verdict, violation=True, category=labels[0], rationale=rationale)
         return Outcome(
-            policy, job.action, job.side, verdict, redacted=job.redacted, choice=job.choice
+            policy,
+            job.action,
+            job.side,
+            verdict,
+            redacted=job.redacted,
+            choice=job.choice,
+            tool=job.tool,
         )
 
     async def _run(self, enforced: list[_Job], shadow: list[_Job]) -> SideResult:
-        for job in shadow + enforced:  # shadow jobs only look: they see the original text
-            self._detect(job)
-        result = SideResult(shadow=[asyncio.ensure_future(self._judge(job)) for job in shadow])
-        outcomes = await asyncio.gather(*(self._judge(job) for job in enforced))
+        edits: dict[Path, str] = {}
+        for job in shadow:  # shadow jobs only look: they see the original text
+            self._detect(job, {})
+        for job in enforced:
+            self._detect(job, edits)
+        result = SideResult(
+            shadow=[asyncio.ensure_future(self._judge(job, {})) for job in shadow], edits=edits
+        )
+        if len(enforced) == 1:
+            outcome = await self._judge(enforced[0], edits)
+            result.outcomes = [outcome] if outcome is not None else []
+            return result
+        outcomes = await asyncio.gather(*(self._judge(job, edits) for job in enforced))
         result.outcomes = [o for o in outcomes if o is not None]
         return result
 
     async def check_request(
-        self, side: Side, policies: Mapping[str, Policy], body: dict[str, Any], endpoint: str
+        self, side: Side, policies: Mapping[str, Policy], pieces: Sequence[Piece]
     ) -> SideResult:
-        """The input side: each policy reads its scope of the request (and may redact it)."""
+        """The input side: each policy reads its scope of the request's pieces (and may
+        redact them: the result's `edits`)."""
 
         def job(ref: PolicyRef, shadow: bool) -> _Job:
             policy = policies[ref.id]
-            slots = input_slots(body, policy.scope, endpoint)
-            return _Job(policy, _action(ref, policy), "input", slots, policy.scope, shadow)
+            units = scoped(pieces, policy.scope)
+            return _Job(policy, _action(ref, policy), "input", units, policy.scope, shadow)
 
         return await self._run(
             [job(ref, False) for ref in side.policies], [job(ref, True) for ref in side.shadow]
         )
 
-    async def check_completion(
+    async def check_response(
         self,
         side: Side,
         policies: Mapping[str, Policy],
-        choices: Sequence[list[Slot]],
+        pieces: Sequence[Piece],
         context: str = "",
     ) -> SideResult:
-        """The output side: every policy reads each choice's text (and may redact it)."""
+        """The output side: every policy reads each piece (a choice's text, a tool call's
+        arguments) on its own, and may redact it."""
 
         def jobs(refs: tuple[PolicyRef, ...], shadow: bool) -> list[_Job]:
             return [
@@ -201,13 +241,14 @@ class Guard:
                     policies[ref.id],
                     _action(ref, policies[ref.id]),
                     "output",
-                    slots,
+                    [[piece]],
                     "last_user",
                     shadow,
-                    choice=index,
+                    choice=piece.choice,
+                    tool=piece.tool,
                     context=context,
                 )
-                for index, slots in enumerate(choices)
+                for piece in pieces
                 for ref in refs
             ]
 
@@ -221,27 +262,56 @@ class Guard:
         *,
         context: str = "",
         choice: int | None = None,
+        tool: str | None = None,
     ) -> tuple[SideResult, str]:
         """One piece of output text (a stream window, classified after `context`): the
         outcomes and the text as it may be released."""
-        slot = Slot({"text": text}, "text", "assistant")
-        result = await self.check_completion(side, policies, [[slot]], context)
-        for outcome in result.outcomes:
-            outcome.choice = choice
-        return result, slot.text
+        piece = Piece("assistant", (Slot(_TEXT, text),), tool=tool, choice=choice)
+        result = await self.check_response(side, policies, [piece], context)
+        return result, result.edits.get(_TEXT, text)
+
+
+_TEXT: Path = ("text",)
+
+
+def scoped(pieces: Sequence[Piece], scope: str) -> list[list[Piece]]:
+    """What a policy of this scope reads, as units each classified on its own."""
+    if scope == "per_message":
+        return [[piece] for piece in pieces]
+    if scope == "last_user":
+        for piece in reversed(pieces):
+            if piece.role == "user":
+                return [[piece]]
+        return []
+    if scope == "assistant":
+        return [[p for p in pieces if p.role == "assistant"]]
+    return [list(pieces)]
+
+
+def _worst(verdicts: Sequence[Verdict]) -> Verdict:
+    """One verdict for a policy over many pieces: an error first (the route's fail mode
+    decides), else the first violation, else the last piece's (the newest turn)."""
+    for verdict in verdicts:
+        if verdict.error:
+            return verdict
+    for verdict in verdicts:
+        if verdict.violation:
+            return verdict
+    return verdicts[-1]
 
 
 @dataclass(slots=True)
 class _Job:
-    """One policy over one set of slots, between detection and classification."""
+    """One policy over units of pieces, between detection and classification."""
 
     policy: Policy
     action: str
     side: str
-    slots: list[Slot]
+    units: list[list[Piece]]
     scope: str
     shadow: bool
     choice: int | None = None
+    tool: str | None = None
     context: str = ""
     labels: list[str] = field(default_factory=list)
     redacted: bool = False
