@@ -5,33 +5,15 @@ classified like content; a flagged one is withheld and the audit names the tool.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import openai
-import orjson
 import pytest
 
 from tests.conftest import KEY, audit_records
+from tests.fakes.scripted import Scripted
 from tests.fakes.serve import ServerHandle, serve
 
 FLAGGED = "kill them all"  # the violence policy's trigger
-
-
-class Scripted:
-    """An upstream that answers every POST with `answer` (set by the test)."""
-
-    def __init__(self) -> None:
-        self.answer: dict[str, Any] = {}
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        while (await receive()).get("more_body"):
-            pass
-        body = orjson.dumps(self.answer)
-        headers = [(b"content-type", b"application/json")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,9 @@ def _call(function: dict[str, Any], where: tuple[str | int, ...], choice: int) -
 
 def withhold(body: dict[str, Any], choices: frozenset[int]) -> dict[str, Any]:
     """The flagged choices' text and tool calls removed, finishing with content_filter."""
-    out = dict(body, choices=list(body.get("choices") or ()))
+    if not choices:
+        return body
+    out = dict(body, choices=list(body["choices"]))
     for index in choices:
         choice = dict(out["choices"][index], finish_reason="content_filter")
         message = choice.get("message")

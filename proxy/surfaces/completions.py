@@ -52,7 +52,9 @@ def output_pieces(body: dict[str, Any]) -> list[Piece]:
 
 
 def withhold(body: dict[str, Any], choices: frozenset[int]) -> dict[str, Any]:
-    out = dict(body, choices=list(body.get("choices") or ()))
+    if not choices:
+        return body
+    out = dict(body, choices=list(body["choices"]))
     for index in choices:
         out["choices"][index] = dict(out["choices"][index], text="", finish_reason="content_filter")
     return out

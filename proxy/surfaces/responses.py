@@ -34,7 +34,8 @@ def _items(value: Any, key: str, default_role: str) -> list[Piece]:
     for index, item in enumerate(value):
         where = (key, index)
         item = as_object(item, where)
-        role = item.get("role", ROLE_OF.get(item.get("type"), default_role))  # type: ignore[arg-type]
+        kind = item.get("type")
+        role = item.get("role", ROLE_OF.get(kind if isinstance(kind, str) else "", default_role))
         if not isinstance(role, str):
             raise wrong_type((*where, "role"), role, "a string")
         pieces.append(Piece(role, tuple(texts(item, where, ITEM_KEYS))))
