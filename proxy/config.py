@@ -488,9 +488,25 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
 @cache
 def config_schema() -> dict[str, Any]:
     """The JSON Schema of a config file, as `safeguard-gateway config schema` prints it."""
-    schema = _ADAPTER.json_schema()
-    schema["title"] = "Safeguard Gateway config"
-    return schema
+    schema = _env_refs_allowed(_ADAPTER.json_schema())
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Safeguard Gateway config",
+        **{k: v for k, v in schema.items() if k != "title"},
+    }
+
+
+def _env_refs_allowed(node: Any) -> Any:
+    """Every choice may also be written as a `${VAR}` reference."""
+    if isinstance(node, list):
+        return [_env_refs_allowed(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _env_refs_allowed(value) for key, value in node.items()}
+    if "enum" in node or "const" in node:
+        notes = {k: node.pop(k) for k in ("default", "title", "description") if k in node}
+        return {"anyOf": [node, _ENV_REF], **notes}
+    return node
 
 
 # --- ${VAR} expansion and YAML ---------------------------------------------------------------
