@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from proxy.config import Side, host_port
+from proxy.config import OutputSide, host_port
 from proxy.decision import Refuse, on_request, on_response
 from proxy.exchange import Exchange, json_or_none, since
 from proxy.gateway import Gateway
@@ -44,7 +44,7 @@ from proxy.upstream import UpstreamError, UpstreamResponse
 
 log = logging.getLogger("proxy")
 
-WATCH_ONLY = Side(stream="passthrough")
+WATCH_ONLY = OutputSide(stream="passthrough")
 # Request ids: a random per-process prefix and a counter (unique across workers, no
 # syscall per request).
 _ID_PREFIX = os.urandom(10).hex()
