@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from proxy.guard.engine import SEVERITY, Outcome, SideResult
+from proxy.guard.engine import RANK, Outcome, SideResult
 from proxy.openai_api import OpenAIError, bad_request
 from proxy.shaping import content_filter_error, guard_unavailable
 from proxy.surfaces.text import rewrite
@@ -104,7 +104,7 @@ def per_choice(outcomes: list[Outcome]) -> dict[int, dict[str, Any]]:
             continue
         mine = worst.setdefault(outcome.choice, {})
         seen = mine.get(outcome.policy.id)
-        if seen is None or SEVERITY.index(outcome.effect) > SEVERITY.index(seen.effect):
+        if seen is None or RANK[outcome.effect] > RANK[seen.effect]:
             mine[outcome.policy.id] = outcome
     return {
         choice: {pid: o.filter_result() for pid, o in mine.items()}

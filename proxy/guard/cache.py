@@ -37,7 +37,7 @@ class VerdictCache:
         key = cache_key(policy, content)
         if self._enabled and (cached := self._verdicts.get(key)) is not None:
             self.hits += 1
-            return replace(cached, cache_hit=True, latency_ms=0.0)
+            return cached
         if (pending := self._in_flight.get(key)) is not None:
             try:
                 verdict = await asyncio.shield(pending)
@@ -64,9 +64,19 @@ class VerdictCache:
             if self._in_flight.get(key) is future:
                 del self._in_flight[key]
         future.set_result(verdict)
-        if self._enabled:
-            self._verdicts[key] = verdict
+        if self._enabled:  # stored as later requests get it, so a hit copies nothing
+            self._verdicts[key] = replace(verdict, cache_hit=True, latency_ms=0.0)
         return verdict
+
+    def lookup(self, policy: Policy, content: str) -> Verdict | None:
+        """The cached verdict (marked a hit) without awaiting anything: the guard's fast
+        path; None when it must call `get_or_classify`."""
+        if not self._enabled:
+            return None
+        cached = self._verdicts.get(cache_key(policy, content))
+        if cached is not None:
+            self.hits += 1
+        return cached
 
     def clear(self) -> None:
         self._verdicts.clear()

@@ -74,17 +74,21 @@ class Outcome:
         return record
 
 
+RANK = {name: rank for rank, name in enumerate(SEVERITY)}
+
+
 def worse(a: str, b: str) -> str:
     """The more severe of two decisions."""
-    return a if SEVERITY.index(a) >= SEVERITY.index(b) else b
+    return a if RANK[a] >= RANK[b] else b
 
 
 def decide(outcomes: Sequence[Outcome], fail: str) -> str:
     """allow | annotate | redact | block, or error when the guard is unusable and fails closed."""
     worst = "allow"
     for outcome in outcomes:
-        if not (outcome.effect == "error" and fail == "open"):
-            worst = worse(worst, outcome.effect)
+        effect = outcome.effect
+        if RANK[effect] > RANK[worst] and not (effect == "error" and fail == "open"):
+            worst = effect
     return worst
 
 
@@ -118,14 +122,24 @@ class Guard:
     async def verdict(self, policy: Policy, content: str, side: str) -> Verdict:
         """The model's verdict, cached; a classifier failure becomes an error verdict."""
         started = time.time_ns()
-        try:
-            verdict = await self.cache.get_or_classify(
-                policy, content, lambda: self.classifier.classify(policy, content)
-            )
-        except ClassifierError as exc:
-            verdict = errored(policy, exc, (time.time_ns() - started) / 1e6)
+        verdict = self.cache.lookup(policy, content)
+        if verdict is None:
+            try:
+                verdict = await self.cache.get_or_classify(
+                    policy, content, lambda: self.classifier.classify(policy, content)
+                )
+            except ClassifierError as exc:
+                verdict = errored(policy, exc, (time.time_ns() - started) / 1e6)
         for observer in self.observers:
             observer.classified(policy, self.classifier.model, side, verdict, started)
+        return verdict
+
+    def _hit(self, policy: Policy, content: str, side: str) -> Verdict | None:
+        """A cached verdict, reported to the observers, without a coroutine (the hot path)."""
+        verdict = self.cache.lookup(policy, content)
+        if verdict is not None:
+            for observer in self.observers:
+                observer.classified(policy, self.classifier.model, side, verdict, time.time_ns())
         return verdict
 
     @staticmethod
@@ -145,14 +159,9 @@ class Guard:
                         edits[slot.path] = redact(text, spans)
                         job.redacted = True
 
-    async def _judge(self, job: _Job, edits: Edits) -> Outcome | None:
-        outcome = await self._classify(job, edits)
-        if outcome is not None:
-            for observer in self.observers:
-                observer.judged(outcome)
-        return outcome
-
-    async def _classify(self, job: _Job, edits: Edits) -> Outcome | None:
+    def _settle(self, job: _Job, edits: Edits) -> Outcome | _Pending | None:
+        """Synchronously, what can be known now: the outcome (detector triage, or every
+        unit a cache hit), nothing to read (None), or the units the classifier must judge."""
         policy, labels = job.policy, job.labels
         if labels and not job.redacted:
             # Triage: a pattern hit is a violation without spending a model call.
@@ -166,48 +175,75 @@ class Guard:
                 source="detector",
                 shadow=job.shadow,
             )
-            return Outcome(policy, job.action, job.side, verdict, choice=job.choice, tool=job.tool)
+            return self._judged(
+                Outcome(policy, job.action, job.side, verdict, choice=job.choice, tool=job.tool)
+            )
         labelled = job.scope == "conversation"
-        contents = [c for unit in job.units if (c := render(unit, labelled, edits))]
+        contents = [job.context + c for unit in job.units if (c := render(unit, labelled, edits))]
         if not contents:
             return None
-        if len(contents) == 1:
-            verdict = await self.verdict(policy, job.context + contents[0], job.side)
-        else:
-            verdicts = await asyncio.gather(
-                *(self.verdict(policy, job.context + c, job.side) for c in contents)
-            )
-            verdict = _worst(verdicts)
+        verdicts = [self._hit(policy, c, job.side) for c in contents]
+        if None in verdicts:
+            return _Pending(job, contents, verdicts)
+        return self._outcome(job, verdicts)  # type: ignore[arg-type]
+
+    async def _classify(self, pending: _Pending) -> Outcome:
+        """The units the cache did not have, from the classifier in parallel."""
+        job, verdicts = pending.job, pending.verdicts
+        missing = [i for i, v in enumerate(verdicts) if v is None]
+        fresh = await asyncio.gather(
+            *(self.verdict(job.policy, pending.contents[i], job.side) for i in missing)
+        )
+        for i, verdict in zip(missing, fresh, strict=True):
+            verdicts[i] = verdict
+        return self._outcome(job, verdicts)  # type: ignore[arg-type]
+
+    async def _judge(self, job: _Job, edits: Edits) -> Outcome | None:
+        settled = self._settle(job, edits)
+        return await self._classify(settled) if isinstance(settled, _Pending) else settled
+
+    def _outcome(self, job: _Job, verdicts: list[Verdict]) -> Outcome:
+        verdict = verdicts[0] if len(verdicts) == 1 else _worst(verdicts)
         if job.shadow:
             verdict = replace(verdict, shadow=True)
+        labels = job.labels
         if job.redacted and not verdict.violation and not verdict.error:
             rationale = f"pattern detectors redacted: {', '.join(sorted(set(labels)))}"
             verdict = replace(verdict, violation=True, category=labels[0], rationale=rationale)
-        return Outcome(
-            policy,
-            job.action,
-            job.side,
-            verdict,
-            redacted=job.redacted,
-            choice=job.choice,
-            tool=job.tool,
+        return self._judged(
+            Outcome(
+                job.policy,
+                job.action,
+                job.side,
+                verdict,
+                redacted=job.redacted,
+                choice=job.choice,
+                tool=job.tool,
+            )
         )
+
+    def _judged(self, outcome: Outcome) -> Outcome:
+        for observer in self.observers:
+            observer.judged(outcome)
+        return outcome
 
     async def _run(self, enforced: list[_Job], shadow: list[_Job]) -> SideResult:
         edits: dict[Path, str] = {}
         for job in shadow:  # shadow jobs only look: they see the original text
-            self._detect(job, {})
+            if job.policy.detectors:
+                self._detect(job, {})
         for job in enforced:
-            self._detect(job, edits)
-        result = SideResult(
-            shadow=[asyncio.ensure_future(self._judge(job, {})) for job in shadow], edits=edits
-        )
-        if len(enforced) == 1:
-            outcome = await self._judge(enforced[0], edits)
-            result.outcomes = [outcome] if outcome is not None else []
-            return result
-        outcomes = await asyncio.gather(*(self._judge(job, edits) for job in enforced))
-        result.outcomes = [o for o in outcomes if o is not None]
+            if job.policy.detectors:
+                self._detect(job, edits)
+        result = SideResult(edits=edits)
+        if shadow:
+            result.shadow = [asyncio.ensure_future(self._judge(job, {})) for job in shadow]
+        settled = [self._settle(job, edits) for job in enforced]
+        waiting = [s for s in settled if isinstance(s, _Pending)]
+        if waiting:  # cache misses: to the classifier, all policies in parallel
+            judged = iter(await asyncio.gather(*(self._classify(p) for p in waiting)))
+            settled = [next(judged) if isinstance(s, _Pending) else s for s in settled]
+        result.outcomes = [o for o in settled if o is not None]  # type: ignore[misc]
         return result
 
     async def check_request(
@@ -315,6 +351,15 @@ class _Job:
     context: str = ""
     labels: list[str] = field(default_factory=list)
     redacted: bool = False
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A job whose units are not all cached: `verdicts` has None where the model must judge."""
+
+    job: _Job
+    contents: list[str]
+    verdicts: list[Verdict | None]
 
 
 def _action(ref: PolicyRef, policy: Policy) -> str:

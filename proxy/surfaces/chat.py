@@ -7,6 +7,7 @@ from typing import Any
 
 from proxy.surfaces.text import (
     Piece,
+    Slot,
     as_list,
     as_object,
     descriptions,
@@ -28,6 +29,11 @@ CONTENT_KEYS = frozenset(("content", "text", "refusal"))
 def input_pieces(body: dict[str, Any]) -> list[Piece]:
     pieces = []
     for index, message in enumerate(as_list(body, "messages", required=True)):
+        if type(message) is dict and len(message) == 2:  # the common {role, content: str}
+            role, content = message.get("role"), message.get("content")
+            if type(role) is str and type(content) is str:
+                pieces.append(Piece(role, (Slot(("messages", index, "content"), content),)))
+                continue
         where = ("messages", index)
         message = as_object(message, where)
         role = message.get("role", "user")
@@ -54,10 +60,12 @@ def output_pieces(body: dict[str, Any]) -> list[Piece]:
         if not isinstance(message, dict):
             continue
         where = ("choices", index, "message")
-        pieces.append(
-            Piece("assistant", tuple(texts(message, where, CONTENT_KEYS, False)), choice=index)
-        )
-        calls = message.get("tool_calls")
+        content, calls = message.get("content"), message.get("tool_calls")
+        if type(content) is str and not calls and not message.get("refusal"):
+            slots = (Slot((*where, "content"), content),)
+        else:
+            slots = tuple(texts(message, where, CONTENT_KEYS, False))
+        pieces.append(Piece("assistant", slots, choice=index))
         for n, call in enumerate(calls if isinstance(calls, list) else ()):
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict):

@@ -9,8 +9,7 @@ parsed body is never mutated.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from proxy.openai_api import OpenAIError, bad_request
 
@@ -19,16 +18,16 @@ Edits = Mapping[Path, str]
 NO_EDITS: Edits = {}
 
 
-@dataclass(frozen=True, slots=True)
-class Slot:
+# NamedTuples: immutable like frozen dataclasses, and several times cheaper to build (a
+# request builds a few of each on the guarded hot path).
+class Slot(NamedTuple):
     """One string in a body: its path and its text as the client (or model) sent it."""
 
     path: Path
     text: str
 
 
-@dataclass(frozen=True, slots=True)
-class Piece:
+class Piece(NamedTuple):
     """A unit of guardable text: classified on its own under `scope: per_message`.
 
     `role` is the turn's role (or `tools` for tool definitions); `choice` and `tool` say
