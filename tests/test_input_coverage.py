@@ -185,22 +185,39 @@ def test_a_new_turn_costs_one_call_per_policy_like_last_user_did(make_gateway, c
     )
     sdk = openai.OpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0)
     history = conversation(10)
-    earlier = history[:-2]
-    sdk.chat.completions.create(model="guarded-1", messages=earlier)  # type: ignore[arg-type]
+    sdk.chat.completions.create(model="guarded-1", messages=history[:-1])  # type: ignore[arg-type]
     before = len(classifier[0].calls)
     sdk.chat.completions.create(model="guarded-1", messages=history)  # type: ignore[arg-type]
     new_calls = classifier[0].calls[before:]
-    per_message = [c for c in new_calls if "cheating" in c.policy]
+    per_message = [c.content for c in new_calls if "cheating" in c.policy]
     whole = [c for c in new_calls if "injection" in c.policy]
-    # The new user turn plus the assistant turn this client had not sent before.
-    assert [c.content for c in per_message] == [
-        "answer number 8",
-        "question number 9: tell me about 9",
-    ]
+    assert per_message == ["question number 9: tell me about 9"]
     # scope: conversation still sees the whole conversation, labelled, in one call.
     assert len(whole) == 1
     assert whole[0].content.startswith("[system] You are a helpful assistant.")
     assert "[user] question number 9" in whole[0].content
+
+
+def test_an_answer_judged_on_the_way_out_is_free_when_sent_back(make_gateway, classifier):
+    """A chat: each request is the history plus one new user turn. The model's previous
+    answer was judged by the same policy as output, so only the new turn costs a call."""
+    policy = POLICIES["cheating"]
+    gw = make_gateway(
+        guarded={"upstream": "main", "input": {"policies": ["cheating"]},
+                 "output": {"policies": ["cheating"]}},
+        policies={"cheating": policy},
+    )  # fmt: skip
+    sdk = openai.OpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0)
+    history: list = [{"role": "system", "content": "Be brief."}]
+    counts = []
+    for turn in range(10):
+        history.append({"role": "user", "content": f"turn {turn}"})
+        before = len(classifier[0].calls)
+        reply = sdk.chat.completions.create(model="guarded-1", messages=history)
+        counts.append(len(classifier[0].calls) - before)
+        history.append({"role": "assistant", "content": reply.choices[0].message.content})
+    # the first request also reads the system message; then one input and one output call
+    assert counts == [3] + [2] * 9
 
 
 def test_the_audit_records_one_verdict_per_policy(make_gateway) -> None:
