@@ -76,8 +76,9 @@ def on_response(
     if decision == "error":
         return Refuse(decision, guard_unavailable())
     answer = rewrite(body, outputs.edits)
-    withheld = frozenset(o.choice for o in outputs.blocked() if o.choice is not None)
-    if withheld:
+    withheld: frozenset[int] = frozenset()
+    if decision == "block":
+        withheld = frozenset(o.choice for o in outputs.blocked() if o.choice is not None)
         answer = surface.withhold(answer, withheld)
     prompt = inputs.filter_results() if inputs.outcomes else None
     answer = surface.annotate(answer, prompt, per_choice(outputs.outcomes))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.config import PolicyRef, Side
@@ -92,11 +92,22 @@ def decide(outcomes: Sequence[Outcome], fail: str) -> str:
     return worst
 
 
-@dataclass(slots=True)
 class SideResult:
-    outcomes: list[Outcome] = field(default_factory=list)
-    shadow: list[asyncio.Task[Outcome | None]] = field(default_factory=list)
-    edits: dict[Path, str] = field(default_factory=dict)  # redacted text by body path
+    """One side's outcomes, its shadow verdicts still running, and its redactions (new
+    text by body path). A plain class: a dataclass's factories cost a guarded request
+    ~10k instructions per side."""
+
+    __slots__ = ("edits", "outcomes", "shadow")
+
+    def __init__(
+        self,
+        outcomes: list[Outcome] | None = None,
+        shadow: list[asyncio.Task[Outcome | None]] | None = None,
+        edits: dict[Path, str] | None = None,
+    ) -> None:
+        self.outcomes = [] if outcomes is None else outcomes
+        self.shadow = [] if shadow is None else shadow
+        self.edits = {} if edits is None else edits
 
     def decision(self, fail: str) -> str:
         return decide(self.outcomes, fail)
@@ -118,6 +129,9 @@ class Guard:
         self.classifier = classifier
         self.cache = cache
         self.observers = tuple(observers)
+        # Each observer implements the hooks it needs (proxy/guard/observers.py).
+        self._on_classified = [o.classified for o in observers if hasattr(o, "classified")]
+        self._on_judged = [o.judged for o in observers if hasattr(o, "judged")]
 
     async def verdict(self, policy: Policy, content: str, side: str) -> Verdict:
         """The model's verdict, cached; a classifier failure becomes an error verdict."""
@@ -130,16 +144,17 @@ class Guard:
                 )
             except ClassifierError as exc:
                 verdict = errored(policy, exc, (time.time_ns() - started) / 1e6)
-        for observer in self.observers:
-            observer.classified(policy, self.classifier.model, side, verdict, started)
+        for classified in self._on_classified:
+            classified(policy, self.classifier.model, side, verdict, started)
         return verdict
 
     def _hit(self, policy: Policy, content: str, side: str) -> Verdict | None:
         """A cached verdict, reported to the observers, without a coroutine (the hot path)."""
         verdict = self.cache.lookup(policy, content)
-        if verdict is not None:
-            for observer in self.observers:
-                observer.classified(policy, self.classifier.model, side, verdict, time.time_ns())
+        if verdict is not None and self._on_classified:
+            started = time.time_ns()
+            for classified in self._on_classified:
+                classified(policy, self.classifier.model, side, verdict, started)
         return verdict
 
     @staticmethod
@@ -223,8 +238,8 @@ class Guard:
         )
 
     def _judged(self, outcome: Outcome) -> Outcome:
-        for observer in self.observers:
-            observer.judged(outcome)
+        for judged in self._on_judged:
+            judged(outcome)
         return outcome
 
     async def _run(self, enforced: list[_Job], shadow: list[_Job]) -> SideResult:
@@ -336,21 +351,32 @@ def _worst(verdicts: Sequence[Verdict]) -> Verdict:
     return verdicts[-1]
 
 
-@dataclass(slots=True)
 class _Job:
-    """One policy over units of pieces, between detection and classification."""
+    """One policy over units of pieces, between detection and classification (a plain
+    class: built per policy per request on the hot path)."""
 
-    policy: Policy
-    action: str
-    side: str
-    units: list[list[Piece]]
-    scope: str
-    shadow: bool
-    choice: int | None = None
-    tool: str | None = None
-    context: str = ""
-    labels: list[str] = field(default_factory=list)
-    redacted: bool = False
+    __slots__ = (
+        "action", "choice", "context", "labels", "policy", "redacted", "scope", "shadow",
+        "side", "tool", "units",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        policy: Policy,
+        action: str,
+        side: str,
+        units: list[list[Piece]],
+        scope: str,
+        shadow: bool,
+        choice: int | None = None,
+        tool: str | None = None,
+        context: str = "",
+    ) -> None:
+        self.policy, self.action, self.side, self.units = policy, action, side, units
+        self.scope, self.shadow, self.choice, self.tool = scope, shadow, choice, tool
+        self.context = context
+        self.labels: list[str] = []
+        self.redacted = False
 
 
 @dataclass(slots=True)

@@ -2,7 +2,8 @@
 metrics. A guard built without observers (as decision tests build it) does no telemetry.
 
 `classified` fires once per classifier (or cache) verdict, with the wall-clock start in ns;
-`judged` once per policy outcome, detector triage included.
+`judged` once per policy outcome, detector triage included. An observer implements only
+the hooks it uses (the guard calls what is there).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from proxy.policies import Policy
 
 
-class GuardObserver(Protocol):
+class GuardObserver(Protocol):  # either hook may be left out
     def classified(
         self, policy: Policy, model: str, side: str, verdict: Verdict, started_ns: int
     ) -> None: ...
@@ -38,20 +39,12 @@ class SpanObserver:
                 span.start_ns = started_ns  # the span covers the call, made after it
             self.telemetry.record_verdict(span, verdict)
 
-    def judged(self, outcome: Outcome) -> None:
-        pass
-
 
 class MetricsObserver:
     """Decisions, classifier latency, cache hits and errors per verdict."""
 
     def __init__(self, metrics: Any) -> None:
         self.metrics = metrics
-
-    def classified(
-        self, policy: Policy, model: str, side: str, verdict: Verdict, started_ns: int
-    ) -> None:
-        pass
 
     def judged(self, outcome: Outcome) -> None:
         self.metrics.observe_verdict(outcome.verdict, side=outcome.side, action=outcome.effect)

@@ -8,7 +8,7 @@ parsed body is never mutated.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from proxy.openai_api import OpenAIError, bad_request
@@ -47,9 +47,12 @@ class Piece(NamedTuple):
         return "\n".join(s.text for s in self.slots if s.text)
 
 
-def render(pieces: Iterable[Piece], labelled: bool, edits: Edits = NO_EDITS) -> str:
+def render(pieces: Sequence[Piece], labelled: bool, edits: Edits = NO_EDITS) -> str:
     """The text handed to the classifier: plain, or role-labelled for a conversation."""
     if labelled:
+        if len(pieces) == 1 and len(pieces[0].slots) == 1 and not edits:  # type: ignore[arg-type]
+            piece = pieces[0]  # type: ignore[index]
+            return f"[{piece.role}] {piece.slots[0].text}" if piece.slots[0].text else ""
         return "\n\n".join(
             f"[{p.role}] {t}" for p in pieces for s in p.slots if (t := edits.get(s.path, s.text))
         )
