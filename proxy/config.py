@@ -117,6 +117,7 @@ class Telemetry:
     metrics: str = "prometheus"  # none | prometheus | otlp
     service_name: str = "safeguard-gateway"
     sample_ratio: float = 1.0  # head sampling of new traces (OTEL_TRACES_SAMPLER wins)
+    trace_url: str | None = None  # console link for a trace id, e.g. ".../trace/{trace_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,7 @@ class Config:
     tenants: Mapping[str, Tenant]
     routes: Mapping[str, Route]
     admin_keys: tuple[str, ...] = ()
+    reviewer_keys: tuple[str, ...] = ()  # the review console only: read and label
     audit: Audit = Audit()
     telemetry: Telemetry = Telemetry()
     source: str | None = None  # the file it was read from
@@ -412,9 +414,11 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
         tenants[name] = Tenant(name=name, keys=keys, route=route, routes=by_model)
 
     a = root.child("admin")
-    a.only("keys")
+    a.only("keys", "reviewer_keys")
     admin_keys = tuple(k for k in a.strings("keys") if k)
     _check_keys("admin.keys", admin_keys)
+    reviewer_keys = tuple(k for k in a.strings("reviewer_keys") if k)
+    _check_keys("admin.reviewer_keys", reviewer_keys)
 
     au = root.child("audit")
     au.only(
@@ -431,13 +435,16 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
     )
 
     te = root.child("telemetry")
-    te.only("traces", "metrics", "service_name", "sample_ratio")
+    te.only("traces", "metrics", "service_name", "sample_ratio", "trace_url")
     telemetry = Telemetry(
         traces=te.get("traces", str, "none", ("none", "console", "otlp")),
         metrics=te.get("metrics", str, "prometheus", ("none", "prometheus", "otlp")),
         service_name=te.get("service_name", str, "safeguard-gateway"),
         sample_ratio=te.get("sample_ratio", float, 1.0),
+        trace_url=te.get("trace_url", str, None) or None,
     )
+    if telemetry.trace_url and not telemetry.trace_url.startswith(("http://", "https://")):
+        raise ConfigError("telemetry.trace_url", "must be an http(s) URL with {trace_id}")
 
     if not 0.0 <= telemetry.sample_ratio <= 1.0:
         raise ConfigError("telemetry.sample_ratio", "must be between 0 and 1")
@@ -450,6 +457,7 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
         tenants=tenants,
         routes=routes,
         admin_keys=admin_keys,
+        reviewer_keys=reviewer_keys,
         audit=audit,
         telemetry=telemetry,
         source=source,

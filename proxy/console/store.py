@@ -1,0 +1,190 @@
+"""What the console reads from the audit store: pages of decisions, one request, queues,
+and per-policy history. Each function takes an open connection and returns plain data;
+the views run them in a thread.
+
+Pages are newest first and fetched one row beyond the page to know whether more follow
+(no COUNT over a store of millions).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from proxy.audit_store import Filters
+from proxy.reviews import for_request, has_reviews
+
+PAGE = 50
+QUEUES = {
+    "blocks": "Unreviewed blocks",
+    "shadow": "Shadow disagreements",
+}
+
+# A shadow verdict disagrees when its label differs from its side's enforced outcome
+# (flagged by any enforced policy of that side, or by none); failed checks are not compared.
+_DISAGREES = (
+    "SELECT s.request FROM verdicts s WHERE s.shadow = 1 AND s.label IN ('violation', 'safe')"
+    " AND (s.label = 'violation') <> EXISTS (SELECT 1 FROM verdicts e WHERE e.request ="
+    " s.request AND e.side IS s.side AND e.shadow = 0 AND e.label = 'violation')"
+)
+_UNREVIEWED = "NOT EXISTS (SELECT 1 FROM reviews v WHERE v.request = r.id)"
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """The list's filters as the user gave them (echoed back into the form)."""
+
+    tenant: str = ""
+    route: str = ""
+    policy: str = ""
+    decision: str = ""
+    shadow: str = ""  # "" | "1": only requests with a shadow verdict
+    since: str = ""
+    until: str = ""
+    q: str = ""  # free text over the kept content
+    page: int = 1
+    queue: str = ""  # "" | blocks | shadow
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str], *, queue: str = "") -> Query:
+        page = params.get("page", "1")
+        return cls(
+            **{k: (params.get(k) or "").strip()[:200] for k in _TEXT},
+            page=max(1, min(int(page), 10_000)) if page.isdigit() else 1,
+            queue=queue,
+        )
+
+    def params(self, **changes: Any) -> dict[str, str]:
+        """The query string of this list (for paging and live-update links)."""
+        values = {k: getattr(self, k) for k in _TEXT} | {"page": self.page} | changes
+        return {
+            k: str(v)
+            for k, v in values.items()
+            if v not in ("", None) and not (k == "page" and str(v) == "1")
+        }
+
+    def where(self, reviews: bool) -> tuple[str, list[Any]]:
+        """SQL condition on `requests r` (raises AuditQueryError for a malformed time)."""
+        where, params = Filters.build(
+            tenant=self.tenant,
+            route=self.route,
+            policy=self.policy,
+            decision=self.decision,
+            since=self.since,
+            until=self.until,
+        ).where()
+        clauses = [where]
+        if self.shadow:
+            clauses.append("r.id IN (SELECT request FROM verdicts WHERE shadow = 1)")
+        if self.q:
+            clauses.append(
+                "instr(lower(COALESCE(json_extract(r.record, '$.content.input'), '') || ' ' ||"
+                " COALESCE(json_extract(r.record, '$.content.output'), '')), lower(?)) > 0"
+            )
+            params.append(self.q)
+        if self.queue == "blocks":
+            clauses.append("r.decision = 'block'")
+        elif self.queue == "shadow":
+            clauses.append(f"r.id IN ({_DISAGREES})")
+        if self.queue and reviews:
+            clauses.append(_UNREVIEWED)
+        return " AND ".join(clauses), params
+
+
+_TEXT = ("tenant", "route", "policy", "decision", "shadow", "since", "until", "q")
+
+
+@dataclass(slots=True)
+class Page:
+    rows: list[tuple[int, dict]]
+    marks: dict[int, list[str]]  # row id -> review marks on it
+    has_more: bool
+    query: Query
+    newest: int = 0  # the largest row id shown (live updates ask for newer)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def decisions(conn: sqlite3.Connection, query: Query, *, size: int = PAGE) -> Page:
+    reviews = has_reviews(conn)
+    where, params = query.where(reviews)
+    cur = conn.execute(
+        f"SELECT r.id, r.record FROM requests r WHERE {where}"
+        " ORDER BY r.time DESC, r.id DESC LIMIT ? OFFSET ?",
+        [*params, size + 1, (query.page - 1) * size],
+    )
+    rows = [(row_id, orjson.loads(text)) for row_id, text in cur]
+    has_more = len(rows) > size
+    rows = rows[:size]
+    marks: dict[int, list[str]] = {}
+    if reviews and rows:
+        ids = [row_id for row_id, _ in rows]
+        for request, mark in conn.execute(
+            f"SELECT request, mark FROM reviews WHERE request IN ({','.join('?' * len(ids))})"
+            " ORDER BY verdict",
+            ids,
+        ):
+            marks.setdefault(request, []).append(mark)
+    newest = max((row_id for row_id, _ in rows), default=0)
+    return Page(rows, marks, has_more, query, newest)
+
+
+def request(conn: sqlite3.Connection, row_id: int) -> tuple[dict, dict] | None:
+    """One stored record and its reviews by verdict index, or None."""
+    row = conn.execute("SELECT record FROM requests WHERE id = ?", (row_id,)).fetchone()
+    if row is None:
+        return None
+    return orjson.loads(row[0]), for_request(conn, row_id)
+
+
+def facets(conn: sqlite3.Connection, since: float) -> dict[str, list[str]]:
+    """Tenants, routes and policies seen recently (the filter form's suggestions)."""
+    out = {}
+    for name, sql in (
+        ("tenant", "SELECT DISTINCT tenant FROM requests WHERE time >= ? LIMIT 200"),
+        ("route", "SELECT DISTINCT route FROM requests WHERE time >= ? LIMIT 200"),
+    ):
+        out[name] = sorted(str(v) for (v,) in conn.execute(sql, (since,)) if v is not None)
+    return out
+
+
+@dataclass(slots=True)
+class PolicyHistory:
+    versions: list[tuple[str, float, float, int]]  # version, first seen, last seen, verdicts
+    hourly: dict[int, dict[str, int]]  # hour (unix // 3600) -> label -> verdicts
+    agreement: dict[int, tuple[int, int]]  # hour -> (agreeing, compared), shadow verdicts
+    shadow: bool  # seen as a shadow policy in the window
+
+
+def policy_history(conn: sqlite3.Connection, policy: str, since: float) -> PolicyHistory:
+    join = "FROM verdicts v JOIN requests r ON r.id = v.request WHERE v.policy = ? AND r.time >= ?"
+    versions = conn.execute(
+        f"SELECT COALESCE(v.version, '?'), MIN(r.time), MAX(r.time), COUNT(*) {join}"
+        " GROUP BY 1 ORDER BY 2",
+        (policy, since),
+    ).fetchall()
+    hourly: dict[int, dict[str, int]] = {}
+    shadow = False
+    for hour, label, is_shadow, count in conn.execute(
+        f"SELECT CAST(r.time / 3600 AS INTEGER), COALESCE(v.label, 'error'), v.shadow, COUNT(*)"
+        f" {join} GROUP BY 1, 2, 3",
+        (policy, since),
+    ):
+        cell = hourly.setdefault(hour, {})
+        cell[label] = cell.get(label, 0) + count
+        shadow = shadow or bool(is_shadow)
+    agreement: dict[int, tuple[int, int]] = {}
+    if shadow:
+        for hour, agree, compared in conn.execute(
+            "SELECT CAST(r.time / 3600 AS INTEGER), SUM((s.label = 'violation') = EXISTS"
+            " (SELECT 1 FROM verdicts e WHERE e.request = s.request AND e.side IS s.side"
+            " AND e.shadow = 0 AND e.label = 'violation')), COUNT(*)"
+            " FROM verdicts s JOIN requests r ON r.id = s.request WHERE s.policy = ?"
+            " AND s.shadow = 1 AND s.label IN ('violation', 'safe') AND r.time >= ? GROUP BY 1",
+            (policy, since),
+        ):
+            agreement[hour] = (int(agree or 0), int(compared))
+    return PolicyHistory([tuple(v) for v in versions], hourly, agreement, shadow)
