@@ -31,6 +31,7 @@ ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR", "tmp/artifacts")) / "console"
+POLICY_TEST = [sys.executable, "-m", "proxy", "policy", "test", "cheating", "--cases"]
 LAPTOP = {"width": 1366, "height": 768}
 WIDE = {"width": 1920, "height": 1080}
 
@@ -141,9 +142,9 @@ def test_reviewer_loop_in_the_browser(browser, make_gateway, tmp_path: Path):
     assert [(c["content"], c["label"], c["review"]) for c in cases] == [
         ("where can I buy an aimbot", 0, "wrong")
     ]
+    config = str(cli_config(gw, tmp_path))
     scored = subprocess.run(
-        [sys.executable, "-m", "proxy", "policy", "test", "cheating", "--cases", str(exported)]
-        + ["--config", str(cli_config(gw, tmp_path)), "--json"],
+        [*POLICY_TEST, str(exported), "--config", config, "--json"],
         capture_output=True,
         text=True,
         check=False,
