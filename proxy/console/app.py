@@ -230,6 +230,7 @@ class Console:
             query=query,
             queue=queue,
             title=store.QUEUES.get(queue, "Decisions"),
+            search_rows=store.SEARCH_ROWS,
             live=live if query.page == 1 else "",
             prev_link=self._page_link(request, queue, query, query.page - 1),
             next_link=self._page_link(request, queue, query, query.page + 1),

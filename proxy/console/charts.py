@@ -31,9 +31,7 @@ def _frame(title: str, body: list[str], top: str, hours: Sequence[int]) -> Marku
         )
     return Markup(
         f'<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{escape(title)}"'
-        f'><title>{escape(title)}</title>'
-        + "".join(axis + body)
-        + "</svg>"
+        f"><title>{escape(title)}</title>" + "".join(axis + body) + "</svg>"
     )
 
 

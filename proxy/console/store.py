@@ -19,6 +19,9 @@ from proxy.audit_store import Filters
 from proxy.reviews import for_request, has_reviews
 
 PAGE = 50
+# Free text without a time range reads only the newest SEARCH_ROWS requests: the text is
+# not indexed, and a rare word would otherwise read the whole store (seconds at 1M records).
+SEARCH_ROWS = 20_000
 QUEUES = {
     "blocks": "Unreviewed blocks",
     "shadow": "Shadow disagreements",
@@ -26,10 +29,14 @@ QUEUES = {
 
 # A shadow verdict disagrees when its label differs from its side's enforced outcome
 # (flagged by any enforced policy of that side, or by none); failed checks are not compared.
+# Conditions on verdicts are correlated EXISTS, not `r.id IN (SELECT ...)`: SQLite then walks
+# requests newest first and probes each one's verdicts until the page is full (a
+# millisecond on a million records), where IN builds the whole list and sorts (seconds).
 _DISAGREES = (
-    "SELECT s.request FROM verdicts s WHERE s.shadow = 1 AND s.label IN ('violation', 'safe')"
-    " AND (s.label = 'violation') <> EXISTS (SELECT 1 FROM verdicts e WHERE e.request ="
-    " s.request AND e.side IS s.side AND e.shadow = 0 AND e.label = 'violation')"
+    "EXISTS (SELECT 1 FROM verdicts s WHERE s.request = r.id AND s.shadow = 1"
+    " AND s.label IN ('violation', 'safe') AND (s.label = 'violation') <> EXISTS"
+    " (SELECT 1 FROM verdicts e WHERE e.request = s.request AND e.side IS s.side"
+    " AND e.shadow = 0 AND e.label = 'violation'))"
 )
 _UNREVIEWED = "NOT EXISTS (SELECT 1 FROM reviews v WHERE v.request = r.id)"
 
@@ -72,24 +79,37 @@ class Query:
         where, params = Filters.build(
             tenant=self.tenant,
             route=self.route,
-            policy=self.policy,
             decision=self.decision,
             since=self.since,
             until=self.until,
         ).where()
         clauses = [where]
+        if names := [n.strip() for n in self.policy.split(",") if n.strip()]:
+            clauses.append(
+                "EXISTS (SELECT 1 FROM verdicts p WHERE p.request = r.id AND p.policy IN"
+                f" ({','.join('?' * len(names))}))"
+            )
+            params += names
         if self.shadow:
-            clauses.append("r.id IN (SELECT request FROM verdicts WHERE shadow = 1)")
+            clauses.append(
+                "EXISTS (SELECT 1 FROM verdicts v WHERE v.request = r.id AND v.shadow = 1)"
+            )
         if self.q:
             clauses.append(
                 "instr(lower(COALESCE(json_extract(r.record, '$.content.input'), '') || ' ' ||"
                 " COALESCE(json_extract(r.record, '$.content.output'), '')), lower(?)) > 0"
             )
             params.append(self.q)
+            if not (self.since or self.until):  # from the time of the SEARCH_ROWS-th newest
+                clauses.append(
+                    "r.time >= COALESCE((SELECT time FROM requests WHERE id >="
+                    " (SELECT MAX(id) FROM requests) - ? ORDER BY id LIMIT 1), 0)"
+                )
+                params.append(SEARCH_ROWS)
         if self.queue == "blocks":
             clauses.append("r.decision = 'block'")
         elif self.queue == "shadow":
-            clauses.append(f"r.id IN ({_DISAGREES})")
+            clauses.append(_DISAGREES)
         if self.queue and reviews:
             clauses.append(_UNREVIEWED)
         return " AND ".join(clauses), params
@@ -160,7 +180,12 @@ class PolicyHistory:
 
 
 def policy_history(conn: sqlite3.Connection, policy: str, since: float) -> PolicyHistory:
-    join = "FROM verdicts v JOIN requests r ON r.id = v.request WHERE v.policy = ? AND r.time >= ?"
+    # CROSS JOIN keeps SQLite's join order: the window's requests by time, then their
+    # verdicts (not every verdict the policy ever had, then their times).
+    join = (
+        "FROM requests r CROSS JOIN verdicts v ON v.request = r.id"
+        " WHERE v.policy = ? AND r.time >= ?"
+    )
     versions = conn.execute(
         f"SELECT COALESCE(v.version, '?'), MIN(r.time), MAX(r.time), COUNT(*) {join}"
         " GROUP BY 1 ORDER BY 2",
@@ -182,7 +207,7 @@ def policy_history(conn: sqlite3.Connection, policy: str, since: float) -> Polic
             "SELECT CAST(r.time / 3600 AS INTEGER), SUM((s.label = 'violation') = EXISTS"
             " (SELECT 1 FROM verdicts e WHERE e.request = s.request AND e.side IS s.side"
             " AND e.shadow = 0 AND e.label = 'violation')), COUNT(*)"
-            " FROM verdicts s JOIN requests r ON r.id = s.request WHERE s.policy = ?"
+            " FROM requests r CROSS JOIN verdicts s ON s.request = r.id WHERE s.policy = ?"
             " AND s.shadow = 1 AND s.label IN ('violation', 'safe') AND r.time >= ? GROUP BY 1",
             (policy, since),
         ):

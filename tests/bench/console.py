@@ -135,6 +135,8 @@ def pages(url: str, count: int) -> dict[str, list[str]]:
         "queue shadow": ["/console/queue/shadow"],
         "policy page (24h)": ["/console/policies/prompt-injection-v2"],
         "text search (hit)": ["/console/decisions?q=about+topic+5"],
+        "text search (no hit)": ["/console/decisions?q=no+such+words"],
+        "policy page (7d)": ["/console/policies/prompt-injection-v2?window=7d"],
     }
 
 
