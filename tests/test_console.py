@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import yaml
 
 from proxy.console.session import Sessions
 from tests.conftest import ADMIN_KEY, KEY, audit_records
@@ -64,6 +65,21 @@ def row_of(gw, request_id: str) -> int:
             "SELECT id FROM requests WHERE request_id = ?", (request_id,)
         ).fetchone()
     return row
+
+
+def cli_config(gw, tmp_path: Path) -> Path:
+    """A config for the CLI reading this gateway's audit store, classifier and policies."""
+    path = tmp_path / "cli.yaml"
+    data = {
+        "upstreams": {"main": {"base_url": "http://127.0.0.1:9/v1"}},
+        "classifier": {"base_url": gw.config.classifier.base_url},
+        "policies_dir": gw.config.policies_dir,
+        "tenants": {"acme": {"keys": [KEY], "route": "open"}},
+        "routes": {"open": {"upstream": "main"}},
+        "audit": {"path": gw.config.audit.path},
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 def test_without_a_session_every_page_redirects_to_sign_in(make_gateway):
@@ -166,18 +182,7 @@ def test_review_needs_the_csrf_token_and_becomes_a_case(make_gateway, tmp_path: 
         }
     ]
     # the CLI twin writes the same cases, and `policy test` reads them as they are
-    config = tmp_path / "gw.yaml"
-    import yaml
-
-    data = {
-        "upstreams": {"main": {"base_url": "http://127.0.0.1:9/v1"}},
-        "classifier": {"base_url": gw.config.classifier.base_url},
-        "policies_dir": gw.config.policies_dir,
-        "tenants": {"acme": {"keys": [KEY], "route": "open"}},
-        "routes": {"open": {"upstream": "main"}},
-        "audit": {"path": gw.config.audit.path},
-    }
-    config.write_text(yaml.safe_dump(data))
+    config = cli_config(gw, tmp_path)
     out = tmp_path / "cases.jsonl"
     cli = [sys.executable, "-m", "proxy"]
     done = subprocess.run(

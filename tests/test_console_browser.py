@@ -15,10 +15,9 @@ from pathlib import Path
 
 import openai
 import pytest
-import yaml
 
 from tests.conftest import ADMIN_KEY, KEY, audit_records
-from tests.test_console import GUARDED, REVIEWER_KEY, XSS
+from tests.test_console import GUARDED, REVIEWER_KEY, XSS, cli_config
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -89,20 +88,6 @@ def traffic(gw) -> openai.OpenAI:
             )
     audit_records(gw, 4)
     return client
-
-
-def cli_config(gw, tmp_path: Path) -> Path:
-    path = tmp_path / "cli.yaml"
-    data = {
-        "upstreams": {"main": {"base_url": "http://127.0.0.1:9/v1"}},
-        "classifier": {"base_url": gw.config.classifier.base_url},
-        "policies_dir": gw.config.policies_dir,
-        "tenants": {"acme": {"keys": [KEY], "route": "open"}},
-        "routes": {"open": {"upstream": "main"}},
-        "audit": {"path": gw.config.audit.path},
-    }
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def test_reviewer_loop_in_the_browser(browser, make_gateway, tmp_path: Path):

@@ -230,15 +230,24 @@ def console(settings: Settings) -> Scenario:
     s_ref, s_b = summary(ref), summary(runs["browsing"])
     sc.table(
         "Proxy throughput at c=32 while a reviewer browses",
-        ["gateway", "req/s", "p50 ms", "p99 ms", "vs not browsing", "pages fetched"],
+        ["gateway", "req/s", "p50 ms", "p99 ms", "vs not browsing", "CPU us/req", "pages"],
         [
-            ["not browsing", rps(s_ref), fmt(s_ref["p50_ms"]), fmt(s_ref["p99_ms"]), "1.00", "0"],
+            [
+                "not browsing",
+                rps(s_ref),
+                fmt(s_ref["p50_ms"]),
+                fmt(s_ref["p99_ms"]),
+                "1.00",
+                fmt(s_ref["cpu_us_per_req"], 0),
+                "0",
+            ],
             [
                 "browsing",
                 rps(s_b),
                 fmt(s_b["p50_ms"]),
                 fmt(s_b["p99_ms"]),
                 spread(ratio_spread(ratios["browsing"])),
+                fmt(s_b["cpu_us_per_req"], 0),
                 str(sum(r["pages"] for r in runs["browsing"])),
             ],
         ],
