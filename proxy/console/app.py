@@ -9,6 +9,7 @@ only, nothing inline) and audited text is rendered escaped, never as markup.
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from proxy.guard.safeguard import ClassifierError
 from proxy.policies import Policy, PolicyError, parse_policy
 
 HERE = Path(__file__).parent
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 MAX_FORM = 256 * 1024
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
@@ -133,6 +135,8 @@ class Console:
             session = self.sessions.session(request.cookies.get(COOKIE))
             if session is None:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                if request.method != "GET":  # a form can't be re-sent after sign-in
+                    target = self.url(request, "/decisions")
                 login = self.url(request, "/login", {"next": target})
                 return RedirectResponse(login, status_code=303)
             request.scope["console_session"] = session
@@ -262,7 +266,9 @@ class Console:
             return self.page(request, "error.html", 404, message="No such request.")
         record, marks = found
         trace = record.get("trace_id")
-        link = self.trace_url.replace("{trace_id}", trace) if trace and self.trace_url else ""
+        link = ""
+        if self.trace_url and isinstance(trace, str) and _TRACE_ID.fullmatch(trace):
+            link = self.trace_url.replace("{trace_id}", trace)
         return self.page(
             request,
             "request.html",
