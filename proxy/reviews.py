@@ -11,6 +11,7 @@ The SQL is plain enough for SQLite and PostgreSQL alike (`ON CONFLICT ... DO UPD
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 import time
@@ -25,9 +26,9 @@ MAX_NOTE = 4000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reviews (
-    request INTEGER NOT NULL, verdict INTEGER NOT NULL, policy TEXT, side TEXT,
+    request BIGINT NOT NULL, verdict INTEGER NOT NULL, policy TEXT, side TEXT,
     shadow INTEGER NOT NULL DEFAULT 0, model_label TEXT, mark TEXT NOT NULL, note TEXT,
-    reviewer TEXT, time REAL NOT NULL, PRIMARY KEY (request, verdict)
+    reviewer TEXT, time DOUBLE PRECISION NOT NULL, PRIMARY KEY (request, verdict)
 );
 CREATE INDEX IF NOT EXISTS reviews_time ON reviews(time);
 CREATE INDEX IF NOT EXISTS reviews_policy ON reviews(policy, time);
@@ -53,14 +54,23 @@ class Review:
     time: float
 
 
-def ensure_schema(conn: sqlite3.Connection) -> None:
+def is_postgres(conn: Any) -> bool:
+    """A PostgreSQL connection (proxy.audit_pg's), else sqlite3's."""
+    return not isinstance(conn, sqlite3.Connection)
+
+
+def ensure_schema(conn: Any) -> None:
     """The reviews table and the console's indexes (idempotent; needs the audit tables)."""
-    with conn:
-        conn.executescript(SCHEMA)
+    if not is_postgres(conn):
+        with conn:
+            conn.executescript(SCHEMA)
+        return
+    for statement in filter(str.strip, SCHEMA.split(";")):
+        conn.execute(statement)
 
 
 def save(
-    conn: sqlite3.Connection,
+    conn: Any,
     request: int,
     verdict: int,
     mark: str,
@@ -91,7 +101,7 @@ def save(
         reviewer,
         time.time() if now is None else now,
     )
-    with conn:
+    with _transaction(conn):
         conn.execute(
             "INSERT INTO reviews (request, verdict, policy, side, shadow, model_label, mark,"
             " note, reviewer, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -113,7 +123,7 @@ def save(
     return review
 
 
-def for_request(conn: sqlite3.Connection, request: int) -> dict[int, Review]:
+def for_request(conn: Any, request: int) -> dict[int, Review]:
     """The reviews of one request's verdicts, by verdict index."""
     if not has_reviews(conn):
         return {}
@@ -121,8 +131,10 @@ def for_request(conn: sqlite3.Connection, request: int) -> dict[int, Review]:
     return {row[1]: _review(row) for row in rows}
 
 
-def has_reviews(conn: sqlite3.Connection) -> bool:
+def has_reviews(conn: Any) -> bool:
     """Whether the store has the reviews table (a store no console has opened yet has not)."""
+    if is_postgres(conn):
+        return bool(conn.execute("SELECT to_regclass('reviews') IS NOT NULL").fetchone()[0])
     found = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'reviews'"
     ).fetchone()
@@ -130,7 +142,7 @@ def has_reviews(conn: sqlite3.Connection) -> bool:
 
 
 def reviewed(
-    conn: sqlite3.Connection, *, policy: str | None = None, since: float | None = None
+    conn: Any, *, policy: str | None = None, since: float | None = None
 ) -> Iterator[tuple[Review, dict]]:
     """(review, record) pairs, oldest review first, optionally for one policy."""
     if not has_reviews(conn):
@@ -185,7 +197,7 @@ def case(review: Review, record: Mapping[str, Any]) -> dict | None:
 
 
 def export_cases(
-    conn: sqlite3.Connection, *, policy: str | None = None, since: float | None = None
+    conn: Any, *, policy: str | None = None, since: float | None = None
 ) -> Iterator[dict]:
     """Every reviewed verdict that makes a case, oldest review first."""
     for review, record in reviewed(conn, policy=policy, since=since):
@@ -203,6 +215,11 @@ def case_text(stored: str) -> str:
     if len(turns) == 1 and stored.startswith(f"[{turns[0]}] "):
         return stored[len(turns[0]) + 3 :]
     return stored
+
+
+def _transaction(conn: Any) -> Any:
+    """sqlite3's commit-or-rollback block; a PostgreSQL connection here autocommits."""
+    return conn if not is_postgres(conn) else contextlib.nullcontext()
 
 
 _COLUMNS = "request, verdict, policy, side, shadow, model_label, mark, note, reviewer, time"

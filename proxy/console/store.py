@@ -8,7 +8,6 @@ Pages are newest first and fetched one row beyond the page to know whether more 
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import orjson
 
 from proxy.audit_store import Filters
-from proxy.reviews import for_request, has_reviews
+from proxy.reviews import for_request, has_reviews, is_postgres
 
 PAGE = 50
 # Free text without a time range reads only the newest SEARCH_ROWS requests: the text is
@@ -32,11 +31,14 @@ QUEUES = {
 # Conditions on verdicts are correlated EXISTS, not `r.id IN (SELECT ...)`: SQLite then walks
 # requests newest first and probes each one's verdicts until the page is full (a
 # millisecond on a million records), where IN builds the whole list and sorts (seconds).
+# Whether an enforced policy of the shadow verdict `s`'s side flagged its request.
+_ENFORCED_FLAGGED = (
+    "EXISTS (SELECT 1 FROM verdicts e WHERE e.request = s.request AND e.shadow = 0"
+    " AND COALESCE(e.side, '') = COALESCE(s.side, '') AND e.label = 'violation')"
+)
 _DISAGREES = (
     "EXISTS (SELECT 1 FROM verdicts s WHERE s.request = r.id AND s.shadow = 1"
-    " AND s.label IN ('violation', 'safe') AND (s.label = 'violation') <> EXISTS"
-    " (SELECT 1 FROM verdicts e WHERE e.request = s.request AND e.side IS s.side"
-    " AND e.shadow = 0 AND e.label = 'violation'))"
+    f" AND s.label IN ('violation', 'safe') AND (s.label = 'violation') <> {_ENFORCED_FLAGGED})"
 )
 _UNREVIEWED = "NOT EXISTS (SELECT 1 FROM reviews v WHERE v.request = r.id)"
 
@@ -74,7 +76,7 @@ class Query:
             if v not in ("", None) and not (k == "page" and str(v) == "1")
         }
 
-    def where(self, reviews: bool) -> tuple[str, list[Any]]:
+    def where(self, reviews: bool, pg: bool = False) -> tuple[str, list[Any]]:
         """SQL condition on `requests r` (raises AuditQueryError for a malformed time)."""
         where, params = Filters.build(
             tenant=self.tenant,
@@ -95,10 +97,7 @@ class Query:
                 "EXISTS (SELECT 1 FROM verdicts v WHERE v.request = r.id AND v.shadow = 1)"
             )
         if self.q:
-            clauses.append(
-                "instr(lower(COALESCE(json_extract(r.record, '$.content.input'), '') || ' ' ||"
-                " COALESCE(json_extract(r.record, '$.content.output'), '')), lower(?)) > 0"
-            )
+            clauses.append(_CONTAINS_PG if pg else _CONTAINS)
             params.append(self.q)
             if not (self.since or self.until):  # from the time of the SEARCH_ROWS-th newest
                 clauses.append(
@@ -115,6 +114,15 @@ class Query:
         return " AND ".join(clauses), params
 
 
+# Free text: a case-insensitive substring of the kept input or output.
+_CONTAINS = (
+    "instr(lower(COALESCE(json_extract(r.record, '$.content.input'), '') || ' ' ||"
+    " COALESCE(json_extract(r.record, '$.content.output'), '')), lower(?)) > 0"
+)
+_CONTAINS_PG = (
+    "strpos(lower(COALESCE(r.record::jsonb #>> '{content,input}', '') || ' ' ||"
+    " COALESCE(r.record::jsonb #>> '{content,output}', '')), lower(?)) > 0"
+)
 _TEXT = ("tenant", "route", "policy", "decision", "shadow", "since", "until", "q")
 
 
@@ -128,9 +136,9 @@ class Page:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def decisions(conn: sqlite3.Connection, query: Query, *, size: int = PAGE) -> Page:
+def decisions(conn: Any, query: Query, *, size: int = PAGE) -> Page:
     reviews = has_reviews(conn)
-    where, params = query.where(reviews)
+    where, params = query.where(reviews, is_postgres(conn))
     cur = conn.execute(
         f"SELECT r.id, r.record FROM requests r WHERE {where}"
         " ORDER BY r.time DESC, r.id DESC LIMIT ? OFFSET ?",
@@ -152,7 +160,7 @@ def decisions(conn: sqlite3.Connection, query: Query, *, size: int = PAGE) -> Pa
     return Page(rows, marks, has_more, query, newest)
 
 
-def request(conn: sqlite3.Connection, row_id: int) -> tuple[dict, dict] | None:
+def request(conn: Any, row_id: int) -> tuple[dict, dict] | None:
     """One stored record and its reviews by verdict index, or None."""
     row = conn.execute("SELECT record FROM requests WHERE id = ?", (row_id,)).fetchone()
     if row is None:
@@ -160,7 +168,7 @@ def request(conn: sqlite3.Connection, row_id: int) -> tuple[dict, dict] | None:
     return orjson.loads(row[0]), for_request(conn, row_id)
 
 
-def facets(conn: sqlite3.Connection, since: float) -> dict[str, list[str]]:
+def facets(conn: Any, since: float) -> dict[str, list[str]]:
     """Tenants, routes and policies seen recently (the filter form's suggestions)."""
     out = {}
     for name, sql in (
@@ -179,7 +187,7 @@ class PolicyHistory:
     shadow: bool  # seen as a shadow policy in the window
 
 
-def policy_history(conn: sqlite3.Connection, policy: str, since: float) -> PolicyHistory:
+def policy_history(conn: Any, policy: str, since: float) -> PolicyHistory:
     # CROSS JOIN keeps SQLite's join order: the window's requests by time, then their
     # verdicts (not every verdict the policy ever had, then their times).
     join = (
@@ -194,7 +202,7 @@ def policy_history(conn: sqlite3.Connection, policy: str, since: float) -> Polic
     hourly: dict[int, dict[str, int]] = {}
     shadow = False
     for hour, label, is_shadow, count in conn.execute(
-        f"SELECT CAST(r.time / 3600 AS INTEGER), COALESCE(v.label, 'error'), v.shadow, COUNT(*)"
+        f"SELECT CAST(r.time AS BIGINT) / 3600, COALESCE(v.label, 'error'), v.shadow, COUNT(*)"
         f" {join} GROUP BY 1, 2, 3",
         (policy, since),
     ):
@@ -204,9 +212,8 @@ def policy_history(conn: sqlite3.Connection, policy: str, since: float) -> Polic
     agreement: dict[int, tuple[int, int]] = {}
     if shadow:
         for hour, agree, compared in conn.execute(
-            "SELECT CAST(r.time / 3600 AS INTEGER), SUM((s.label = 'violation') = EXISTS"
-            " (SELECT 1 FROM verdicts e WHERE e.request = s.request AND e.side IS s.side"
-            " AND e.shadow = 0 AND e.label = 'violation')), COUNT(*)"
+            "SELECT CAST(r.time AS BIGINT) / 3600, SUM(CASE WHEN (s.label = 'violation') ="
+            f" {_ENFORCED_FLAGGED} THEN 1 ELSE 0 END), COUNT(*)"
             " FROM requests r CROSS JOIN verdicts s ON s.request = r.id WHERE s.policy = ?"
             " AND s.shadow = 1 AND s.label IN ('violation', 'safe') AND r.time >= ? GROUP BY 1",
             (policy, since),
