@@ -223,6 +223,10 @@ class Classifier(_Keyed):
     api_key: str = ""
     cache_ttl_s: Float = 3600.0
     cache_size: Int = 10_000
+    # Where the model runs: sets the request's defaults (proxy.guard.safeguard).
+    runtime: Literal["sglang", "vllm", "ollama", "openai-compatible"] = "sglang"
+    temperature: Float | None = None  # None: the runtime's default (0, or the model's own)
+    extra_body: Mapping[str, Any] = Field(default_factory=dict)  # more request fields
 
 
 Action = Literal["block", "redact", "annotate", "log"]

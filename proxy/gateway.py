@@ -58,13 +58,7 @@ class Gateway:
         check_policies(config, self.policies)
         self.upstreams = UpstreamPool(config.upstreams)
         c = config.classifier
-        self.classifier = classifier or SafeguardClient(
-            c.base_url,
-            c.model,
-            reasoning_effort=c.reasoning_effort,
-            timeout_s=c.timeout_s,
-            api_key=c.api_key or None,
-        )
+        self.classifier = classifier or SafeguardClient.from_config(c)
         # Audit writes and span export run in a recorder process, off the event loop's GIL.
         audit_on = config.audit.enabled
         spans_out = span_exporter is None and config.telemetry.traces == "otlp"

@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import json
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -157,6 +157,7 @@ class Setup:
     reasoning_effort: str
     timeout_s: float
     api_key: str | None
+    classifier: Classifier = field(default_factory=Classifier)  # runtime, temperature, ...
 
 
 def _config(args: argparse.Namespace) -> Config | None:
@@ -231,6 +232,7 @@ def prepare(args: argparse.Namespace) -> Setup:
         reasoning_effort=args.reasoning_effort or settings.reasoning_effort,
         timeout_s=args.timeout or settings.timeout_s,
         api_key=api_key or None,
+        classifier=settings,
     )
 
 
@@ -242,6 +244,9 @@ async def _evaluate(setup: Setup, concurrency: int, progress: ProgressBar | None
         timeout_s=setup.timeout_s,
         api_key=setup.api_key,
         max_connections=concurrency,
+        runtime=setup.classifier.runtime,
+        temperature=setup.classifier.temperature,
+        extra_body=setup.classifier.extra_body,
     )
     try:
         return await evaluate(
