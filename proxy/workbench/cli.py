@@ -271,6 +271,13 @@ def cmd_test(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.close()
+    if down := _unreachable(runs):
+        print(
+            f"error: the classifier at {setup.base_url} is unreachable ({down}); start it "
+            "(README: Where the model runs) or pass --classifier URL",
+            file=sys.stderr,
+        )
+        return 2
     ctx = Context(
         cases_path=str(args.cases),
         base_url=setup.base_url,
@@ -283,6 +290,14 @@ def cmd_test(args: argparse.Namespace) -> int:
     else:
         print(render_test(runs, setup.cases, ctx))
     return _exit_code(runs, args.min_f1)
+
+
+def _unreachable(runs: list[Run]) -> str | None:
+    """The first error when no case reached the classifier at all (down, wrong URL)."""
+    errors = [o.verdict.error or "" for run in runs for o in run.outcomes]
+    if errors and all(e.startswith(("unreachable:", "timeout:")) for e in errors):
+        return errors[0]
+    return None
 
 
 def _exit_code(runs: list[Run], min_f1: float | None) -> int:
