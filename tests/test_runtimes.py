@@ -100,7 +100,16 @@ def runtime_server():
         seen.append(request_body)
         return Response(body(request_body["model"]), media_type="application/json")
 
-    handle = serve(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])]))
+    async def models(request: Request) -> Response:
+        if request.headers.get("authorization") != "Bearer sk-hosted":
+            return Response(b'{"error": {"message": "no key"}}', status_code=401)
+        return Response(b'{"object": "list", "data": []}', media_type="application/json")
+
+    routes = [
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/models", models),
+    ]
+    handle = serve(Starlette(routes=routes))
     yield handle.url + "/v1", seen
     handle.stop()
 
@@ -156,3 +165,15 @@ def test_temperature_and_extra_fields_from_the_config() -> None:
     assert sent["temperature"] == 1.0
     assert sent["provider"] == {"order": ["groq"]}
     assert sent["stream"] is False, "the client reads one JSON body: extra fields cannot stream"
+
+
+async def test_readiness_sends_the_api_key_a_hosted_provider_needs(runtime_server) -> None:
+    url, _ = runtime_server
+    keyed = SafeguardClient(url, "m", runtime="openai-compatible", api_key="sk-hosted")
+    anonymous = SafeguardClient(url, "m", runtime="openai-compatible")
+    try:
+        assert await keyed.ready() == (True, "ok")
+        assert await anonymous.ready() == (False, "HTTP 401")
+    finally:
+        await keyed.aclose()
+        await anonymous.aclose()

@@ -357,7 +357,9 @@ class SafeguardClient:
         """Whether the model server answers its model list (SGLang: 503 while loading)."""
         try:
             async with self._client().get(
-                self.base_url + "/models", timeout=aiohttp.ClientTimeout(total=2)
+                self.base_url + "/models",
+                headers=self._headers,  # hosted providers list models only for a key
+                timeout=aiohttp.ClientTimeout(total=2),
             ) as response:
                 if response.status == 200:
                     return True, "ok"
