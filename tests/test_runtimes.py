@@ -18,7 +18,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy.config import Classifier
-from proxy.guard.safeguard import ClassifierError, SafeguardClient, read_answer
+from proxy.guard.answer import ClassifierError, read_answer
+from proxy.guard.safeguard import SafeguardClient
 from proxy.policies import parse_policy
 from tests.fakes.serve import serve
 
