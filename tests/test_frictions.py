@@ -155,3 +155,13 @@ def test_pep_639_license_metadata() -> None:
     assert project["project"]["license"] == "Apache-2.0"
     assert not any(c.startswith("License ::") for c in project["project"].get("classifiers", []))
     assert "setuptools>=77" in project["build-system"]["requires"]
+
+
+def test_policy_test_refuses_a_detectors_only_policy() -> None:
+    done = sh(
+        "safeguard-gateway policy test examples/no-model-policies/pii-patterns.md "
+        "--cases examples/golden/pii.jsonl --classifier http://127.0.0.1:9/v1",
+        REPO,
+    )
+    assert done.returncode == 2
+    assert "pii-patterns is detectors-only" in done.stderr

@@ -222,6 +222,12 @@ def prepare(args: argparse.Namespace) -> Setup:
     policies_dir = config.policies_dir if config else "policies"
     refs = [args.policy] + ([args.compare] if args.compare else [])
     policies = [resolve_policy(ref, policies_dir) for ref in refs]
+    for policy in policies:
+        if policy.detectors_only:
+            raise UsageError(
+                f"{policy.id} is detectors-only: its patterns decide without the model, "
+                "so there is nothing for `policy test` to score"
+            )
     if args.reasoning_effort:
         policies = [replace(p, reasoning_effort=args.reasoning_effort) for p in policies]
     return Setup(
