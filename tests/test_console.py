@@ -165,8 +165,13 @@ def test_review_needs_the_csrf_token_and_becomes_a_case(make_gateway, tmp_path: 
     assert saved.status_code == 303
     again = client.get(saved.headers["location"]).text
     assert "Reviewed: wrong" in again and "asks about a game" in again
-    # it left the queue of unreviewed blocks
-    assert f"/console/requests/{row}" not in client.get("/console/queue/blocks").text
+    # it left the queue of unreviewed blocks, and the queue's live rows keep to the queue
+    queue = client.get("/console/queue/blocks").text
+    assert f"/console/requests/{row}" not in queue
+    assert 'data-live="/console/decisions/rows?queue=blocks"' in queue
+    live = client.get("/console/decisions/rows", params={"queue": "blocks"}).text
+    assert f"/console/requests/{row}" not in live and "No matching requests" in live
+    assert f"/console/requests/{row}" in client.get("/console/decisions/rows").text
     export = client.get("/console/export.jsonl", params={"policy": "cheating"})
     cases = [json.loads(line) for line in export.text.splitlines()]
     assert cases == [

@@ -226,7 +226,7 @@ class Console:
             page = await self.read(lambda conn: store.decisions(conn, query))
         except AuditQueryError as exc:
             return self.page(request, "error.html", 400, message=str(exc))
-        live = self.url(request, "/decisions/rows", query.params())
+        live = self.url(request, "/decisions/rows", query.params(queue=queue))
         return self.page(
             request,
             "decisions.html",
@@ -246,7 +246,8 @@ class Console:
 
     async def rows(self, request: Request, session: Session) -> Response:
         """The first page's rows alone, for live updates while traffic flows."""
-        query = store.Query.from_params(request.query_params)
+        queue = request.query_params.get("queue", "")
+        query = store.Query.from_params(request.query_params, queue=queue * (queue in store.QUEUES))
         try:
             page = await self.read(lambda conn: store.decisions(conn, query))
         except AuditQueryError:

@@ -69,7 +69,8 @@ class Query:
 
     def params(self, **changes: Any) -> dict[str, str]:
         """The query string of this list (for paging and live-update links)."""
-        values = {k: getattr(self, k) for k in _TEXT} | {"page": self.page} | changes
+        values = {k: getattr(self, k) for k in _TEXT} | {"page": self.page}
+        values |= changes
         return {
             k: str(v)
             for k, v in values.items()
