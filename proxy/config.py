@@ -59,6 +59,7 @@ class Classifier:
     api_key: str = ""
     cache_ttl_s: float = 3600.0
     cache_size: int = 10_000
+    cache_url: str | None = None  # redis:// or valkey:// shared verdict cache (optional)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,8 @@ class Audit:
     batch_size: int = 256
     flush_interval_s: float = 0.2
     spill_path: str | None = None  # default: <path>.spill.jsonl
+    url: str | None = None  # postgresql://... : the store is PostgreSQL, not SQLite at `path`
+    retention_days: float | None = None  # records older than this are deleted (both stores)
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +346,8 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
 
     c = root.child("classifier")
     c.only(
-        "base_url", "model", "reasoning_effort", "timeout_s", "api_key", "cache_ttl_s", "cache_size"
+        "base_url", "model", "reasoning_effort", "timeout_s", "api_key", "cache_ttl_s",
+        "cache_size", "cache_url",
     )
     classifier = Classifier(
         base_url=c.get("base_url", str, "http://127.0.0.1:30000/v1").rstrip("/"),
@@ -353,6 +357,7 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
         api_key=c.get("api_key", str, ""),
         cache_ttl_s=c.get("cache_ttl_s", float, 3600.0),
         cache_size=c.get("cache_size", int, 10_000),
+        cache_url=c.get("cache_url", str, None) or None,
     )
 
     routes: dict[str, Route] = {}
@@ -418,7 +423,8 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
 
     au = root.child("audit")
     au.only(
-        "path", "content", "enabled", "queue_size", "batch_size", "flush_interval_s", "spill_path"
+        "path", "content", "enabled", "queue_size", "batch_size", "flush_interval_s", "spill_path",
+        "url", "retention_days",
     )
     audit = Audit(
         path=au.get("path", str, "data/audit.db"),
@@ -428,7 +434,13 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
         batch_size=au.get("batch_size", int, 256),
         flush_interval_s=au.get("flush_interval_s", float, 0.2),
         spill_path=au.get("spill_path", str, None),
+        url=au.get("url", str, None) or None,
+        retention_days=au.get("retention_days", float, None),
     )
+    if audit.url and urlsplit(audit.url).scheme not in ("postgresql", "postgres"):
+        raise ConfigError("audit.url", "must be a postgresql:// URL")
+    if audit.retention_days is not None and audit.retention_days <= 0:
+        raise ConfigError("audit.retention_days", "must be a positive number of days")
 
     te = root.child("telemetry")
     te.only("traces", "metrics", "service_name", "sample_ratio")

@@ -172,7 +172,8 @@ def test_a_killed_recorder_means_spill_degraded_then_a_new_recorder(make_gateway
     assert gw.gateway.audit.stats()["written"] >= written  # counters never go back
     after = chat(gw, "gpt-4o-mini", "after")
     assert audit_records(gw, request_id=after.headers["x-request-id"])
-    assert not audit_records(gw, count=1, timeout=0.3, request_id=during_id)
+    # the new recorder replays what the gateway spilled while it was down
+    assert audit_records(gw, request_id=during_id)
 
 
 def test_a_stuck_recorder_makes_the_gateway_unready_until_it_moves(make_gateway, monkeypatch):
