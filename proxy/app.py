@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy.audit_store import audit_page
+from proxy.audit_store import audit_page, store_errors
 from proxy.config import DEV_KEY, Config, load_config
 from proxy.gateway import Gateway
 from proxy.handler import ProxyHandler
@@ -82,9 +82,19 @@ def build_app(config: Config, **gateway_options: Any) -> Any:
         if denied := admin.check(request):
             return denied
         try:
-            page = await audit_page(config.audit.path, dict(request.query_params))
+            page = await audit_page(config.audit, dict(request.query_params))
         except ValueError as exc:
             return _error(OpenAIError(400, str(exc), code="invalid_query"))
+        except store_errors(config.audit) as exc:
+            log.warning("audit store unreadable: %s", type(exc).__name__)
+            return _error(
+                OpenAIError(
+                    503,
+                    "The audit store is unavailable.",
+                    type="server_error",
+                    code="audit_unavailable",
+                )
+            )
         except FileNotFoundError:
             page = {"object": "list", "data": [], "has_more": False, "next_offset": None}
         return JSONResponse(page)
