@@ -68,12 +68,13 @@ def build_app(config: Config, **gateway_options: Any) -> Any:
     async def reload(request: Request) -> Response:
         if denied := admin.check(request):
             return denied
-        ok, detail = gateway.reload_policies()
+        ok, detail = await gateway.reload()
         return JSONResponse(
             {
                 "reloaded": ok,
                 "detail": detail,
                 "policies": {p.id: p.version for p in gateway.policies.values()},
+                "set": gateway.set_id,
             },
             status_code=200 if ok else 422,
         )
@@ -119,7 +120,9 @@ def build_app(config: Config, **gateway_options: Any) -> Any:
                     detail,
                 )
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not main thread
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reload_policies)
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: gateway.in_background(gateway.reload())
+            )
         # What exists now lives as long as the process: keep the collector from
         # traversing it on every full collection (fewer, shorter pauses under load).
         gc.collect()

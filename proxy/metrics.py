@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.metrics import export as otlp
@@ -104,9 +104,9 @@ class _Metric:
     def header(self) -> str:
         return f"# HELP {self.name} {_escape_help(self.help)}\n# TYPE {self.name} {self.kind}\n"
 
-    def render(self, out: list[str]) -> None:
+    def render(self, out: list[str], rows: list[tuple[Labels, list]] | None = None) -> None:
         out.append(self.header())
-        for key, cell in self.snapshot():
+        for key, cell in self.snapshot() if rows is None else rows:
             out.append(f"{self.name}{_label_text(self.labelnames, key)} {_fmt(cell[0])}\n")
 
 
@@ -157,10 +157,10 @@ class Histogram(_Metric):
         cell[bisect_left(self.bounds, value)] += 1  # le semantics: value <= bound
         cell[-1] += value
 
-    def render(self, out: list[str]) -> None:
+    def render(self, out: list[str], rows: list[tuple[Labels, list]] | None = None) -> None:
         out.append(self.header())
         names = self.labelnames
-        for key, cell in self.snapshot():
+        for key, cell in self.snapshot() if rows is None else rows:
             running = 0
             for bound, n in zip(self.bounds, cell, strict=False):
                 running += n
@@ -238,11 +238,36 @@ class Registry:
     ) -> CallbackMetric:
         return self._add(CallbackMetric(name, kind, help, fn, labelnames))
 
-    def render(self) -> bytes:
+    def render(self, snapshot: Snapshot | None = None) -> bytes:
+        """The Prometheus text of this registry, or of `snapshot` (e.g. a fleet's sum)."""
         out: list[str] = []
         for metric in self.metrics.values():
-            metric.render(out)
+            metric.render(out, None if snapshot is None else snapshot.get(metric.name, []))
         return "".join(out).encode()
+
+    def snapshot(self) -> Snapshot:
+        """Every series' values now (callbacks read), for summing across processes."""
+        return {name: metric.snapshot() for name, metric in self.metrics.items()}
+
+
+# metric name -> [(label values, cell)]; a cell is a counter/gauge value or histogram buckets
+Snapshot = dict[str, list[tuple[Labels, list]]]
+
+
+def merge(snapshots: Sequence[Snapshot]) -> Snapshot:
+    """The element-wise sum of several processes' snapshots: every worker's counters and
+    histogram buckets added up, gauges (in flight, queued) as the fleet's total."""
+    total: dict[str, dict[Labels, list]] = {}
+    for snapshot in snapshots:
+        for name, rows in snapshot.items():
+            series = total.setdefault(name, {})
+            for labels, cell in rows:
+                key = tuple(labels)
+                if (mine := series.get(key)) is None:
+                    series[key] = list(cell)
+                else:
+                    series[key] = [a + b for a, b in zip(mine, cell, strict=True)]
+    return {name: sorted(series.items()) for name, series in total.items()}
 
 
 class Metrics:
@@ -348,6 +373,10 @@ class Metrics:
     def render(self) -> bytes:
         return self.registry.render()
 
+    # Under server.workers > 1: an async function returning every worker's summed snapshot
+    # (proxy.fleet); /metrics then renders that instead of this process's registry.
+    gather: Callable[[], Awaitable[Snapshot]] | None = None
+
     async def asgi(self, scope: dict, receive: Any, send: Any) -> None:
         """A bare ASGI app for `GET /metrics` (404 when metrics are `none`)."""
         if scope["type"] != "http":
@@ -357,6 +386,8 @@ class Metrics:
             status, body = 404, b"metrics disabled\n"
         elif scope["method"] not in ("GET", "HEAD"):
             status, body = 405, b"method not allowed\n"
+        elif self.gather is not None:
+            body = self.registry.render(await self.gather())
         else:
             body = self.render()
         content_type = CONTENT_TYPE if status == 200 else "text/plain; charset=utf-8"
