@@ -201,6 +201,7 @@ class Supervisor:
                 "ready": result["ok"],
                 "set": result["set"],
                 "pid": result["pid"],
+                "served": result["served"],  # requests answered: is the load spread?
             }
             if not checks or not result["ok"]:
                 checks = dict(result["checks"])

@@ -69,7 +69,14 @@ class WorkerLink:
             return {"rows": registry.snapshot(), "gauges": gauges}
         if op == "ready":
             ok, checks = await gateway.ready_local()
-            return {"ok": ok, "checks": checks, "set": gateway.set_id, "pid": os.getpid()}
+            served = sum(cell[0] for _, cell in gateway.metrics.requests.snapshot())
+            return {
+                "ok": ok,
+                "checks": checks,
+                "set": gateway.set_id,
+                "pid": os.getpid(),
+                "served": int(served),
+            }
         raise ValueError(f"unknown op {op!r}")
 
     async def _call(self, op: str, **args: Any) -> Any:
