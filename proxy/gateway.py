@@ -22,6 +22,7 @@ from proxy.config import Config, ConfigError, load_config
 from proxy.guard.cache import VerdictCache
 from proxy.guard.engine import Guard
 from proxy.guard.safeguard import SafeguardClient
+from proxy.guard.shared_cache import SharedCache
 from proxy.metrics import Metrics
 from proxy.policies import Policy, PolicyError, load_policies
 from proxy.recorder import Recorder
@@ -129,7 +130,12 @@ class Gateway:
             classifier_url=c.base_url,
         )
         self.metrics = Metrics(config.telemetry)
-        self.cache = VerdictCache(ttl_s=c.cache_ttl_s, size=c.cache_size)
+        self.shared_cache = (
+            SharedCache(c.cache_url, ttl_s=c.cache_ttl_s) if c.cache_url else None
+        )
+        self.cache = VerdictCache(ttl_s=c.cache_ttl_s, size=c.cache_size, shared=self.shared_cache)
+        if self.shared_cache is not None:
+            self.metrics.watch_shared_cache(self.shared_cache)
         self.guard = Guard(self.classifier, self.cache, self.telemetry, self.metrics)
         self.audit: AuditLog | Recorder = self.recorder if audit_on else AuditLog(config.audit)
         self._background: set[asyncio.Task[Any]] = set()
@@ -220,6 +226,8 @@ class Gateway:
         self.telemetry.shutdown()
         await self.upstreams.aclose()
         await self.classifier.aclose()
+        if self.shared_cache is not None:
+            await self.shared_cache.aclose()
         self.metrics.shutdown()
 
 

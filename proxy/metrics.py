@@ -344,6 +344,22 @@ class Metrics:
             ("dropped", "counter", "Spans dropped because the export queue was full"),
         ))  # fmt: skip
 
+    def watch_shared_cache(self, cache: Any) -> None:
+        """The shared verdict cache's lookups and health, read at scrape time."""
+        self.registry.callback(
+            "safeguard_shared_cache_total",
+            "counter",
+            "Shared verdict cache (Redis/Valkey) lookups and writes (result: hit|miss|error|write)",
+            lambda: {(k,): v for k, v in cache.stats().items()},
+            ("result",),
+        )
+        self.registry.callback(
+            "safeguard_shared_cache_up",
+            "gauge",
+            "1 while the shared verdict cache is in use, 0 while degraded to the local cache",
+            lambda: 1.0 if cache.up else 0.0,
+        )
+
     def _watch(
         self,
         prefix: str,
