@@ -7,6 +7,7 @@ to run as root, so as root the cluster belongs to the `postgres` user.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -57,6 +58,12 @@ class Postgres:
     def stop(self) -> None:
         self.run(self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
+    def close(self) -> None:
+        """Stop it (whatever state it is in) and remove its files."""
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.data.parent, ignore_errors=True)
+
     def start(self) -> None:
         self.run(
             self.pg_ctl, "-D", str(self.data), "-l", str(self.data / "log"), "-w", "-t", "30",
@@ -66,11 +73,12 @@ class Postgres:
         )  # fmt: skip
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[Postgres]:
+def start_postgres() -> Postgres:
+    """A new cluster in a temp dir, started on a free loopback port (stop with `close`).
+    Raises FileNotFoundError when the PostgreSQL binaries are not installed."""
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if not (initdb and pg_ctl):
-        pytest.skip("PostgreSQL binaries (Debian package postgresql) are not installed")
+        raise FileNotFoundError("PostgreSQL binaries (Debian package postgresql) not installed")
     root = Path(tempfile.mkdtemp(prefix="sg-pg-"))
     data = root / "data"
     as_postgres = os.geteuid() == 0
@@ -87,32 +95,43 @@ def postgres_server() -> Iterator[Postgres]:
     run(initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
     server = Postgres(_port(), data, run, pg_ctl)
     server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    try:
+        server = start_postgres()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
     try:
         yield server
     finally:
-        subprocess.run(
-            [*(["runuser", "-u", "postgres", "--"] if as_postgres else []), pg_ctl, "-D",
-             str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-        )  # fmt: skip
-        shutil.rmtree(root, ignore_errors=True)
+        server.close()
 
 
 @dataclass
 class Redis:
     port: int
     proc: subprocess.Popen
+    folder: str
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[Redis]:
+def start_redis() -> Redis:
+    """valkey-server (or redis-server) on a free loopback port, no persistence.
+    Raises FileNotFoundError when neither is installed."""
     binary = shutil.which("valkey-server") or shutil.which("redis-server")
     if not binary:
-        pytest.skip("neither valkey-server nor redis-server is installed")
+        raise FileNotFoundError("neither valkey-server nor redis-server is installed")
     folder = tempfile.mkdtemp(prefix="sg-redis-")
     port = _port()
     proc = subprocess.Popen(
@@ -125,19 +144,28 @@ def redis_server() -> Iterator[Redis]:
 
     client = redis.Redis(port=port)
     deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise
-            time.sleep(0.05)
-    client.close()
     try:
-        yield Redis(port, proc)
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    proc.kill()
+                    raise
+                time.sleep(0.05)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(folder, ignore_errors=True)
+        client.close()
+    return Redis(port, proc, folder)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Redis]:
+    try:
+        server = start_redis()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.close()
