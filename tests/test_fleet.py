@@ -14,7 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, KEY, TEST_POLICIES, policy_text, write_config_file
+from tests.conftest import (
+    ADMIN_KEY,
+    KEY,
+    TEST_POLICIES,
+    policy_text,
+    start_gateway_process,
+    write_config_file,
+)
 from tests.fakes.serve import free_socket
 
 ROOT = Path(__file__).parent.parent
@@ -151,3 +158,30 @@ def test_a_reload_of_a_policy_and_a_route_reaches_every_worker(fleet):
     assert decisions == {"annotate"}
     after = served(fleet)
     assert all(after[i] > served_before[i] for i in after), (served_before, after)
+
+
+def test_one_process_reloads_routes_too_and_refuses_what_needs_a_restart(
+    upstream, classifier, tmp_path
+):
+    path = write_config_file(tmp_path, upstream, classifier)
+    (tmp_path / "policies" / "spam.md").write_text(TEST_POLICIES["spam"])
+    proc, base = start_gateway_process(path)
+    one = Fleet(proc, base, tmp_path / "unused.log", tmp_path)
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    try:
+        assert ask(one, "buy now").headers.get("x-safeguard-decision") != "annotate"
+        text = path.read_text()
+        path.write_text(
+            text.replace("policies:\n      - cheating", "policies:\n      - cheating\n      - spam")
+        )
+        reply = httpx.post(base + "/admin/reload", headers=admin)
+        assert reply.status_code == 200, reply.text
+        assert ask(one, "buy now").headers["x-safeguard-decision"] == "annotate"
+        # an upstream change needs a restart: refused, naming the key, the set kept
+        path.write_text(path.read_text().replace("timeout_s: 3", "timeout_s: 4"))
+        refused = httpx.post(base + "/admin/reload", headers=admin)
+        assert refused.status_code == 422 and "upstreams" in refused.json()["detail"]
+        assert ask(one, "buy now").headers["x-safeguard-decision"] == "annotate"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
