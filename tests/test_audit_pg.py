@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from pathlib import Path
@@ -182,10 +183,8 @@ def test_records_identical_across_backends_for_the_same_traffic(make_gateway, po
     texts = ["hello there", "get an aimbot now", "my email is a@b.example"]
     for gw in (lite, pg):
         for text in texts:
-            try:
+            with contextlib.suppress(openai.BadRequestError):  # the blocked one
                 chat(gw, "guarded-x", text)
-            except openai.BadRequestError:  # the blocked one
-                pass
     records = {}
     for name, store in (("lite", lite.config.audit.path), ("pg", pg.config.audit)):
         found: list[dict] = []
