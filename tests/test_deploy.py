@@ -429,7 +429,11 @@ def test_compose_runs_postgres_and_valkey_for_the_gateway() -> None:
     assert {"postgres", "valkey"} <= set(services)
     gateway = services["gateway"]
     assert gateway["depends_on"]["postgres"]["condition"] == "service_healthy"
-    env = {**env_example(), **{k: str(v) for k, v in gateway["environment"].items()}}
+    env = env_example()
+    for name in ("AUDIT_DATABASE_URL", "VERDICT_CACHE_URL"):  # as compose interpolates them
+        env[name] = gateway["environment"][name].replace(
+            "${POSTGRES_PASSWORD:-safeguard}", env["POSTGRES_PASSWORD"]
+        )
     config = load_config(DEPLOY / "gateway.compose.yaml", env=env)
     assert config.audit.url and "@postgres:5432/" in config.audit.url
     assert config.classifier.cache_url == "redis://valkey:6379/0"
