@@ -18,7 +18,7 @@ from proxy.audit_store import SqliteWriter, audit_page, query, stats
 from proxy.config import Audit
 from tests.conftest import ADMIN_KEY, KEY, start_gateway_process, write_config_file
 from tests.test_audit import T0, record, sample, wait_for
-from tests.test_audit_e2e import _fire_and_terminate
+from tests.test_audit_e2e import sigterm_with_in_flight
 from tests.test_guard import GUARDED, chat
 
 VOLATILE = ("request_id", "time", "timings")
@@ -156,24 +156,8 @@ def test_sigterm_with_200_in_flight_loses_none_on_postgres(
     postgres_server, upstream, classifier, tmp_path
 ):
     url = postgres_server.new_database()
-    path = write_config_file(
-        tmp_path,
-        upstream,
-        classifier,
-        **{"upstreams.main.timeout_s": 30, "audit.content": "none", "audit.url": url},
-    )
-    proc, base = start_gateway_process(path)
-    try:
-        upstream[0].first_token_delay_s = 1.0
-        responses = asyncio.run(_fire_and_terminate(base, proc, upstream[0], 200))
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    ok = [r for r in responses if isinstance(r, httpx.Response) and r.status_code == 200]
-    assert len(ok) == 200
-    stored = {r["request_id"] for r in query(Audit(url=url), limit=None)}
-    assert {r.headers["x-request-id"] for r in ok} <= stored
+    ids = sigterm_with_in_flight(upstream, classifier, tmp_path, 200, **{"audit.url": url})
+    assert ids <= {r["request_id"] for r in query(Audit(url=url), limit=None)}
 
 
 def test_records_identical_across_backends_for_the_same_traffic(make_gateway, postgres_server):

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,16 +99,21 @@ def start_postgres() -> Postgres:
     return server
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[Postgres]:
+def _running(start: Callable[[], Any]) -> Iterator[Any]:
+    """A fixture's server: skipped when its binaries are not installed, closed after."""
     try:
-        server = start_postgres()
+        server = start()
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
     try:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    yield from _running(start_postgres)
 
 
 @dataclass
@@ -161,11 +167,4 @@ def start_redis() -> Redis:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[Redis]:
-    try:
-        server = start_redis()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _running(start_redis)
