@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import orjson
 import psycopg
 
 from proxy.audit import AuditLog, stored_row
@@ -149,6 +150,11 @@ def test_cli_and_admin_api_read_the_postgres_store(
     assert len(lines) == 2
     assert audit_cli_main(["audit", "stats", "--config", str(path), "--json"]) == 0
     assert '"block":1' in capsys.readouterr().out
+    assert audit_cli_main(["audit", "export", "--config", str(path)]) == 0
+    exported = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {r["request_id"] for r in exported} == ids
+    assert audit_cli_main(["audit", "tail", "-n", "1", "--config", str(path), "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["decision"] == "block"
     assert not (tmp_path / "audit.db").exists()  # nothing went to SQLite
 
 

@@ -113,6 +113,29 @@ def test_metrics_total_equals_the_requests_sent_on_every_scrape(fleet):
     assert all(n > 0 for n in served(fleet).values()), served(fleet)  # both did serve
 
 
+def test_a_worker_that_dies_is_replaced_and_the_totals_do_not_go_back(fleet):
+    for _ in range(10):
+        assert ask(fleet, "hello").status_code == 200
+    before = requests_total(fleet)  # this scrape is what the supervisor keeps of the dead
+    workers = fleet.ready()["checks"]["workers"]
+    victim = workers["0"]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            now = fleet.ready()["checks"]["workers"]
+            if now.get("0", {}).get("pid") not in (None, victim) and all(
+                w.get("ready") for w in now.values()
+            ):
+                break
+        except (httpx.HTTPError, ValueError):
+            pass
+        assert time.monotonic() < deadline, fleet.log_text()
+        time.sleep(0.1)
+    assert requests_total(fleet) >= before
+    assert ask(fleet, "hello").status_code == 200
+
+
 def test_a_broken_file_on_sighup_keeps_every_worker_on_the_old_set(fleet):
     old_set = fleet.ready()["checks"]["set"]
     policy = fleet.folder / "policies" / "cheating.md"
