@@ -3,10 +3,13 @@
 `AuditLog.submit` applies the retention setting, makes the record a row
 (proxy.audit_store.audit_row) and appends it to a deque (microseconds, never raises, no
 lock or thread wake-up per record: deque appends and pops are atomic); `submit_rows` takes
-rows the gateway has already made. A dedicated thread owns the SQLite connection and,
-every flush interval, takes what is pending and writes it in batches, one transaction
-each. When the queue is full or the store fails, records are appended as JSON lines to
-the spill file instead, and `health()` reports degraded until writes succeed again.
+rows the gateway has already made. A dedicated thread owns the store's connection (SQLite,
+or PostgreSQL for `audit.url`: proxy.audit_store.open_writer) and, every flush interval,
+takes what is pending and writes it in batches, one transaction each. When the queue is
+full or the store fails, records are appended as JSON lines to the spill file instead, and
+`health()` reports degraded until writes succeed again. Between batches a healthy writer
+replays the spill file into the store (whichever process spilled there; at least once)
+and deletes records older than `audit.retention_days`.
 The gateway runs it in its recorder process (proxy.recorder), out of the event loop's way;
 when audit is off it is the gateway's no-op stand-in. Reading the store (CLI, admin API)
 lives in proxy.audit_store.

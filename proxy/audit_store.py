@@ -1,9 +1,14 @@
-"""The SQLite audit store: schema, batch insert, filtered reads and summaries.
+"""The audit store: schema, batch insert, filtered reads and summaries.
 
 One row per request in `requests` (the full record as JSON text plus indexed columns) and
 one row per verdict in `verdicts` (the columns policy filters and stats need). The gateway's
 writer (proxy.audit) owns the only read-write connection; readers (CLI, admin API) open the
 file read-only, which WAL lets them do while the gateway writes.
+
+SQLite lives here; PostgreSQL (`audit.url`) in proxy.audit_pg, with the same tables. The
+seam is small: `open_writer` (insert, purge, close) and `open_reader` (an `execute` in
+sqlite3's shape), so the filters, queries and stats below are written once, in SQL both
+engines run (`1=1`, no `IS` between columns, a large number for "no limit").
 """
 
 from __future__ import annotations
