@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy.audit_store import audit_page, store_errors
+from proxy.audit_backends import store_errors
+from proxy.audit_store import audit_page
 from proxy.config import DEV_KEY, Config, load_config
 from proxy.gateway import Gateway
 from proxy.handler import ProxyHandler

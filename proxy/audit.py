@@ -21,7 +21,6 @@ import asyncio
 import atexit
 import contextlib
 import fcntl
-import glob
 import hashlib
 import logging
 import os
@@ -29,20 +28,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
-from proxy.audit_store import (
-    RECORD,
-    Row,
-    audit_row,
-    describe_store,
-    encode,
-    open_writer,
-    store_errors,
-)
+from proxy.audit_backends import describe_store, open_writer, store_errors
+from proxy.audit_spill import SpillFile, same_file, spill_path
+from proxy.audit_store import Row, audit_row, encode
 from proxy.config import Audit
 
 log = logging.getLogger("proxy.audit")
@@ -105,72 +97,6 @@ def stored_rows(records: Iterable[Any], mode: str) -> tuple[list[Row], list[str]
 def _redacted(content: Mapping[str, Any], side: str, redacted: str) -> Any:
     text = content.get(redacted)
     return content.get(side) if text is None else text
-
-
-def spill_path(cfg: Audit) -> str:
-    return cfg.spill_path or f"{cfg.path}.spill.jsonl"
-
-
-class SpillFile:
-    """Rows' records as JSON lines appended to the spill file (any thread, any process).
-
-    Every write opens, locks (flock), appends and closes: spills are rare, and several
-    processes (each worker and its recorder) share the file while a recorder may be taking
-    it away to replay (`take`). `write` raises OSError when they cannot be kept."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-
-    def write(self, rows: list[Row]) -> None:
-        self.write_lines([row[RECORD] for row in rows])
-
-    def write_lines(self, lines: list[str]) -> None:
-        data = "".join([f"{line}\n" for line in lines]).encode()
-        with self._lock:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            while True:
-                with open(self.path, "ab") as file:
-                    fcntl.flock(file, fcntl.LOCK_EX)
-                    if _same_file(file, self.path):  # not taken away while we waited
-                        file.write(data)
-                        file.flush()
-                        return
-
-    def take(self) -> list[str]:
-        """Move the spilled lines aside for replay: the paths of the files to replay
-        (this one, and any a replay left behind when it was interrupted)."""
-        taken = sorted(glob.glob(glob.escape(self.path) + ".replay-*"))
-        with self._lock:
-            try:
-                with open(self.path, "rb") as file:
-                    fcntl.flock(file, fcntl.LOCK_EX)
-                    if _same_file(file, self.path) and os.fstat(file.fileno()).st_size:
-                        aside = f"{self.path}.replay-{os.getpid()}-{time.time_ns()}"
-                        os.rename(self.path, aside)
-                        taken.append(aside)
-            except FileNotFoundError:
-                pass
-        return taken
-
-    def pending(self) -> bool:
-        """Anything to replay (one stat a call, or a glob when a replay was interrupted)."""
-        try:
-            if os.stat(self.path).st_size:
-                return True
-        except OSError:
-            pass
-        return bool(glob.glob(glob.escape(self.path) + ".replay-*"))
-
-    def close(self) -> None:
-        """Nothing is kept open (kept for the callers that close it)."""
-
-
-def _same_file(file: IO[bytes], path: str) -> bool:
-    try:
-        return os.path.samestat(os.fstat(file.fileno()), os.stat(path))
-    except FileNotFoundError:
-        return False
 
 
 def _digest(text: Any) -> str | None:
@@ -382,7 +308,7 @@ class AuditLog:
                     fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:  # another recorder is replaying it
                     continue
-                if not _same_file(file, path):  # replayed and removed meanwhile
+                if not same_file(file, path):  # replayed and removed meanwhile
                     continue
                 lines = file.read().decode(errors="replace").splitlines()
                 done = self._replay_lines([line for line in lines if line.strip()])

@@ -18,15 +18,14 @@ from typing import IO, Any
 
 import orjson
 
+from proxy.audit_backends import describe_store, store_errors
 from proxy.audit_store import (
     AuditQueryError,
     Filters,
     StoreMissing,
     compute_stats,
-    describe_store,
     open_reader,
     select,
-    store_errors,
 )
 from proxy.config import ConfigError, load_config
 

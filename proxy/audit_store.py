@@ -156,58 +156,6 @@ def _column(value: Any) -> str | float | None:
 _PLAIN = frozenset({str, int, float, type(None)})
 
 
-class SqliteWriter:
-    """The writer thread's read-write store (proxy.audit_pg.PgWriter is the other one)."""
-
-    errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
-
-    def __init__(self, path: str | Path) -> None:
-        self.where = str(path)
-        self.conn = open_store(path)
-
-    def insert(self, rows: Sequence[Row]) -> None:
-        insert_rows(self.conn, rows)
-
-    def purge(self, before: float) -> int:
-        """Delete records that started before `before` (unix seconds), verdicts first."""
-        with self.conn:
-            self.conn.execute(
-                "DELETE FROM verdicts WHERE request IN (SELECT id FROM requests WHERE time < ?)",
-                (before,),
-            )
-            return self.conn.execute("DELETE FROM requests WHERE time < ?", (before,)).rowcount
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def open_writer(cfg: Audit) -> Any:
-    """The store named by the config, read-write, its schema created or migrated:
-    PostgreSQL for `audit.url`, else SQLite at `audit.path`."""
-    if cfg.url:
-        from proxy.audit_pg import PgWriter
-
-        return PgWriter(cfg.url)
-    return SqliteWriter(cfg.path)
-
-
-def store_errors(cfg: Audit) -> tuple[type[BaseException], ...]:
-    """What a failing store raises (a write is spilled and the store reopened on these)."""
-    if cfg.url:
-        from proxy.audit_pg import ERRORS
-
-        return ERRORS
-    return SqliteWriter.errors
-
-
-def describe_store(cfg: Audit) -> str:
-    """The store's name for messages: the path, or the URL without its password."""
-    if cfg.url:
-        from proxy.audit_pg import redact_url
-
-        return redact_url(cfg.url)
-    return cfg.path
-
 
 # -- filters ---------------------------------------------------------------------------------
 

@@ -14,8 +14,9 @@ import orjson
 import psycopg
 
 from proxy.audit import AuditLog, stored_row
+from proxy.audit_backends import SqliteWriter
 from proxy.audit_pg import SCHEMA_VERSION, PgWriter, migrate, pg_sql
-from proxy.audit_store import SqliteWriter, audit_page, query, stats
+from proxy.audit_store import audit_page, query, stats
 from proxy.config import Audit
 from tests.conftest import ADMIN_KEY, KEY, start_gateway_process, write_config_file
 from tests.test_audit import T0, record, sample, wait_for
