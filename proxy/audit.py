@@ -109,7 +109,7 @@ def _digest(text: Any) -> str | None:
 class AuditLog:
     """Queue + background SQLite writer with a JSON-lines spill file."""
 
-    def __init__(self, cfg: Audit, *, reopen_after_s: float = 5.0) -> None:
+    def __init__(self, cfg: Audit, *, reopen_after_s: float = 2.0) -> None:
         if cfg.content not in RETENTION_MODES:
             raise ValueError(f"audit.content: unknown retention mode {cfg.content!r}")
         self.cfg = cfg
