@@ -28,6 +28,7 @@ import os
 import pickle
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
 from typing import Any
@@ -46,6 +47,7 @@ log = logging.getLogger("proxy.fleet")
 
 STOP_TIMEOUT_S = 90.0  # a worker's graceful drain (30 s) plus its recorder's
 WATCH_S = 0.2
+CRASH_LOOP_S = 5.0  # a worker that dies sooner after its start is restarted after a pause
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Worker:
     line: Line
     last: Snapshot = field(default_factory=dict)  # from the latest scrape
     gauges: frozenset[str] = frozenset()
+    started: float = field(default_factory=time.monotonic)
 
 
 class Supervisor:
@@ -120,6 +123,8 @@ class Supervisor:
         worker.line.close()
         kept = {n: rows for n, rows in worker.last.items() if n not in worker.gauges}
         self.retired = merge([self.retired, kept])
+        if time.monotonic() - worker.started < CRASH_LOOP_S:  # dying at start: do not spin
+            await asyncio.sleep(CRASH_LOOP_S / 5)
         await self._spawn(worker.index)
 
     async def _stop_all(self) -> None:
