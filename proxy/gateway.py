@@ -112,13 +112,7 @@ class Gateway:
         self.link = link  # proxy.fleet.worker.WorkerLink under server.workers > 1
         self.upstreams = UpstreamPool(config.upstreams)
         c = config.classifier
-        self.classifier = classifier or SafeguardClient(
-            c.base_url,
-            c.model,
-            reasoning_effort=c.reasoning_effort,
-            timeout_s=c.timeout_s,
-            api_key=c.api_key or None,
-        )
+        self.classifier = classifier or SafeguardClient.from_config(c)
         # Audit writes and span export run in a recorder process, off the event loop's GIL.
         audit_on = config.audit.enabled
         spans_out = span_exporter is None and config.telemetry.traces == "otlp"
@@ -140,7 +134,17 @@ class Gateway:
         self.metrics.watch_audit(self.audit.stats)
         if spans_out:
             self.metrics.watch_spans(self.recorder.span_stats)
-        self.uses_classifier = _uses_classifier(config)
+
+    @property
+    def uses_classifier(self) -> bool:
+        """Any routed policy that asks the model (detectors-only policies never do)."""
+        return any(
+            not self.policies[ref.id].detectors_only
+            for route in self.config.routes.values()
+            for side in (route.input, route.output)
+            for ref in (*side.policies, *side.shadow)
+            if ref.id in self.policies
+        )
 
     def apply(self, config: Config, policies: Mapping[str, Policy]) -> str:
         """Swap in a checked set (tenants, routes, policies) in one step; what changed."""
@@ -150,7 +154,6 @@ class Gateway:
         )
         self.tenancy = Tenancy(self.config)
         self.policies = policies
-        self.uses_classifier = _uses_classifier(self.config)
         return detail
 
     def reload_local(self) -> tuple[bool, str]:
@@ -202,7 +205,10 @@ class Gateway:
             classifier_ok, detail = await self.classifier.ready()
             where = self.config.classifier.base_url
             checks["classifier"] = (
-                detail if classifier_ok else f"{detail}: gpt-oss-safeguard not reachable at {where}"
+                detail
+                if classifier_ok
+                else f"{detail}: gpt-oss-safeguard not reachable at {where}; diagnose with "
+                f"`safeguard-gateway classifier check --config {self.config.source or 'PATH'}`"
             )
             ok = ok and classifier_ok
         audit_ok, audit_detail = self.audit.health()
@@ -227,10 +233,6 @@ class Gateway:
         if self.shared_cache is not None:
             await self.shared_cache.aclose()
         self.metrics.shutdown()
-
-
-def _uses_classifier(config: Config) -> bool:
-    return any(route.input.guarded or route.output.guarded for route in config.routes.values())
 
 
 class _Absent:
