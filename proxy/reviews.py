@@ -21,7 +21,10 @@ from typing import Any
 
 import orjson
 
+from proxy.config import Audit
+
 MARKS = ("correct", "wrong", "unsure")
+_PG_LOCK = 0x5AFE_A0D2  # beside proxy.audit_pg's 0x5AFE_A0D1
 MAX_NOTE = 4000
 
 SCHEMA = """
@@ -59,14 +62,46 @@ def is_postgres(conn: Any) -> bool:
     return not isinstance(conn, sqlite3.Connection)
 
 
-def ensure_schema(conn: Any) -> None:
-    """The reviews table and the console's indexes (idempotent; needs the audit tables)."""
+def ensure_schema(conn: Any) -> bool:
+    """The reviews table and the console's indexes (idempotent). False when the audit
+    tables are not there yet (the gateway's writer makes them). On PostgreSQL under an
+    advisory lock: workers may start it at once."""
     if not is_postgres(conn):
         with conn:
             conn.executescript(SCHEMA)
-        return
-    for statement in filter(str.strip, SCHEMA.split(";")):
-        conn.execute(statement)
+        return True
+    if not conn.execute("SELECT to_regclass('verdicts') IS NOT NULL").fetchone()[0]:
+        return False
+    conn.execute("SELECT pg_advisory_lock(?)", (_PG_LOCK,))
+    try:
+        for statement in filter(str.strip, SCHEMA.split(";")):
+            conn.execute(statement)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(?)", (_PG_LOCK,))
+    return True
+
+
+def open_writable(cfg: Audit) -> Any:
+    """A read-write connection for reviews: PostgreSQL (autocommit) for `audit.url`, else
+    the SQLite file (which must exist: the audit writer creates it)."""
+    if cfg.url:
+        from proxy.audit_pg import connect, pg_sql
+
+        return _PgConnection(connect(cfg.url, autocommit=True), pg_sql)
+    return sqlite3.connect(cfg.path, timeout=5.0)
+
+
+class _PgConnection:
+    """psycopg with the sqlite3 calls this module makes (`?` placeholders)."""
+
+    def __init__(self, conn: Any, translate: Any) -> None:
+        self.conn, self._sql = conn, translate
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        return self.conn.execute(self._sql(sql), list(params))
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def save(
@@ -147,7 +182,7 @@ def reviewed(
     """(review, record) pairs, oldest review first, optionally for one policy."""
     if not has_reviews(conn):
         return
-    where, params = ["1"], []
+    where, params = ["1 = 1"], []
     if policy:
         where.append("v.policy = ?")
         params.append(policy)

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -299,3 +300,54 @@ def test_sessions_end_when_forged_expired_or_the_key_is_removed():
     assert Sessions(["sk-a"], []).session(cookie, now=1001) is None
     assert sessions.sign_in("sk-nope") is None
     assert "sk-r" not in cookie
+
+
+def test_console_reviews_and_exports_on_postgresql(make_gateway, postgres_server, tmp_path):
+    """Same loop on the PostgreSQL audit store: list, request page, review, queue, export
+    from the console and from `audit export --reviewed`, policy page."""
+    url = postgres_server.new_database()
+    raw = {
+        "admin": {"keys": [ADMIN_KEY]},
+        "audit": {"url": url, "content": "full", "flush_interval_s": 0.05},
+    }
+    gw = make_gateway(guarded=GUARDED, raw=raw)
+    request_id = blocked_request(gw, "any aimbot for sale? <b>bold</b>")
+    client = sign_in(gw)
+    row = None
+    for _ in range(100):  # the recorder writes in the background
+        listing = client.get("/console/decisions", params={"q": "aimbot for sale"}).text
+        if found := re.search(r'/console/requests/(\d+)"', listing):
+            row = int(found.group(1))
+            break
+        time.sleep(0.05)
+    assert row is not None
+    page = client.get(f"/console/requests/{row}").text
+    assert request_id in page and "Verdict 1." in page and "<b>bold" not in page
+    assert f"/console/requests/{row}" in client.get("/console/queue/blocks").text
+    saved = client.post(
+        f"/console/requests/{row}/review",
+        data={"verdict": "0", "mark": "wrong", "note": "pg", "csrf": csrf_of(page)},
+    )
+    assert saved.status_code == 303
+    assert "Reviewed: wrong" in client.get(saved.headers["location"]).text
+    assert f"/console/requests/{row}" not in client.get("/console/queue/blocks").text
+    exported = [json.loads(x) for x in client.get("/console/export.jsonl").text.splitlines()]
+    assert [(c["content"], c["label"], c["note"]) for c in exported] == [
+        ("any aimbot for sale? <b>bold</b>", 0, "pg")
+    ]
+    policy = client.get("/console/policies/violence").text
+    assert policy.count("<svg") == 2
+    config = tmp_path / "pg.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            yaml.safe_load(cli_config(gw, tmp_path).read_text()) | {"audit": {"url": url}}
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "audit", "export", "--reviewed", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(x) for x in done.stdout.splitlines()] == exported

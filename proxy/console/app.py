@@ -9,8 +9,8 @@ only, nothing inline) and audited text is rendered escaped, never as markup.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import closing
@@ -27,8 +27,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from proxy import reviews
+from proxy.audit_backends import store_errors
 from proxy.audit_cli import flagged
-from proxy.audit_store import AuditQueryError, StoreMissing, connect_readonly, open_store
+from proxy.audit_store import AuditQueryError, StoreMissing, open_reader, open_store
 from proxy.console import charts, store
 from proxy.console.session import COOKIE, LOGIN_COOKIE, Session, Sessions, same_token
 from proxy.guard.safeguard import ClassifierError
@@ -49,6 +50,13 @@ SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
 ]
 WINDOWS = {"24h": 24, "7d": 24 * 7, "30d": 24 * 30}
+
+log = logging.getLogger("proxy.console")
+
+
+class StoreUnavailable(Exception):
+    """The audit store cannot be reached (PostgreSQL down, a locked or broken file)."""
+
 
 Handler = Callable[[Request, Session], Awaitable[Response]]
 
@@ -87,10 +95,11 @@ class Console:
         self.gw = gateway
         config = gateway.config
         self.sessions = Sessions(config.admin_keys, config.reviewer_keys)
-        self.db_path = config.audit.path
+        self.audit = config.audit  # SQLite at audit.path, or PostgreSQL at audit.url
         self.trace_url = config.telemetry.trace_url
         self.env = _templates()
         self._schema_ready = False
+        self._errors = store_errors(self.audit)
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -105,24 +114,31 @@ class Console:
         root = request.scope.get("root_path", "")
         return f"{root}{path}" + (f"?{urlencode(params)}" if params else "")
 
-    async def read(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run `work` on a read-only connection in a thread; None when there is no store."""
+    async def read(self, work: Callable[[Any], Any]) -> Any:
+        """Run `work` on a read-only connection in a thread; None when there is no store
+        (raises StoreUnavailable when it cannot be reached)."""
 
         def run() -> Any:
             self._ensure_schema()
-            with closing(connect_readonly(self.db_path)) as conn:
+            with closing(open_reader(self.audit)) as conn:
                 return work(conn)
 
         try:
             return await asyncio.to_thread(run)
         except StoreMissing:
             return None
+        except self._errors as exc:
+            log.warning("console: audit store unavailable (%s)", type(exc).__name__)
+            raise StoreUnavailable from None
 
     def _ensure_schema(self) -> None:
         """The reviews table and the console's indexes, once the store exists."""
-        if self._schema_ready or not Path(self.db_path).is_file():
+        if self._schema_ready or not (self.audit.url or Path(self.audit.path).is_file()):
             return
-        with closing(open_store(self.db_path)) as conn:
+        opened = (
+            reviews.open_writable(self.audit) if self.audit.url else open_store(self.audit.path)
+        )
+        with closing(opened) as conn:
             reviews.ensure_schema(conn)
         self._schema_ready = True
 
@@ -149,7 +165,12 @@ class Console:
                 request.scope["console_form"] = form
             if admin and not session.admin:
                 return self.page(request, "error.html", 403, message="Admins only.")
-            return await handler(request, session)
+            try:
+                return await handler(request, session)
+            except StoreUnavailable:
+                return self.page(
+                    request, "error.html", 503, message="The audit store cannot be reached."
+                )
 
         return endpoint
 
@@ -289,7 +310,7 @@ class Console:
 
         def write() -> reviews.Review:
             self._ensure_schema()
-            with closing(sqlite3.connect(self.db_path, timeout=5.0)) as conn:
+            with closing(reviews.open_writable(self.audit)) as conn:
                 return reviews.save(
                     conn,
                     row_id,
@@ -303,6 +324,9 @@ class Console:
             await asyncio.to_thread(write)
         except reviews.ReviewError as exc:
             return self.page(request, "error.html", 400, message=str(exc))
+        except self._errors as exc:
+            log.warning("console: review not stored (%s)", type(exc).__name__)
+            raise StoreUnavailable from None
         target = self.url(request, f"/requests/{row_id}", {"saved": verdict})
         return RedirectResponse(f"{target}#verdict-{verdict}", status_code=303)
 
@@ -310,7 +334,7 @@ class Console:
         """Reviewed cases as JSON lines (`policy test --cases` reads the file as it is)."""
         policy = request.query_params.get("policy") or None
 
-        def cases(conn: sqlite3.Connection) -> list[dict]:
+        def cases(conn: Any) -> list[dict]:
             return list(reviews.export_cases(conn, policy=policy))
 
         found = await self.read(cases) or []

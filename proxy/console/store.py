@@ -169,17 +169,6 @@ def request(conn: Any, row_id: int) -> tuple[dict, dict] | None:
     return orjson.loads(row[0]), for_request(conn, row_id)
 
 
-def facets(conn: Any, since: float) -> dict[str, list[str]]:
-    """Tenants, routes and policies seen recently (the filter form's suggestions)."""
-    out = {}
-    for name, sql in (
-        ("tenant", "SELECT DISTINCT tenant FROM requests WHERE time >= ? LIMIT 200"),
-        ("route", "SELECT DISTINCT route FROM requests WHERE time >= ? LIMIT 200"),
-    ):
-        out[name] = sorted(str(v) for (v,) in conn.execute(sql, (since,)) if v is not None)
-    return out
-
-
 @dataclass(slots=True)
 class PolicyHistory:
     versions: list[tuple[str, float, float, int]]  # version, first seen, last seen, verdicts
@@ -190,10 +179,11 @@ class PolicyHistory:
 
 def policy_history(conn: Any, policy: str, since: float) -> PolicyHistory:
     # CROSS JOIN keeps SQLite's join order: the window's requests by time, then their
-    # verdicts (not every verdict the policy ever had, then their times).
+    # verdicts (not every verdict the policy ever had, then their times). PostgreSQL
+    # plans the join itself and takes no ON after CROSS JOIN.
+    cross = "JOIN" if is_postgres(conn) else "CROSS JOIN"
     join = (
-        "FROM requests r CROSS JOIN verdicts v ON v.request = r.id"
-        " WHERE v.policy = ? AND r.time >= ?"
+        f"FROM requests r {cross} verdicts v ON v.request = r.id WHERE v.policy = ? AND r.time >= ?"
     )
     versions = conn.execute(
         f"SELECT COALESCE(v.version, '?'), MIN(r.time), MAX(r.time), COUNT(*) {join}"
@@ -215,7 +205,7 @@ def policy_history(conn: Any, policy: str, since: float) -> PolicyHistory:
         for hour, agree, compared in conn.execute(
             "SELECT CAST(r.time AS BIGINT) / 3600, SUM(CASE WHEN (s.label = 'violation') ="
             f" {_ENFORCED_FLAGGED} THEN 1 ELSE 0 END), COUNT(*)"
-            " FROM requests r CROSS JOIN verdicts s ON s.request = r.id WHERE s.policy = ?"
+            f" FROM requests r {cross} verdicts s ON s.request = r.id WHERE s.policy = ?"
             " AND s.shadow = 1 AND s.label IN ('violation', 'safe') AND r.time >= ? GROUP BY 1",
             (policy, since),
         ):
