@@ -100,6 +100,31 @@ def record(i: int, at: float) -> dict[str, Any]:
     }
 
 
+def make_pg_store(url: str, count: int) -> dict[str, float]:
+    """The same store in PostgreSQL (the writer's COPY batches), then ANALYZE."""
+    from proxy.audit_pg import PgWriter
+    from proxy.config import Audit
+    from proxy.reviews import open_writable
+
+    now = time.time()
+    step = DAYS * 86400 / count
+    started = time.perf_counter()
+    writer = PgWriter(url)
+    try:
+        for first in range(0, count, 5000):
+            last = min(count, first + 5000)
+            writer.insert(
+                [audit_row(record(i, now - (count - i) * step)) for i in range(first, last)]
+            )
+    finally:
+        writer.close()
+    inserted = time.perf_counter() - started
+    with closing(open_writable(Audit(url=url))) as conn:
+        ensure_schema(conn)
+        conn.execute("ANALYZE")
+    return {"insert_s": inserted, "index_s": time.perf_counter() - started - inserted}
+
+
 def make_store(path: Path, count: int) -> dict[str, float]:
     """The store with `count` records ending now; seconds spent inserting and indexing."""
     now = time.time()
@@ -167,11 +192,23 @@ def p95(values: list[float]) -> float:
 
 def console(settings: Settings) -> Scenario:
     count = int(os.environ.get("CONSOLE_BENCH_RECORDS", 200_000 if settings.quick else 1_000_000))
-    sc = Scenario("console", f"Review console on a {count:,}-record SQLite audit store (issue 18)")
+    backend = os.environ.get("CONSOLE_BENCH_BACKEND", "sqlite")
+    sc = Scenario(
+        "console", f"Review console on a {count:,}-record {backend} audit store (issue 18)"
+    )
     tmp = settings.log_dir / "console"
     tmp.mkdir(parents=True, exist_ok=True)
-    built = make_store(tmp / "audit.db", count)
-    size_mb = (tmp / "audit.db").stat().st_size / 1e6
+    pg = url = None
+    if backend == "postgresql":
+        from tests.fakes.engines import start_postgres
+
+        pg = start_postgres()
+        url = pg.new_database()
+        built = make_pg_store(url, count)
+        size_mb = 0.0
+    else:
+        built = make_store(tmp / "audit.db", count)
+        size_mb = (tmp / "audit.db").stat().st_size / 1e6
     sc.notes += [
         f"Store: {count:,} records over {DAYS} days ({size_mb:,.0f} MB), made by direct inserts"
         f" in {built['insert_s']:.0f} s; the console's indexes took {built['index_s']:.0f} s.",
@@ -181,10 +218,20 @@ def console(settings: Settings) -> Scenario:
         " run has a reviewer thread fetching a list or detail page every 200 ms.",
     ]
     repeat = 20 if settings.quick else 60
+    try:
+        return _measure(settings, sc, tmp, count, url, built, size_mb, repeat)
+    finally:
+        if pg is not None:
+            pg.close()
+
+
+def _measure(settings, sc, tmp, count, url, built, size_mb, repeat) -> Scenario:
     with cluster(settings) as cl:
         up = cl.upstream()
         config = gateway_config(up, tmp, audit=True)
         config["admin"] = {"keys": [ADMIN]}
+        if url:
+            config["audit"]["url"] = url
         gw = cl.gateway("gateway-console", config)
         client = signed_in(gw.url)
         rows, checks = [], {}
