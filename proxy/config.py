@@ -400,8 +400,7 @@ class Telemetry(_Keyed):
     metrics: Literal["none", "prometheus", "otlp"] = "prometheus"
     service_name: str = "safeguard-gateway"
     sample_ratio: Float = 1.0  # head sampling of new traces (OTEL_TRACES_SAMPLER wins)
-    # The review console links trace ids: "http://jaeger:16686/trace/{trace_id}"
-    trace_url: Url | None = None
+    trace_url: Url | None = None  # console trace links: http://jaeger:16686/trace/{trace_id}
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sample_ratio <= 1.0:
