@@ -76,6 +76,7 @@ class Side:
     window_chars: int = 400
     overlap_chars: int = 120
     window_ms: int = 1000  # the longest text waits in a window before it is checked
+    first_window_chars: int = 24  # the first window; each next one doubles up to window_chars
 
     @property
     def guarded(self) -> bool:
@@ -277,7 +278,16 @@ def _policy_refs(side: _Reader, name: str) -> tuple[PolicyRef, ...]:
 
 
 def _side(r: _Reader, *, output: bool) -> Side:
-    r.only("policies", "shadow", "mode", "stream", "window_chars", "overlap_chars", "window_ms")
+    r.only(
+        "policies",
+        "shadow",
+        "mode",
+        "stream",
+        "window_chars",
+        "overlap_chars",
+        "window_ms",
+        "first_window_chars",
+    )
     side = Side(
         policies=_policy_refs(r, "policies"),
         shadow=_policy_refs(r, "shadow"),
@@ -286,11 +296,14 @@ def _side(r: _Reader, *, output: bool) -> Side:
         window_chars=r.get("window_chars", int, 400),
         overlap_chars=r.get("overlap_chars", int, 120),
         window_ms=r.get("window_ms", int, 1000),
+        first_window_chars=r.get("first_window_chars", int, 24),
     )
     if side.window_ms < 10:
         raise ConfigError(r._path("window_ms"), "must be at least 10")
     if side.window_chars < 16:
         raise ConfigError(r._path("window_chars"), "must be at least 16")
+    if side.first_window_chars < 1:  # above window_chars: windows do not grow
+        raise ConfigError(r._path("first_window_chars"), "must be at least 1")
     if not 0 <= side.overlap_chars < side.window_chars:
         raise ConfigError(r._path("overlap_chars"), "must be between 0 and window_chars")
     return side
