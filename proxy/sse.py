@@ -247,6 +247,11 @@ def with_texts(event: Event, endpoint: str, texts: dict[Key, str]) -> bytes:
 
 def with_final_text(event: Event, texts: dict[Key, str]) -> bytes:
     """A Responses API `*.done`/`response.completed` event restated with the released text."""
+    return serialize(restated(event, texts), event.name)
+
+
+def restated(event: Event, texts: dict[Key, str]) -> dict[str, Any]:
+    """The data of a Responses API `*.done`/`response.completed` event, restating `texts`."""
     data = _copy(event)
 
     def fix_item(item: dict[str, Any], i: int) -> None:
@@ -274,7 +279,7 @@ def with_final_text(event: Event, texts: dict[Key, str]) -> bytes:
         for j, item in enumerate(data["response"].get("output") or ()):
             if isinstance(item, dict):
                 fix_item(item, j)
-    return serialize(data, event.name)
+    return data
 
 
 def usage_of(event: Event) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from typing import Any, Union
 from proxy.guard.engine import Outcome, decide, worse
 from proxy.guard.window import Sealed, Window
 from proxy.openai_api import COMPLETIONS, RESPONSES, OpenAIError
-from proxy.sse import Event, Key, serialize, with_final_text, with_texts
+from proxy.sse import Event, Key, choice_of, restated, serialize, with_final_text, with_texts
 
 DONE = b"data: [DONE]\n\n"
 _EMPTY: Mapping[Any, Any] = MappingProxyType({})
@@ -81,8 +81,14 @@ class Judged:
 CLEAR = Judged((), _EMPTY)
 
 
-def end_frames(endpoint: str, last: dict[str, Any] | None, reason: str = "content_filter") -> bytes:
-    """What a client sees when forwarding stops: a final chunk per choice, then [DONE]."""
+def end_frames(
+    endpoint: str,
+    last: dict[str, Any] | None,
+    reason: str = "content_filter",
+    choices: set[int] | frozenset[int] = frozenset(),
+) -> bytes:
+    """What a client sees when forwarding stops: a final chunk per choice (those seen in
+    `choices` and in `last`), then [DONE]."""
     last = last or {}
     if endpoint == RESPONSES:
         response = dict(last.get("response") or {})
@@ -90,9 +96,8 @@ def end_frames(endpoint: str, last: dict[str, Any] | None, reason: str = "conten
         return serialize(
             {"type": "response.incomplete", "response": response}, "response.incomplete"
         )
-    indexes = sorted(
-        {c["index"] for c in last.get("choices") or () if type(c.get("index")) is int} or {0}
-    )
+    seen = {c.get("index") for c in last.get("choices") or () if isinstance(c, dict)}
+    indexes = sorted({i for i in seen if type(i) is int} | choices or {0})
     base = {
         k: last[k] for k in ("id", "object", "created", "model", "system_fingerprint") if k in last
     }
@@ -133,6 +138,7 @@ class StreamMachine:
         self.received: dict[Key, list[str]] = {}  # as the upstream sent it
         self.released_parts: dict[Key, list[str]] = {}  # as the client got it
         self.last: dict[str, Any] | None = None  # the last chunk (Responses: its creation)
+        self.choices: set[int] = set()  # every choice index seen (chat, completions)
         self.ended: End | None = None
         self._pending: deque[list[Any]] = deque()  # [seq, Sealed, Judged | None]
         self._seq = 0
@@ -233,6 +239,7 @@ class StreamMachine:
                 received[key].append(text)
             else:
                 received[key] = [text]
+                self.choices.add(choice_of(key))
         return event
 
     def _enqueue(self, sealed: Sealed | None, actions: list[Action]) -> None:
@@ -281,7 +288,7 @@ class StreamMachine:
                 verdict = decide(judged.outcomes, self.fail)
                 self.decision = worse(self.decision, verdict)
                 if verdict == "block":
-                    frames = end_frames(self.endpoint, self.last)
+                    frames = end_frames(self.endpoint, self.last, choices=self.choices)
                     return self._end(frames, "content_filter", actions)
                 if verdict == "error":
                     frames = self._failed("guard_unavailable")
@@ -313,7 +320,10 @@ class StreamMachine:
                 parts[key] = [text]
         frames, placed = [], set()
         for event in sealed.events:
-            if event.finals and self._redacted:
+            if self.outcomes and self._finishing(event):
+                data = restated(event, self.texts(parts)) if self._redacted else None
+                frames.append(self._with_results(event, data))
+            elif event.finals and self._redacted:
                 frames.append(with_final_text(event, self.texts(parts)))
             elif changed and not changed.keys().isdisjoint(event.texts):
                 # Redacted text goes out whole in the window's first event of its channel.
@@ -325,8 +335,6 @@ class StreamMachine:
                     else:
                         texts[key] = event.texts[key]
                 frames.append(with_texts(event, self.endpoint, texts))
-            elif self.outcomes and self._finishing(event):
-                frames.append(self._with_results(event))
             else:
                 frames.append(event.raw)
         return b"".join(frames)
@@ -342,11 +350,11 @@ class StreamMachine:
             isinstance(c, dict) and c.get("finish_reason") for c in data.get("choices") or ()
         )
 
-    def _with_results(self, event: Event) -> bytes:
+    def _with_results(self, event: Event, data: dict[str, Any] | None) -> bytes:
         """Azure-style `content_filter_results` (the output verdict) on a closing event:
         per choice on a chunk's finishing choices, on the response for `response.completed`."""
         assert event.data is not None
-        data = dict(event.data)
+        data = data or dict(event.data)
         if self.endpoint == RESPONSES and isinstance(data.get("response"), dict):
             data["response"] = data["response"] | {"content_filter_results": self._results(None)}
         else:
