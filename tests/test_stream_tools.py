@@ -119,3 +119,43 @@ def test_responses_harmless_function_call_streams_through(gw) -> None:
     assert events[-1].type == "response.completed"
     (item,) = events[-1].response.output
     assert item.name == "lookup" and json.loads(item.arguments)["query"].startswith("the weather")
+
+
+# --- the output verdict rides on the stream's last chunk ----------------------------------
+
+
+def test_a_stream_carries_its_output_verdict_on_the_finishing_chunk(make_gateway) -> None:
+    gw = make_gateway(
+        guarded={
+            "upstream": "main",
+            "input": {"policies": ["cheating"]},
+            "output": {"policies": ["spam"]},
+        }
+    )
+    raw = sdk(gw).chat.completions.with_raw_response.create(
+        model="guarded-echo",
+        messages=[{"role": "user", "content": "say: buy now, cheap"}],
+        stream=True,
+    )
+    # Headers go out before the answer exists: they carry the input decision only.
+    assert raw.headers["x-safeguard-decision"] == "allow"
+    chunks = list(raw.parse())
+    (finishing,) = [c for chunk in chunks for c in chunk.choices if c.finish_reason]
+    assert finishing.finish_reason == "stop"
+    assert finishing.model_extra["content_filter_results"] == {
+        "spam": {"filtered": False, "detected": True, "category": "SP1"}
+    }
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "buy now, cheap"
+    )
+    (record,) = audit_records(gw)
+    assert record["decision"] == "annotate"
+
+
+def test_a_responses_stream_carries_its_output_verdict_on_response_completed(make_gateway) -> None:
+    gw = make_gateway(guarded={"upstream": "main", "output": {"policies": ["spam"]}})
+    events = list(sdk(gw).responses.create(model="guarded-echo", input="say: hello", stream=True))
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.model_extra["content_filter_results"] == {
+        "spam": {"filtered": False, "detected": False}
+    }
