@@ -12,7 +12,8 @@ choice `i` are `(i, "tool", k)`, `(i, "function", 0)` and `(i, "refusal", 0)`. A
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Union
 
 import orjson
@@ -60,16 +61,48 @@ class EventSplitter:
         return rest
 
 
-@dataclass(slots=True)
+NOTHING: Mapping[Any, str] = MappingProxyType({})  # the shared empty (read-only) mapping
+
+
 class Event:
-    raw: bytes
-    name: str | None = None  # the `event:` field (the Responses API names its events)
-    data: dict[str, Any] | None = None
-    done: bool = False  # `data: [DONE]`
-    texts: dict[Key, str] = field(default_factory=dict)  # channel -> text delta
-    finals: dict[Key, str] = field(default_factory=dict)  # channel -> whole text restated
-    names: dict[Key, str] = field(default_factory=dict)  # channel -> tool name
-    terminal: bool = False  # the stream's end marker (or an upstream error event)
+    """One event; most carry one text delta and nothing else, so the mappings default to
+    one shared read-only empty mapping (parsing assigns new dicts, never mutates them)."""
+
+    __slots__ = (
+        "data",
+        "done",
+        "finals",
+        "finishing",
+        "garbled",
+        "name",
+        "names",
+        "raw",
+        "terminal",
+        "texts",
+    )
+
+    def __init__(self, raw: bytes, name: str | None = None) -> None:
+        self.raw = raw
+        self.name = name  # the `event:` field (the Responses API names its events)
+        self.data: dict[str, Any] | None = None
+        self.done = False  # `data: [DONE]`
+        self.texts: Mapping[Key, str] = NOTHING  # channel -> text delta
+        self.finals: Mapping[Key, str] = NOTHING  # channel -> whole text restated
+        self.names: Mapping[Key, str] = NOTHING  # channel -> tool name
+        self.terminal = False  # the stream's end marker (or an upstream error event)
+        self.finishing = False  # closes a choice (a finish_reason) or the response
+        self.garbled = False  # data that is not JSON (never sent on a guarded stream)
+
+    def with_texts(self, texts: Mapping[Key, str]) -> Event:
+        """A copy carrying other text deltas."""
+        copy = Event(self.raw, self.name)
+        for slot in self.__slots__:
+            setattr(copy, slot, getattr(self, slot))
+        copy.texts = texts
+        return copy
+
+    def __repr__(self) -> str:
+        return f"Event({self.raw!r})"
 
     @property
     def type(self) -> str | None:
@@ -86,8 +119,22 @@ def _index(value: Any) -> int:
 
 def parse_event(raw: bytes, endpoint: str) -> Event:
     name = None
-    if raw.startswith(b"data: ") and raw.count(b"\n") == 2 and raw.endswith(b"\n\n"):
-        payload = raw[6:-2]  # the common case: one data line
+    if raw[:7] == b"data: {" and raw.find(b"\n") == len(raw) - 2:
+        # The common case, one line of JSON: parse it straight away.
+        event = Event(raw)
+        try:
+            data = orjson.loads(raw[6:])
+        except orjson.JSONDecodeError:
+            event.garbled = True
+            return event
+        if type(data) is dict:
+            event.data = data
+            if endpoint == RESPONSES:
+                _responses(data, event)
+            elif not _plain_delta(data, event):
+                _choices(data, event, endpoint == COMPLETIONS)
+                event.terminal = "error" in data
+        return event
     else:
         data_lines = []
         for line in raw.splitlines():
@@ -106,6 +153,7 @@ def parse_event(raw: bytes, endpoint: str) -> Event:
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
+        event.garbled = True
         return event
     if isinstance(data, dict):
         event.data = data
@@ -117,23 +165,51 @@ def parse_event(raw: bytes, endpoint: str) -> Event:
     return event
 
 
+def _plain_delta(data: dict[str, Any], event: Event) -> bool:
+    """The bulk of a chat stream, one choice's content delta and nothing else: read it
+    without the general walk (False: not that shape, walk it)."""
+    choices = data.get("choices")
+    if type(choices) is not list or len(choices) != 1 or "error" in data:
+        return False
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("finish_reason"):
+        return False
+    delta = choice.get("delta")
+    if type(delta) is not dict or len(delta) != 1:
+        return False
+    text = delta.get("content")
+    if type(text) is not str:
+        return False
+    if text:
+        i = choice.get("index")
+        event.texts = {i if type(i) is int else 0: text}
+    return True
+
+
 def _choices(data: dict[str, Any], event: Event, completions: bool) -> None:
     """Chat Completions and Completions chunks: every choice's text, tool calls, refusal."""
-    texts = event.texts
-    for choice in data.get("choices") or ():
-        if not isinstance(choice, dict):
+    choices = data.get("choices")
+    if not choices or type(choices) is not list:
+        return
+    texts: dict[Key, str] = {}
+    for choice in choices:
+        if type(choice) is not dict:
             continue
-        i = _index(choice.get("index"))
+        i = choice.get("index")
+        if type(i) is not int:
+            i = 0
+        if choice.get("finish_reason"):
+            event.finishing = True
         if completions:
             text = choice.get("text")
-            if text and isinstance(text, str):
+            if text and type(text) is str:
                 texts[i] = text
             continue
         delta = choice.get("delta")
-        if not isinstance(delta, dict):
+        if type(delta) is not dict:
             continue
         text = delta.get("content")
-        if text and isinstance(text, str):
+        if text and type(text) is str:
             texts[i] = text
         if len(delta) == 1 and text is not None:
             continue  # a plain content delta: nothing else to look at
@@ -142,30 +218,34 @@ def _choices(data: dict[str, Any], event: Event, completions: bool) -> None:
             texts[(i, "refusal", 0)] = refusal
         call = delta.get("function_call")
         if isinstance(call, dict):
-            _call_piece(event, (i, "function", 0), call)
+            _call_piece(event, (i, "function", 0), call, texts)
         for tool in delta.get("tool_calls") or ():
             if isinstance(tool, dict) and isinstance(tool.get("function"), dict):
-                _call_piece(event, (i, "tool", _index(tool.get("index"))), tool["function"])
+                key = (i, "tool", _index(tool.get("index")))
+                _call_piece(event, key, tool["function"], texts)
+    if texts:
+        event.texts = texts
 
 
-def _call_piece(event: Event, key: Key, function: dict[str, Any]) -> None:
+def _call_piece(event: Event, key: Key, function: dict[str, Any], texts: dict[Key, str]) -> None:
     if isinstance(function.get("name"), str) and function["name"]:
-        event.names[key] = function["name"]
+        event.names = {**event.names, key: function["name"]}
     arguments = function.get("arguments")
     if arguments and isinstance(arguments, str):
-        event.texts[key] = arguments
+        texts[key] = arguments
 
 
 def _responses(data: dict[str, Any], event: Event) -> None:
     kind = data.get("type")
     event.terminal = kind in RESPONSES_TERMINAL or event.name == "error"
+    event.finishing = kind == "response.completed"
     i = _index(data.get("output_index"))
     if kind in _RESPONSES_DELTAS:
         if isinstance(data.get("delta"), str) and data["delta"]:
-            event.texts[i] = data["delta"]
+            event.texts = {i: data["delta"]}
     elif kind == "response.refusal.delta":
         if isinstance(data.get("delta"), str) and data["delta"]:
-            event.texts[(i, "refusal", 0)] = data["delta"]
+            event.texts = {(i, "refusal", 0): data["delta"]}
     elif kind == "response.output_item.added":
         item = data.get("item")
         if isinstance(item, dict) and item.get("type") == "function_call":
@@ -173,9 +253,9 @@ def _responses(data: dict[str, Any], event: Event) -> None:
     elif kind in ("response.output_text.done", "response.function_call_arguments.done"):
         text = data.get("text" if kind == "response.output_text.done" else "arguments")
         if isinstance(text, str):
-            event.finals[i] = text
+            event.finals = {i: text}
     elif kind == "response.refusal.done" and isinstance(data.get("refusal"), str):
-        event.finals[(i, "refusal", 0)] = data["refusal"]
+        event.finals = {(i, "refusal", 0): data["refusal"]}
     elif kind == "response.output_item.done" and isinstance(data.get("item"), dict):
         _item_finals(data["item"], i, event)
     elif kind in RESPONSES_TERMINAL and isinstance(data.get("response"), dict):
@@ -187,9 +267,9 @@ def _responses(data: dict[str, Any], event: Event) -> None:
 def _item_finals(item: dict[str, Any], i: int, event: Event) -> None:
     if item.get("type") == "function_call":
         if isinstance(item.get("arguments"), str):
-            event.finals[i] = item["arguments"]
+            event.finals = {**event.finals, i: item["arguments"]}
         if isinstance(item.get("name"), str):
-            event.names[i] = item["name"]
+            event.names = {**event.names, i: item["name"]}
         return
     texts, refusals = [], []
     for part in item.get("content") or ():
@@ -199,9 +279,9 @@ def _item_finals(item: dict[str, Any], i: int, event: Event) -> None:
             elif part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
                 refusals.append(part["refusal"])
     if texts:
-        event.finals[i] = "".join(texts)
+        event.finals = {**event.finals, i: "".join(texts)}
     if refusals:
-        event.finals[(i, "refusal", 0)] = "".join(refusals)
+        event.finals = {**event.finals, (i, "refusal", 0): "".join(refusals)}
 
 
 def serialize(data: dict[str, Any], name: str | None = None) -> bytes:

@@ -44,7 +44,7 @@ class StreamWatch:
                 self.finish_reasons.append(str((data.get("response") or {}).get("status")))
         else:
             self.last = data
-            for choice in data.get("choices") or ():
+            for choice in data["choices"] if event.finishing else ():
                 if isinstance(choice, dict) and choice.get("finish_reason"):
                     self.finish_reasons.append(str(choice["finish_reason"]))
         if "usage" in data or "response" in data:

@@ -417,3 +417,20 @@ def test_actions_are_immutable() -> None:
         classify.seq = 9  # type: ignore[misc]
     with pytest.raises(TypeError):
         classify.texts[0] = "other"  # type: ignore[index]
+
+
+def test_events_read_together_make_one_window_not_many_small_ones() -> None:
+    """An upstream faster than the classifier: what one read brought makes windows of
+    window_chars, not growing ones from first_window_chars."""
+    t = Transcript(size=400, first=24)
+    read = [parse_event(chat(delta(content=f"tok{i:02} ")), CHAT) for i in range(100)]
+    t.take(t.machine.events(read[:60], 0.0))
+    t.take(t.machine.events(read[60:], 0.0))
+    assert [len(a.texts[0]) for a in t.classified] == [360, 240]
+    big = Transcript(size=100, first=24)
+    big.take(big.machine.events(read, 0.0))
+    assert [len(a.texts[0]) for a in big.classified] == [102] * 5  # 90 wait for more
+    trickled = Transcript(size=400, first=24)
+    for event in read:
+        trickled.take(trickled.machine.events([event], 0.0))
+    assert len(trickled.classified) > 2  # one event a read: the windows grow from 24

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Union
 
@@ -149,17 +149,41 @@ class StreamMachine:
 
     # -- inputs ------------------------------------------------------------------------
 
-    def event(self, event: Event, now: float) -> list[Action]:
+    def events(self, events: list[Event], now: float) -> list[Action]:
+        """Events that arrived together (one upstream read): windows are sealed after them
+        all, so an upstream faster than the classifier makes few large windows."""
+        actions: list[Action] = []
+        last = len(events) - 1
+        for i, event in enumerate(events):
+            actions += self.event(event, now, seal=i == last)
+        return actions
+
+    def event(self, event: Event, now: float, seal: bool = True) -> list[Action]:
         if self.ended is not None:
             return []
-        event = self._observe(event)
+        if event.names or event.finals or event.terminal or self.endpoint == RESPONSES:
+            event = self._observe(event)
+        else:  # the bulk: a chunk with a text delta or none
+            if event.data is not None:
+                self.last = event.data
+            received = self.received
+            for key, text in event.texts.items():
+                if key in received:
+                    received[key].append(text)
+                else:
+                    received[key] = [text]
+                    self.choices.add(choice_of(key))
         if self.mode == "passthrough":
             return [Release(event.raw)]
+        if event.garbled:  # not JSON: no SDK could read it, and no guard either
+            return []
         actions: list[Action] = []
         if event.texts and self._since is None and self.wait_s is not None:
             self._since = now
             actions.append(WakeAt(now + self.wait_s))
-        self._enqueue(self.window.push(event), actions)
+        self._enqueue(self.window.push(event, seal), actions)
+        while seal and (more := self.window.full()) is not None:
+            self._enqueue(more, actions)
         if not event.texts and not self.window.waiting:
             # No unchecked text ahead of it (a role chunk, a keep-alive comment): it goes
             # out as soon as the windows before it do.
@@ -223,7 +247,7 @@ class StreamMachine:
             self._terminated = True
         if event.names:
             self.tools.update(event.names)
-        if event.finals:
+        if event.finals and self.mode != "passthrough":
             # A restated text that differs from what was streamed (or was never streamed,
             # e.g. tool arguments sent only whole) is guarded as this event's own text.
             extra = {}
@@ -232,7 +256,7 @@ class StreamMachine:
                 if text != seen:
                     extra[key] = text[len(seen) :] if text.startswith(seen) else text
             if extra:
-                event = replace(event, texts={**event.texts, **extra})
+                event = event.with_texts({**event.texts, **extra})
         received = self.received
         for key, text in event.texts.items():
             if key in received:
@@ -320,7 +344,7 @@ class StreamMachine:
                 parts[key] = [text]
         frames, placed = [], set()
         for event in sealed.events:
-            if self.outcomes and self._finishing(event):
+            if event.finishing and self.outcomes:
                 data = restated(event, self.texts(parts)) if self._redacted else None
                 frames.append(self._with_results(event, data))
             elif event.finals and self._redacted:
@@ -339,20 +363,9 @@ class StreamMachine:
                 frames.append(event.raw)
         return b"".join(frames)
 
-    def _finishing(self, event: Event) -> bool:
-        """The event that closes a choice (or the response): it carries the output verdict."""
-        data = event.data
-        if data is None:
-            return False
-        if self.endpoint == RESPONSES:
-            return event.type == "response.completed"
-        return any(
-            isinstance(c, dict) and c.get("finish_reason") for c in data.get("choices") or ()
-        )
-
     def _with_results(self, event: Event, data: dict[str, Any] | None) -> bytes:
-        """Azure-style `content_filter_results` (the output verdict) on a closing event:
-        per choice on a chunk's finishing choices, on the response for `response.completed`."""
+        """Azure-style `content_filter_results` (the output verdict) on a closing event: per
+        choice on a chunk's finishing choices, on the response for `response.completed`."""
         assert event.data is not None
         data = data or dict(event.data)
         if self.endpoint == RESPONSES and isinstance(data.get("response"), dict):

@@ -130,13 +130,11 @@ class StreamGuard:
             splitter, watch, endpoint = EventSplitter(), self.watch, self.endpoint
             try:
                 async for chunk in chunks:
-                    now, actions = loop.time(), []
-                    for raw in splitter.feed(chunk):
-                        event = parse_event(raw, endpoint)
-                        if watch is not None:
+                    events = [parse_event(raw, endpoint) for raw in splitter.feed(chunk)]
+                    if watch is not None:
+                        for event in events:
                             watch.event(event)
-                        actions += machine.event(event, now)
-                    apply(actions)
+                    apply(machine.events(events, loop.time()))
                     if machine.ended is not None:
                         return
                 if rest := splitter.rest():

@@ -47,13 +47,20 @@ class Window:
         self._chars = 0
         self._tail: dict[Key, str] = {}
 
-    def push(self, event: Event) -> Sealed | None:
+    def push(self, event: Event, seal: bool = True) -> Sealed | None:
+        """Add an event; with `seal`, seal a window if one is full."""
         self._events.append(event)
         if event.texts:
-            self._chars += _chars(event)
-            if self._next is not None and self._chars >= self._next + self.hold:
-                return self._seal(self._cut())
-        return None
+            for text in event.texts.values():
+                self._chars += len(text)
+        return self.full() if seal else None
+
+    def full(self) -> Sealed | None:
+        """A window if one is full: what waits, but at most about `size` characters (events
+        read together may fill several; the first of them may be a small growing one)."""
+        if self._next is None or self._chars < max(1, self._next + self.hold):
+            return None
+        return self._seal(self._cut(self.size))
 
     def flush(self) -> Sealed | None:
         return self._seal(len(self._events)) if self._events else None
@@ -71,12 +78,24 @@ class Window:
         """Seal what may go out now, before the window fills (the hold still stays back)."""
         return self._seal(self._cut()) if self._chars > self.hold else None
 
-    def _cut(self) -> int:
-        """Index of the first event kept back: `hold` chars, and no match cut in two."""
+    def _cut(self, limit: int | None = None) -> int:
+        """Index of the first event kept back: `hold` chars, and no match cut in two; with
+        `limit`, the events after the first `limit` characters too."""
         cut, kept = len(self._events), 0
         while self.hold and cut > 0 and kept < self.hold:
             cut -= 1
             kept += _chars(self._events[cut])
+        if limit is not None and self._chars - kept > limit:
+            total = 0
+            for i, event in enumerate(self._events[:cut]):
+                total += _chars(event)
+                if total >= limit:
+                    # a limit that would cut a match in two: the match goes whole
+                    return self._whole_matches(i + 1) or self._whole_matches(cut)
+        return self._whole_matches(cut)
+
+    def _whole_matches(self, cut: int) -> int:
+        """`cut`, moved back so that no detector match is cut in two."""
         if not self.detectors:
             return cut
         matches = []  # per channel: event start offsets and the spans found in its text
