@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 
-from proxy.config import Side
+from proxy.config import OutputSide
 from proxy.guard.engine import Guard, Outcome, SideResult, decide
 from proxy.guard.stream_machine import (
     DONE,
@@ -37,7 +37,7 @@ __all__ = ["Relay", "Sealed", "StreamGuard", "Window", "end_frames", "error_fram
 
 
 def machine_for(
-    side: Side, policies: Mapping[str, Policy], endpoint: str, fail: str
+    side: OutputSide, policies: Mapping[str, Policy], endpoint: str, fail: str
 ) -> StreamMachine:
     detectors = tuple(sorted({d for r in side.policies for d in policies[r.id].detectors}))
     size = None if side.stream == "buffer" else side.window_chars
@@ -55,7 +55,7 @@ class StreamGuard:
     def __init__(
         self,
         guard: Guard,
-        side: Side,
+        side: OutputSide,
         policies: Mapping[str, Policy],
         endpoint: str,
         fail: str,
