@@ -6,13 +6,13 @@ import statistics
 from typing import Any
 
 from tests.bench.harness import (
-    _cpu_us,
     CHAT,
     INPUT_POLICY,
     KEY,
     OUTPUT_POLICY,
     Scenario,
     Settings,
+    _cpu_us,
     closed,
     cluster,
     fmt,
