@@ -163,16 +163,9 @@ class StreamMachine:
             return []
         if event.names or event.finals or event.terminal or self.endpoint == RESPONSES:
             event = self._observe(event)
-        else:  # the bulk: a chunk with a text delta or none
-            if event.data is not None:
-                self.last = event.data
-            received = self.received
-            for key, text in event.texts.items():
-                if key in received:
-                    received[key].append(text)
-                else:
-                    received[key] = [text]
-                    self.choices.add(choice_of(key))
+        elif event.data is not None:  # the bulk: a chunk with a text delta or none
+            self.last = event.data
+        self._receive(event)
         if self.mode == "passthrough":
             return [Release(event.raw)]
         if event.garbled:  # not JSON: no SDK could read it, and no guard either
@@ -257,6 +250,9 @@ class StreamMachine:
                     extra[key] = text[len(seen) :] if text.startswith(seen) else text
             if extra:
                 event = event.with_texts({**event.texts, **extra})
+        return event
+
+    def _receive(self, event: Event) -> None:
         received = self.received
         for key, text in event.texts.items():
             if key in received:
@@ -264,7 +260,6 @@ class StreamMachine:
             else:
                 received[key] = [text]
                 self.choices.add(choice_of(key))
-        return event
 
     def _enqueue(self, sealed: Sealed | None, actions: list[Action]) -> None:
         if sealed is None:
