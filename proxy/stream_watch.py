@@ -69,10 +69,10 @@ class Terminator:
         self._tail = b""
 
     def see(self, chunk: bytes) -> None:
-        data = self._tail + chunk
-        if self.responses:
-            self.seen = self.seen or any(marker in data for marker in _RESPONSES_ENDS)
-        self._tail = data[-24:]
+        if self.responses and not self.seen:
+            edge = self._tail + chunk[:24]  # a marker across the previous read's end
+            self.seen = any(m in chunk or m in edge for m in _RESPONSES_ENDS)
+        self._tail = chunk[-24:] if len(chunk) >= 24 else (self._tail + chunk)[-24:]
 
     @property
     def terminated(self) -> bool:
