@@ -179,18 +179,18 @@ class StreamGuard:
     async def _judge(self, action: Classify) -> Judged:
         """Every channel of a window at once (each after its own context)."""
         keys = list(action.texts)
-        results = await asyncio.gather(
-            *(
-                self.guard.check_text(
-                    self.side,
-                    self.policies,
-                    action.texts[key],
-                    context=action.context.get(key, ""),
-                    choice=choice_of(key),
-                )
-                for key in keys
+        checks = [
+            self.guard.check_text(
+                self.side,
+                self.policies,
+                action.texts[key],
+                context=action.context.get(key, ""),
+                choice=choice_of(key),
             )
-        )
+            for key in keys
+        ]
+        # one channel (the usual case) needs no gathering task
+        results = [await checks[0]] if len(checks) == 1 else await asyncio.gather(*checks)
         outcomes: list[Outcome] = []
         released: dict[Key, str] = {}
         for key, (result, kept) in zip(keys, results, strict=True):
