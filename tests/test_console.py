@@ -136,6 +136,8 @@ def test_blocked_request_shows_its_reasoning_and_audited_text_renders_as_text(ma
     assert f"/console/requests/{row}" in listing.text
     page = client.get(f"/console/requests/{row}")
     assert page.status_code == 200
+    assert "not traced" in page.text  # traces off: no trace id kept, no link
+    assert audit_records(gw, 1, request_id=request_id)[0]["trace_id"] is None
     assert "<script>alert(1)" not in page.text and "<img src=x" not in page.text
     assert html.escape("<script>alert(1)</script>", quote=False) in page.text
     assert "Verdict 1." in page.text  # the fake model's reasoning
