@@ -38,7 +38,7 @@ class Outcome:
     verdict: Verdict
     redacted: bool = False
     choice: int | None = None
-    tool: str | None = None  # the tool call (output) whose arguments were judged
+    tool: str | None = None  # output: the tool whose call arguments this verdict is on
 
     @property
     def effect(self) -> str:
@@ -178,20 +178,30 @@ class Guard:
         """Synchronously, what can be known now: the outcome (detector triage, or every
         unit a cache hit), nothing to read (None), or the units the classifier must judge."""
         policy, labels = job.policy, job.labels
-        if labels and not job.redacted:
-            # Triage: a pattern hit is a violation without spending a model call.
+        if (labels and not job.redacted) or policy.detectors_only:
+            # Triage: a pattern hit is a violation without spending a model call; a
+            # detectors-only policy never calls the model (no hit: safe).
             found = ", ".join(sorted(set(labels)))
+            verb = "redacted" if job.redacted else "matched"
             verdict = Verdict(
                 policy.id,
                 policy.version,
-                True,
-                category=labels[0],
-                rationale=f"pattern detectors matched: {found}",
+                bool(labels),
+                category=labels[0] if labels else None,
+                rationale=f"pattern detectors {verb}: {found}" if labels else None,
                 source="detector",
                 shadow=job.shadow,
             )
             return self._judged(
-                Outcome(policy, job.action, job.side, verdict, choice=job.choice, tool=job.tool)
+                Outcome(
+                    policy,
+                    job.action,
+                    job.side,
+                    verdict,
+                    redacted=job.redacted,
+                    choice=job.choice,
+                    tool=job.tool,
+                )
             )
         labelled = job.scope == "conversation"
         contents = [job.context + c for unit in job.units if (c := render(unit, labelled, edits))]
