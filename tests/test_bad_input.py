@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from proxy.openai_api import OpenAIError
 from proxy.surfaces import SURFACES
 from tests.conftest import KEY
-from tests.fakes.scripted import Scripted
-from tests.fakes.serve import ServerHandle, serve
+from tests.fakes.scripted import Scripted, scripted_upstream
+from tests.fakes.serve import ServerHandle
 
 FIELDS = [
     "model", "messages", "role", "content", "text", "type", "name", "tool_calls", "function",
@@ -88,10 +88,8 @@ GUARDED = {
 @pytest.fixture(scope="module")
 def scripted() -> Iterator[tuple[Scripted, ServerHandle]]:
     """An upstream that answers whatever it is sent: any 5xx is the gateway's own."""
-    app = Scripted()
-    handle = serve(app)
-    yield app, handle
-    handle.stop()
+    with scripted_upstream() as running:
+        yield running
 
 
 @pytest.fixture

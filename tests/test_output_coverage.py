@@ -10,18 +10,16 @@ import openai
 import pytest
 
 from tests.conftest import KEY, audit_records
-from tests.fakes.scripted import Scripted
-from tests.fakes.serve import ServerHandle, serve
+from tests.fakes.scripted import Scripted, scripted_upstream
+from tests.fakes.serve import ServerHandle
 
 FLAGGED = "kill them all"  # the violence policy's trigger
 
 
 @pytest.fixture(scope="module")
 def scripted() -> Iterator[tuple[Scripted, ServerHandle]]:
-    app = Scripted()
-    handle = serve(app)
-    yield app, handle
-    handle.stop()
+    with scripted_upstream() as running:
+        yield running
 
 
 @pytest.fixture

@@ -192,17 +192,7 @@ class Guard:
                 source="detector",
                 shadow=job.shadow,
             )
-            return self._judged(
-                Outcome(
-                    policy,
-                    job.action,
-                    job.side,
-                    verdict,
-                    redacted=job.redacted,
-                    choice=job.choice,
-                    tool=job.tool,
-                )
-            )
+            return self._judged(job.outcome(verdict))
         labelled = job.scope == "conversation"
         contents = [job.context + c for unit in job.units if (c := render(unit, labelled, edits))]
         if not contents:
@@ -235,17 +225,7 @@ class Guard:
         if job.redacted and not verdict.violation and not verdict.error:
             rationale = f"pattern detectors redacted: {', '.join(sorted(set(labels)))}"
             verdict = replace(verdict, violation=True, category=labels[0], rationale=rationale)
-        return self._judged(
-            Outcome(
-                job.policy,
-                job.action,
-                job.side,
-                verdict,
-                redacted=job.redacted,
-                choice=job.choice,
-                tool=job.tool,
-            )
-        )
+        return self._judged(job.outcome(verdict))
 
     def _judged(self, outcome: Outcome) -> Outcome:
         for judged in self._on_judged:
@@ -387,6 +367,17 @@ class _Job:
         self.context = context
         self.labels: list[str] = []
         self.redacted = False
+
+    def outcome(self, verdict: Verdict) -> Outcome:
+        return Outcome(
+            self.policy,
+            self.action,
+            self.side,
+            verdict,
+            redacted=self.redacted,
+            choice=self.choice,
+            tool=self.tool,
+        )
 
 
 @dataclass(slots=True)

@@ -4,6 +4,8 @@ what the gateway forwards."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -46,3 +48,16 @@ class Scripted:
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": orjson.dumps(answer)})
+
+
+@contextmanager
+def scripted_upstream() -> Iterator[tuple[Scripted, Any]]:
+    """A Scripted upstream served on loopback for the `with` block."""
+    from tests.fakes.serve import serve
+
+    app = Scripted()
+    handle = serve(app)
+    try:
+        yield app, handle
+    finally:
+        handle.stop()
