@@ -38,6 +38,7 @@ class Server:
     port: int = 8080
     workers: int = 1
     max_body_bytes: int = 4 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024  # request line + headers; over it: 431
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class Route:
     input: Side = Side()
     output: Side = Side()
     fail: str = "closed"  # classifier unusable: closed | open
+    forward_headers: frozenset[str] = frozenset()  # client headers sent upstream (lowercase)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +298,42 @@ def _side(r: _Reader, *, output: bool) -> Side:
     return side
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+# Never forwardable: they carry the gateway key, or framing the gateway redoes.
+NEVER_FORWARDED = frozenset(
+    (
+        "authorization",
+        "api-key",
+        "x-api-key",
+        "host",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "proxy-authorization",
+        "proxy-connection",
+    )
+)
+
+
+def _forward_headers(r: _Reader) -> frozenset[str]:
+    names = [n.lower() for n in r.strings("forward_headers")]
+    for name in names:
+        if not _TOKEN.fullmatch(name):
+            raise ConfigError(r._path("forward_headers"), f"{name!r} is not a header name")
+        if name in NEVER_FORWARDED:
+            raise ConfigError(
+                r._path("forward_headers"),
+                f"{name!r} carries the gateway key or framing and is never forwarded",
+            )
+    return frozenset(names)
+
+
 def parse_config(data: Any, *, source: str | None = None) -> Config:
     root = _Reader(data, "")
     root.only(
@@ -311,13 +349,16 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
     )
 
     s = root.child("server")
-    s.only("host", "port", "workers", "max_body_bytes")
+    s.only("host", "port", "workers", "max_body_bytes", "max_header_bytes")
     server = Server(
         host=s.get("host", str, "127.0.0.1"),
         port=s.get("port", int, 8080),
         workers=s.get("workers", int, 1),
         max_body_bytes=s.get("max_body_bytes", int, 4 * 1024 * 1024),
+        max_header_bytes=s.get("max_header_bytes", int, 64 * 1024),
     )
+    if server.max_header_bytes < 1024:
+        raise ConfigError("server.max_header_bytes", "must be at least 1024")
 
     upstreams: dict[str, Upstream] = {}
     ups = root.child("upstreams")
@@ -361,7 +402,7 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
         raise ConfigError("routes", "at least one route is required")
     for name in rs.data:
         r = rs.child(name)
-        r.only("upstream", "input", "output", "fail")
+        r.only("upstream", "input", "output", "fail", "forward_headers")
         upstream = r.get("upstream", str)
         if upstream not in upstreams:
             raise ConfigError(
@@ -373,6 +414,7 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
             input=_side(r.child("input"), output=False),
             output=_side(r.child("output"), output=True),
             fail=r.get("fail", str, "closed", ("closed", "open")),
+            forward_headers=_forward_headers(r),
         )
 
     tenants: dict[str, Tenant] = {}
