@@ -79,6 +79,18 @@ def sse(data: Any, event: str | None = None) -> bytes:
     return head + b"data: " + orjson.dumps(data) + b"\n\n"
 
 
+async def hold(request: Request, seconds: float) -> bool:
+    """Wait `seconds` before answering; False as soon as the caller hangs up instead."""
+    gone = asyncio.ensure_future(request.receive())  # the body is read: only a disconnect
+    try:
+        await asyncio.wait_for(asyncio.shield(gone), seconds)
+    except TimeoutError:
+        return True
+    finally:
+        gone.cancel()
+    return gone.result()["type"] != "http.disconnect"
+
+
 async def _cut_short() -> AsyncIterator[bytes]:
     """Promise 1000 bytes, send a few, then break the connection."""
     yield b'{"id": "chatcmpl-'
@@ -139,21 +151,9 @@ class FakeOpenAI:
             return body, StreamingResponse(
                 _cut_short(), headers={"content-length": "1000"}, media_type="application/json"
             )
-        if self.first_token_delay_s and not await self._hold(request, self.first_token_delay_s):
+        if self.first_token_delay_s and not await hold(request, self.first_token_delay_s):
             self.hung_up += 1
         return body, None
-
-    @staticmethod
-    async def _hold(request: Request, seconds: float) -> bool:
-        """Wait `seconds`; False as soon as the caller hangs up instead."""
-        gone = asyncio.ensure_future(request.receive())  # the body is read: only a disconnect
-        try:
-            await asyncio.wait_for(asyncio.shield(gone), seconds)
-        except TimeoutError:
-            return True
-        finally:
-            gone.cancel()
-        return gone.result()["type"] != "http.disconnect"
 
     async def _stream(self, frames: list[bytes], *, drop: bool) -> AsyncIterator[bytes]:
         try:
