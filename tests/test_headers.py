@@ -89,7 +89,7 @@ def test_a_huge_header_block_does_not_stall_other_requests(gateway_process):
             worst = max(worst, time.monotonic() - began)
             time.sleep(0.005)
     thread.join(timeout=30)
-    assert worst < 0.5, f"a small request waited {worst:.2f} s behind a huge header"
+    assert worst < 1.0, f"a small request waited {worst:.2f} s behind a huge header"
     # the attacker is answered 431 or cut off, never served
     assert outcome["answer"] == b"" or outcome["answer"].startswith(b"HTTP/1.1 431")
 
