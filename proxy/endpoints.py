@@ -80,6 +80,8 @@ class Table:
         self._fixed: dict[str, dict[str, Endpoint]] = {}
         self._with_id: dict[str, dict[str, Endpoint]] = {}  # prefix ending in "/"
         for e in endpoints:
+            if not _PLAIN_PATH.fullmatch(e.path.replace(ID, "id")):
+                raise ValueError(f"{e.path}: not a plain path")
             if ID in e.path:
                 prefix = e.path.removesuffix(ID)
                 if ID in prefix or not prefix.endswith("/"):
@@ -91,11 +93,13 @@ class Table:
     def resolve(self, method: str, path: str, raw_path: bytes | None) -> Target:
         """The endpoint for this request; OpenAIError 404 (not served) or 405 (wrong method)."""
         raw = path if raw_path is None else raw_path.decode("latin-1")
-        if raw != path or not _PLAIN_PATH.fullmatch(path):
+        if raw != path:
             raise not_found(method, raw)
-        methods = self._fixed.get(path)
+        methods = self._fixed.get(path)  # the table's own paths are plain
         ident = ""
         if methods is None:
+            if not _PLAIN_PATH.fullmatch(path):
+                raise not_found(method, path)
             prefix, _, ident = path.rpartition("/")
             methods = self._with_id.get(prefix + "/")
             if methods is None or ident in (".", ".."):

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -24,6 +24,7 @@ from proxy.exchange import Exchange, json_or_none, since
 from proxy.gateway import Gateway
 from proxy.guard.engine import Outcome, SideResult, worse
 from proxy.guard.streaming import StreamGuard
+from proxy.hangup import HangUps
 from proxy.openai_api import (
     GENERATION_ENDPOINTS,
     OPERATION,
@@ -63,6 +64,7 @@ class ProxyHandler:
         self.gw = gateway
         self.max_body = gateway.config.server.max_body_bytes
         self.endpoints = Table()
+        self.hang_ups = HangUps()  # a client gone before its answer cancels the work (499)
         audit = gateway.config.audit
         self.auditing = audit.enabled
         self.keep_content = self.auditing and audit.content != "none"  # texts for the record
@@ -142,7 +144,7 @@ class ProxyHandler:
         kind = ex.target.endpoint.kind
         if kind == MODELS_KIND:
             ex.route = self.gw.tenancy.default_route(ex.tenant)
-            await self._unless_gone(send, self._forward_raw(ex, scope, None, send))
+            await self.hang_ups.run(send, self._forward_raw(ex, scope, None, send))
             return
         raw = await self._read_body(scope["headers"], headers, receive)
         body = parse_json_body(raw)
@@ -159,30 +161,9 @@ class ProxyHandler:
             )
         ex.route = route
         if kind == FORWARD:
-            await self._unless_gone(send, self._forward_raw(ex, scope, raw, send))
+            await self.hang_ups.run(send, self._forward_raw(ex, scope, raw, send))
             return
-        await self._unless_gone(send, self._generate(ex, scope, raw, body, send))
-
-    async def _unless_gone(self, send: Sender, work: Coroutine[Any, Any, None]) -> None:
-        """Run the work that answers, unless the client goes before the answer starts
-        (during the input guard, or waiting for the upstream's headers): then the work is
-        cancelled, which abandons its classifier and upstream calls (their connections
-        close), and the record says 499. Once the answer started, `_pump` handles it."""
-        task = asyncio.ensure_future(work)
-        gone = asyncio.ensure_future(send.disconnected())
-        try:
-            await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-            if not task.done() and not send.started:
-                task.cancel()
-                await asyncio.wait((task,))
-                if not task.cancelled():
-                    task.exception()  # it ended its own way while being cancelled
-                raise ClientDisconnected()
-            await task
-        finally:
-            gone.cancel()
-            if not task.done():  # we were cancelled ourselves
-                task.cancel()
+        await self.hang_ups.run(send, self._generate(ex, scope, raw, body, send))
 
     async def _read_body(
         self, raw_headers: list[tuple[bytes, bytes]], headers: dict, receive: Any
