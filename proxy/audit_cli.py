@@ -270,7 +270,7 @@ def format_stats(report: dict) -> str:
     if report["first"] is not None:
         span = f" from {_when(report['first'])} to {_when(report['last'])}"
     out = [f"{report['requests']} requests{span}\n"]
-    decisions = ("allow", "annotate", "redact", "block", "error", "fail_open")
+    decisions = ("allow", "annotate", "redact", "block", "error")
     extra = sorted(set(report["decisions"]) - set(decisions))
     names = [*decisions, *extra]
 

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from proxy.bodies import GZIP, IDENTITY, content_coding, gunzip
-from proxy.config import Side, host_port
+from proxy.config import OutputSide, host_port
 from proxy.endpoints import FORWARD, MODELS_KIND, OTHER, Table, Target
 from proxy.exchange import Exchange, json_or_none, since
 from proxy.gateway import Gateway
@@ -51,7 +51,7 @@ from proxy.upstream import UpstreamError, UpstreamResponse
 
 log = logging.getLogger("proxy")
 
-WATCH_ONLY = Side(stream="passthrough")
+WATCH_ONLY = OutputSide(stream="passthrough")
 # Request ids: a random per-process prefix and a counter (unique across workers, no
 # syscall per request).
 _ID_PREFIX = os.urandom(10).hex()
