@@ -9,7 +9,7 @@ encoded form reaches the gateway as an attacker would send it.
 from __future__ import annotations
 
 import http.client
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import openai
 import orjson
@@ -189,3 +189,20 @@ def test_the_table_takes_new_endpoints():
         table.resolve("POST", "/v1/chat/completions", None)
     with pytest.raises(ValueError):
         Table((Endpoint("/v1/{id}/x", "GET", FORWARD, "/x"),))
+
+
+def test_every_percent_encoded_byte_is_refused_anywhere_in_the_path():
+    table = Table()
+    for byte in range(256):
+        for code in (f"%{byte:02x}", f"%{byte:02X}", f"%25{byte:02x}"):
+            for raw in (
+                f"/v1/models/{code}",
+                f"/v1/models/gpt{code}4o",
+                f"/v1/models{code}gpt",
+                f"/v1/chat/completions{code}",
+                f"/v1{code}chat/completions",
+            ):
+                decoded = unquote(raw, errors="surrogateescape")
+                with pytest.raises(OpenAIError) as raised:
+                    table.resolve("GET", decoded, raw.encode())
+                assert raised.value.status == 404, raw
