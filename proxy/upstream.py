@@ -34,6 +34,8 @@ FORWARDED_REQUEST_HEADERS = frozenset(
         "tracestate",
         "openai-beta",
         "x-client-request-id",
+        "anthropic-version",  # API version selectors of the Messages API, not credentials
+        "anthropic-beta",
     )
 )
 _SDK_PREFIX = "x-stainless-"  # the official SDKs' client description (lang, version, retry)
