@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote
 
 from proxy.openai_api import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, RESPONSES, OpenAIError
@@ -45,15 +46,10 @@ class Endpoint:
     upstream: str  # relative to the upstream's API root (`{id}` filled in re-encoded)
     headers: frozenset[str] = frozenset()  # extra request headers this endpoint forwards
 
-    @property
-    def label(self) -> str:
-        """The name spans, metrics and the audit use (the template, for `{id}` paths)."""
-        return self.path
 
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A request matched to an endpoint: what it is and where upstream it goes."""
+class Target(NamedTuple):
+    """A request matched to an endpoint: what it is and where upstream it goes. The
+    endpoint's path (the template, for `{id}` paths) names it in spans and metrics."""
 
     endpoint: Endpoint
     path: str  # the client's path (canonical: it is plain)
@@ -75,9 +71,18 @@ def not_found(method: str, path: str) -> OpenAIError:
     return OpenAIError(404, f"Invalid URL ({method} {shown})", code="unknown_url")
 
 
+def not_allowed(method: str, path: str, methods: Iterable[str]) -> OpenAIError:
+    allowed = ", ".join(sorted(methods))
+    return OpenAIError(
+        405,
+        f"Method {method} is not allowed for {path} (use {allowed}).",
+        code="method_not_allowed",
+    )
+
+
 class Table:
     def __init__(self, endpoints: Iterable[Endpoint] = ENDPOINTS) -> None:
-        self._fixed: dict[str, dict[str, Endpoint]] = {}
+        self._fixed: dict[str, dict[str, Target]] = {}  # one Target per fixed path, reused
         self._with_id: dict[str, dict[str, Endpoint]] = {}  # prefix ending in "/"
         for e in endpoints:
             if not _PLAIN_PATH.fullmatch(e.path.replace(ID, "id")):
@@ -88,31 +93,26 @@ class Table:
                     raise ValueError(f"{e.path}: {ID} must be the last segment")
                 self._with_id.setdefault(prefix, {})[e.method] = e
             else:
-                self._fixed.setdefault(e.path, {})[e.method] = e
+                self._fixed.setdefault(e.path, {})[e.method] = Target(e, e.path, e.upstream)
 
     def resolve(self, method: str, path: str, raw_path: bytes | None) -> Target:
         """The endpoint for this request; OpenAIError 404 (not served) or 405 (wrong method)."""
         raw = path if raw_path is None else raw_path.decode("latin-1")
         if raw != path:
             raise not_found(method, raw)
-        methods = self._fixed.get(path)  # the table's own paths are plain
-        ident = ""
-        if methods is None:
-            if not _PLAIN_PATH.fullmatch(path):
-                raise not_found(method, path)
-            prefix, _, ident = path.rpartition("/")
-            methods = self._with_id.get(prefix + "/")
-            if methods is None or ident in (".", ".."):
-                raise not_found(method, path)
-        endpoint = methods.get(method)
-        if endpoint is None:
-            allowed = ", ".join(sorted(methods))
-            raise OpenAIError(
-                405,
-                f"Method {method} is not allowed for {path} (use {allowed}).",
-                code="method_not_allowed",
-            )
-        upstream = endpoint.upstream
-        if ident:
-            upstream = upstream.replace(ID, quote(ident, safe=_SEGMENT_SAFE))
-        return Target(endpoint, path, upstream)
+        fixed = self._fixed.get(path)  # the table's own paths are plain
+        if fixed is not None:
+            if (target := fixed.get(method)) is None:
+                raise not_allowed(method, path, fixed)
+            return target
+        if not _PLAIN_PATH.fullmatch(path):
+            raise not_found(method, path)
+        prefix, _, ident = path.rpartition("/")
+        methods = self._with_id.get(prefix + "/")
+        if methods is None or ident in (".", ".."):
+            raise not_found(method, path)
+        if (endpoint := methods.get(method)) is None:
+            raise not_allowed(method, path, methods)
+        return Target(
+            endpoint, path, endpoint.upstream.replace(ID, quote(ident, safe=_SEGMENT_SAFE))
+        )

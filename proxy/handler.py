@@ -91,7 +91,7 @@ class ProxyHandler:
         if client_id and _CLIENT_ID.fullmatch(client_id):
             ex.client_request_id = client_id.decode()
         self.gw.metrics.in_flight.add(1)
-        label = target.endpoint.label if target else OTHER
+        label = target.endpoint.path if target else OTHER
         with self.gw.telemetry.server_span(method, label, scope["headers"]) as span:
             sent = Sender(send, receive)
             try:
@@ -209,7 +209,9 @@ class ProxyHandler:
         self.gw.telemetry.inject(trace_headers, span)
         target = ex.target
         assert target is not None
-        forward = target.endpoint.headers | ex.route.forward_headers
+        forward = ex.route.forward_headers
+        if target.endpoint.headers:
+            forward = forward | target.endpoint.headers
         ex.upstream_started = time.perf_counter()
         # The URL comes from the endpoint table; the client's query string is not sent.
         return await self.gw.upstreams.send(
@@ -441,7 +443,7 @@ class ProxyHandler:
         total_s = time.perf_counter() - ex.started
         route_name = ex.route.name if ex.route else ""
         metrics = self.gw.metrics
-        label = ex.target.endpoint.label if ex.target else OTHER
+        label = ex.target.endpoint.path if ex.target else OTHER
         settle_decision(ex)
         metrics.requests.inc(route_name, label, str(ex.status))
         metrics.request_duration.observe(total_s, route_name, label)

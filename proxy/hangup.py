@@ -19,34 +19,14 @@ from proxy.shaping import ClientDisconnected, Sender
 SWEEP_S = 0.1
 
 
-class _Request:
-    __slots__ = ("_send", "_task", "_watcher", "fired", "since")
-
-    def __init__(self, send: Sender, task: asyncio.Task[Any], since: float) -> None:
-        self._send, self._task, self.since = send, task, since
-        self._watcher: asyncio.Future[None] | None = None
-        self.fired = False
-
-    def watch(self) -> None:
-        if self._watcher is None:
-            self._watcher = asyncio.ensure_future(self._wait())
-
-    async def _wait(self) -> None:
-        await self._send.disconnected()
-        if not self._send.started:  # once it started, the streaming code handles a hang-up
-            self.fired = True
-            self._task.cancel()
-
-    def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-
-
 class HangUps:
     """One sweeper task (alive only while requests are) arms watchers for slow requests."""
 
     def __init__(self) -> None:
-        self._running: dict[int, _Request] = {}
+        # request task -> (its sender, when it started); a task runs one request at a time
+        self._running: dict[asyncio.Task[Any], tuple[Sender, float]] = {}
+        self._watchers: dict[asyncio.Task[Any], asyncio.Task[None]] = {}
+        self._fired: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
     async def run(self, send: Sender, work: Coroutine[Any, Any, None]) -> None:
@@ -55,21 +35,22 @@ class HangUps:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
-        request = _Request(send, task, loop.time())
-        key = id(request)
-        self._running[key] = request
+        self._running[task] = (send, loop.time())
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep())
         try:
             await work
         except asyncio.CancelledError:
-            if not request.fired:
+            if task not in self._fired:
                 raise
             task.uncancel()
             raise ClientDisconnected() from None
         finally:
-            del self._running[key]
-            request.stop()
+            del self._running[task]
+            if self._watchers:
+                if (watcher := self._watchers.pop(task, None)) is not None:
+                    watcher.cancel()
+                self._fired.discard(task)
 
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -77,8 +58,14 @@ class HangUps:
             while self._running:
                 await asyncio.sleep(SWEEP_S)
                 due = loop.time() - SWEEP_S
-                for request in list(self._running.values()):
-                    if request.since <= due:
-                        request.watch()
+                for task, (send, since) in list(self._running.items()):
+                    if since <= due and task not in self._watchers:
+                        self._watchers[task] = loop.create_task(self._watch(task, send))
         finally:
             self._sweeper = None
+
+    async def _watch(self, task: asyncio.Task[Any], send: Sender) -> None:
+        await send.disconnected()
+        if not send.started:  # once the answer started, the streaming code handles a hang-up
+            self._fired.add(task)
+            task.cancel()

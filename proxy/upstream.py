@@ -9,12 +9,10 @@ UpstreamError (502 unreachable/dropped, 504 timeout).
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator, Iterable, Mapping
 
 import aiohttp
 from multidict import CIMultiDict
-from yarl import URL
 
 from proxy import config
 
@@ -101,12 +99,6 @@ class UpstreamResponse:
         self._response.close()
 
 
-@functools.lru_cache(maxsize=64)
-def _encoded_base(base_url: str) -> str:
-    """The configured base URL as yarl encodes it, so the path can join it verbatim."""
-    return str(URL(base_url))
-
-
 def _mapped(exc: BaseException, name: str) -> BaseException:
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return UpstreamError(504, "upstream_timeout", f"Upstream {name!r} did not answer in time.")
@@ -147,9 +139,10 @@ class UpstreamPool:
     ) -> CIMultiDict[str]:
         """The allowlisted client headers (plus `forward`), then the upstream's own."""
         headers: CIMultiDict[str] = CIMultiDict()
+        allowed = FORWARDED_REQUEST_HEADERS | forward if forward else FORWARDED_REQUEST_HEADERS
         for raw_name, raw_value in client_headers:
             name = raw_name.decode("latin-1").lower()
-            if name in FORWARDED_REQUEST_HEADERS or name in forward or name.startswith(_SDK_PREFIX):
+            if name in allowed or name.startswith(_SDK_PREFIX):
                 headers.add(name, raw_value.decode("latin-1"))
         for name, value in upstream.headers.items():
             headers[name] = value
@@ -174,7 +167,7 @@ class UpstreamPool:
         `path` is relative to the OpenAI API root (e.g. "/chat/completions"), already
         encoded (proxy.endpoints builds it from its table, never from the client's path).
         """
-        url = URL(_encoded_base(upstream.base_url) + path, encoded=True)
+        url = upstream.base_url + path  # plain, so yarl's quoting leaves it as it is
         headers = self.request_headers(upstream, client_headers, extra_headers, forward)
         try:
             response = await self._session(upstream).request(

@@ -169,7 +169,7 @@ def test_the_table_resolves_served_endpoints_to_upstream_paths():
     assert (chat.endpoint.kind, chat.upstream_path) == (GENERATE, "/chat/completions")
     model = table.resolve("GET", "/v1/models/gpt-4o:x@y", b"/v1/models/gpt-4o:x@y")
     assert model.upstream_path == "/models/gpt-4o:x@y"
-    assert model.endpoint.label == "/v1/models/{id}"
+    assert model.endpoint.path == "/v1/models/{id}"
     # the decoded path and the raw one must agree
     with pytest.raises(OpenAIError) as raised:
         table.resolve("GET", "/v1/models/../files", b"/v1/models/%2e%2e/files")
