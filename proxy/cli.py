@@ -36,9 +36,11 @@ def _serve(args: argparse.Namespace) -> int:
         lifespan="on",
         **uvicorn_options(config.server),
     )
-    if workers > 1:
+    if workers > 1:  # one supervisor, N workers: one /metrics, reload and /readyz for all
+        from proxy.fleet.supervisor import serve_fleet
+
         os.environ[CONFIG_ENV] = os.path.abspath(args.config)
-        uvicorn.run("proxy.app:app_from_env", factory=True, workers=workers, **options)
+        return serve_fleet(args.config, workers, options)
     else:
         uvicorn.run(build_app(config), **options)
     return 0
@@ -67,8 +69,18 @@ def _config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("safeguard-gateway")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from proxy import audit_cli
+    from proxy.workbench import check as classifier_check
     from proxy.workbench import cli as workbench_cli
 
     parser = argparse.ArgumentParser(
@@ -76,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="OpenAI-compatible guardrail gateway enforcing natural-language policies "
         "with gpt-oss-safeguard.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gateway")
@@ -102,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=_config_schema)
 
     workbench_cli.register(commands)
+    classifier_check.register(commands)
     audit_cli.register(commands)
     return parser
 
@@ -112,12 +126,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return code
     except (ConfigError, PolicyError) as exc:
         print(f"safeguard-gateway: config error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `... | head` stopped reading: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # quiet exit flush
+        return 0
 
 
 if __name__ == "__main__":

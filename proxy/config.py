@@ -99,6 +99,32 @@ def _strings(value: Any) -> tuple[str, ...]:
 
 
 Keys = Annotated[tuple[str, ...], BeforeValidator(_strings)]
+
+
+def _unset_is_none(value: Any) -> Any:
+    """An empty value (an unset `${VAR:-}`) means the setting is off."""
+    return None if value == "" else value
+
+
+def _service_url(*schemes: str) -> Any:
+    def check(value: Any) -> str | None:
+        if value in (None, ""):
+            return None
+        text = _str(value)
+        if urlsplit(text).scheme not in schemes:
+            raise _refuse(f"must be a {' or '.join(s + '://' for s in schemes)} URL")
+        return text
+
+    return Annotated[
+        str | None,
+        PlainValidator(check),
+        WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "null"}]}),
+    ]
+
+
+PostgresUrl = _service_url("postgresql", "postgres")
+CacheUrl = _service_url("redis", "rediss", "valkey", "valkeys", "unix")
+OptionalFloat = Annotated[Float | None, BeforeValidator(_unset_is_none)]
 Name = SkipJsonSchema[str]  # filled from the mapping key the entry sits under
 
 _STRICT = ConfigDict(extra="forbid")
@@ -228,6 +254,11 @@ class Classifier(_Keyed):
     api_key: str = ""
     cache_ttl_s: Float = 3600.0
     cache_size: Int = 10_000
+    cache_url: CacheUrl = None  # redis:// or valkey:// shared verdict cache (optional)
+    # Where the model runs: sets the request's defaults (proxy.guard.safeguard).
+    runtime: Literal["sglang", "vllm", "ollama", "openai-compatible"] = "sglang"
+    temperature: Float | None = None  # None: the runtime's default (0, or the model's own)
+    extra_body: Mapping[str, Any] = Field(default_factory=dict)  # more request fields
 
 
 Action = Literal["block", "redact", "annotate", "log"]
@@ -300,10 +331,13 @@ class OutputSide(Side):
     window_chars: Int = 400
     overlap_chars: Int = 120
     window_ms: Int = 1000  # the longest text waits in a window before it is checked
+    first_window_chars: Int = 24  # the first window; each next one doubles up to window_chars
 
     def __post_init__(self) -> None:
         if self.window_ms < 10:
             raise _refuse("must be at least 10", "window_ms")
+        if self.first_window_chars < 1:  # above window_chars: windows do not grow
+            raise _refuse("must be at least 1", "first_window_chars")
         if self.window_chars < 16:
             raise _refuse("must be at least 16", "window_chars")
         if not 0 <= self.overlap_chars < self.window_chars:
@@ -401,6 +435,12 @@ class Audit(_Keyed):
     batch_size: Int = 256
     flush_interval_s: Float = 0.2
     spill_path: str | None = None  # default: <path>.spill.jsonl
+    url: PostgresUrl = None  # postgresql://... : the store is PostgreSQL, not SQLite at `path`
+    retention_days: OptionalFloat = None  # records older than this are deleted (both stores)
+
+    def __post_init__(self) -> None:
+        if self.retention_days is not None and self.retention_days <= 0:
+            raise _refuse("must be a positive number of days", "retention_days")
 
 
 @_section
@@ -537,11 +577,30 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
 def config_schema() -> dict[str, Any]:
     """The JSON Schema of a config file, as `safeguard-gateway config schema` prints it."""
     schema = _env_refs_allowed(_ADAPTER.json_schema())
+    for name, definition in schema.get("$defs", {}).items():
+        notes = _field_comments(globals()[name]) if name in globals() else {}
+        for field_name, note in notes.items():
+            if field_name in definition.get("properties", {}):
+                definition["properties"][field_name]["description"] = note
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "Safeguard Gateway config",
         **{k: v for k, v in schema.items() if k != "title"},
     }
+
+
+_FIELD_COMMENT = re.compile(r"^    (\w+): .*?  # (.+)$", re.M)
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """A section's settings' trailing comments (`port: Int = 8080  # ...`): the schema's
+    descriptions, which editors show beside the completion."""
+    import inspect
+
+    try:
+        return dict(_FIELD_COMMENT.findall(inspect.getsource(cls)))
+    except (OSError, TypeError):  # no source (frozen app): no descriptions
+        return {}
 
 
 def _env_refs_allowed(node: Any) -> Any:

@@ -33,6 +33,7 @@ class Outcome:
     verdict: Verdict
     redacted: bool = False
     choice: int | None = None
+    tool: str | None = None  # output: the tool whose call arguments this verdict is on
 
     @property
     def effect(self) -> str:
@@ -58,11 +59,14 @@ class Outcome:
         return result
 
     def record(self) -> dict[str, Any]:
-        return self.verdict.as_record() | {
+        record = self.verdict.as_record() | {
             "side": self.side,
             "action": self.action,
             "choice": self.choice,
         }
+        if self.tool is not None:
+            record["tool"] = self.tool
+        return record
 
 
 def worse(a: str, b: str) -> str:
@@ -138,19 +142,23 @@ class Guard:
 
     async def _classify(self, job: _Job) -> Outcome | None:
         policy, labels = job.policy, job.labels
-        if labels and not job.redacted:
-            # Triage: a pattern hit is a violation without spending a model call.
+        if (labels and not job.redacted) or policy.detectors_only:
+            # Triage: a pattern hit is a violation without spending a model call; a
+            # detectors-only policy never calls the model (no hit: safe).
             found = ", ".join(sorted(set(labels)))
+            verb = "redacted" if job.redacted else "matched"
             verdict = Verdict(
                 policy.id,
                 policy.version,
-                True,
-                category=labels[0],
-                rationale=f"pattern detectors matched: {found}",
+                bool(labels),
+                category=labels[0] if labels else None,
+                rationale=f"pattern detectors {verb}: {found}" if labels else None,
                 source="detector",
                 shadow=job.shadow,
             )
-            return Outcome(policy, job.action, job.side, verdict, choice=job.choice)
+            return Outcome(
+                policy, job.action, job.side, verdict, redacted=job.redacted, choice=job.choice
+            )
         content = render(job.slots, job.scope)
         if not content:
             return None
