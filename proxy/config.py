@@ -84,12 +84,33 @@ class Side:
 
 
 @dataclass(frozen=True, slots=True)
+class McpServer:
+    """An MCP server the gateway fronts at `/mcp/<name>` (Streamable HTTP)."""
+
+    name: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)  # sent to the server only
+    timeout_s: float = 600.0
+    connect_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class McpRoute:
+    """Which MCP servers a route's tenants reach and the policies on their traffic."""
+
+    servers: tuple[str, ...] = ()
+    input: Side = Side()  # tools/call arguments
+    output: Side = Side()  # tool results, resources/read, prompts/get, tools/list
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     upstream: str
     input: Side = Side()
     output: Side = Side()
     fail: str = "closed"  # classifier unusable: closed | open
+    mcp: McpRoute = McpRoute()
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +152,7 @@ class Config:
     audit: Audit = Audit()
     telemetry: Telemetry = Telemetry()
     source: str | None = None  # the file it was read from
+    mcp_servers: Mapping[str, McpServer] = field(default_factory=dict)
 
     @property
     def uses_dev_key(self) -> bool:
@@ -296,6 +318,45 @@ def _side(r: _Reader, *, output: bool) -> Side:
     return side
 
 
+def _mcp_servers(ms: _Reader) -> dict[str, McpServer]:
+    servers: dict[str, McpServer] = {}
+    for name in ms.data:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", str(name)):
+            raise ConfigError(ms._path(str(name)), "a server name is letters, digits, . _ - only")
+        m = ms.child(name)
+        m.only("url", "headers", "timeout_s", "connect_timeout_s")
+        url = m.get("url", str)
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(m._path("url"), f"must be an http(s) URL (got {url!r})")
+        headers = m.data.get("headers") or {}
+        if not isinstance(headers, dict):
+            raise ConfigError(m._path("headers"), "must be a mapping")
+        servers[name] = McpServer(
+            name=name,
+            url=url,
+            headers={str(k): str(v) for k, v in headers.items()},
+            timeout_s=m.get("timeout_s", float, 600.0),
+            connect_timeout_s=m.get("connect_timeout_s", float, 10.0),
+        )
+    return servers
+
+
+def _mcp_route(r: _Reader, servers: Mapping[str, McpServer]) -> McpRoute:
+    r.only("servers", "input", "output")
+    names = r.strings("servers")
+    for name in names:
+        if name not in servers:
+            have = ", ".join(servers) or "none"
+            raise ConfigError(
+                r._path("servers"), f"names no mcp_servers entry {name!r} (have {have})"
+            )
+    return McpRoute(
+        servers=names,
+        input=_side(r.child("input"), output=False),
+        output=_side(r.child("output"), output=True),
+    )
+
+
 def parse_config(data: Any, *, source: str | None = None) -> Config:
     root = _Reader(data, "")
     root.only(
@@ -308,6 +369,7 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
         "admin",
         "audit",
         "telemetry",
+        "mcp_servers",
     )
 
     s = root.child("server")
@@ -341,6 +403,8 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
             headers={str(k): str(v) for k, v in headers.items()},
         )
 
+    mcp_servers = _mcp_servers(root.child("mcp_servers"))
+
     c = root.child("classifier")
     c.only(
         "base_url", "model", "reasoning_effort", "timeout_s", "api_key", "cache_ttl_s", "cache_size"
@@ -361,7 +425,7 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
         raise ConfigError("routes", "at least one route is required")
     for name in rs.data:
         r = rs.child(name)
-        r.only("upstream", "input", "output", "fail")
+        r.only("upstream", "input", "output", "fail", "mcp")
         upstream = r.get("upstream", str)
         if upstream not in upstreams:
             raise ConfigError(
@@ -373,6 +437,7 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
             input=_side(r.child("input"), output=False),
             output=_side(r.child("output"), output=True),
             fail=r.get("fail", str, "closed", ("closed", "open")),
+            mcp=_mcp_route(r.child("mcp"), mcp_servers),
         )
 
     tenants: dict[str, Tenant] = {}
@@ -453,6 +518,7 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
         audit=audit,
         telemetry=telemetry,
         source=source,
+        mcp_servers=mcp_servers,
     )
 
 

@@ -29,7 +29,9 @@ log = logging.getLogger("proxy")
 def check_policies(config: Config, policies: Mapping[str, Policy]) -> None:
     """Every route names loaded policies, and parallel input never meets a redacting one."""
     for route in config.routes.values():
-        for side_name, side in (("input", route.input), ("output", route.output)):
+        sides = [("input", route.input), ("output", route.output)]
+        sides += [("mcp.input", route.mcp.input), ("mcp.output", route.mcp.output)]
+        for side_name, side in sides:
             key = f"routes.{route.name}.{side_name}"
             for field, refs in (("policies", side.policies), ("shadow", side.shadow)):
                 for ref in refs:
@@ -84,7 +86,11 @@ class Gateway:
         if spans_out:
             self.metrics.watch_spans(self.recorder.span_stats)
         self.uses_classifier = any(
-            route.input.guarded or route.output.guarded for route in config.routes.values()
+            route.input.guarded
+            or route.output.guarded
+            or route.mcp.input.guarded
+            or route.mcp.output.guarded
+            for route in config.routes.values()
         )
 
     def reload_policies(self) -> tuple[bool, str]:

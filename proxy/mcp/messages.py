@@ -1,0 +1,207 @@
+"""MCP's JSON-RPC messages as the guard sees them: which text a message carries, and the
+gateway's own answers (a blocked tool result, JSON-RPC errors).
+
+Messages are read with the official SDK's types (`mcp_types`): a message that is not
+valid JSON-RPC, or a guarded result that does not have its method's shape, is refused
+rather than guessed at. Text is then reached through `Slot`s pointing into the raw
+JSON, so a redacting policy rewrites it in place and everything else is forwarded as it
+came. Every string a guarded message carries is read (content blocks of any type,
+`structuredContent`, embedded resources, schema text): a field this module does not
+know by name is still classified, never skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import mcp_types
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from proxy.openai_api import Slot
+
+TOOLS_CALL = "tools/call"
+TOOLS_LIST = "tools/list"
+RESOURCES_READ = "resources/read"
+PROMPTS_GET = "prompts/get"
+# Requests whose results reach the client's model and are classified on the way back.
+GUARDED_RESULTS: dict[str, type[BaseModel]] = {
+    TOOLS_CALL: mcp_types.CallToolResult,
+    TOOLS_LIST: mcp_types.ListToolsResult,
+    RESOURCES_READ: mcp_types.ReadResourceResult,
+    PROMPTS_GET: mcp_types.GetPromptResult,
+}
+
+# JSON-RPC error codes: the standard ones, and the gateway's in the server range.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+CONTENT_FILTERED = -32050
+GUARD_UNAVAILABLE = -32051
+UNREADABLE_RESULT = -32052
+
+# Strings that are structure, not prose: never worth a classification.
+_STRUCTURAL = frozenset(
+    ("type", "mimeType", "uri", "blob", "data", "$schema", "$ref", "format", "role")
+)
+
+
+class Invalid(ValueError):
+    """Not a JSON-RPC message the gateway can relay (answered with `code`)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class Message:
+    """One JSON-RPC message: `kind` is request | notification | response | error."""
+
+    body: dict[str, Any]
+    kind: str
+
+    @property
+    def id(self) -> Any:
+        return self.body.get("id")
+
+    @property
+    def method(self) -> str | None:
+        method = self.body.get("method")
+        return method if isinstance(method, str) else None
+
+    @property
+    def tool(self) -> str | None:
+        """The tool a `tools/call` names."""
+        params = self.body.get("params")
+        name = params.get("name") if isinstance(params, dict) else None
+        return name if isinstance(name, str) else None
+
+
+_KINDS = {
+    mcp_types.JSONRPCRequest: "request",
+    mcp_types.JSONRPCNotification: "notification",
+    mcp_types.JSONRPCResponse: "response",
+    mcp_types.JSONRPCError: "error",
+}
+
+
+def parse_message(raw: bytes | Any) -> Message:
+    """A client's POST body or one SSE event's data. JSON-RPC batches were removed from
+    MCP in 2025-06-18; a batch is refused, so no message in one goes unguarded."""
+    if isinstance(raw, (bytes, str)):
+        try:
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise Invalid(PARSE_ERROR, "The body is not valid JSON.") from None
+    if isinstance(raw, list):
+        raise Invalid(INVALID_REQUEST, "JSON-RPC batches are not supported; send one message.")
+    if not isinstance(raw, dict):
+        raise Invalid(INVALID_REQUEST, "The body is not a JSON-RPC message.")
+    try:
+        parsed = mcp_types.jsonrpc_message_adapter.validate_python(raw)
+    except ValidationError:
+        raise Invalid(INVALID_REQUEST, "The body is not a valid JSON-RPC 2.0 message.") from None
+    return Message(raw, _KINDS[type(parsed)])
+
+
+def method_of(result: dict[str, Any]) -> str | None:
+    """Which guarded method a result answers, by its shape (for responses whose request
+    the gateway did not see on this connection, such as one resumed on the GET stream)."""
+    for key, method in (
+        ("tools", TOOLS_LIST),
+        ("contents", RESOURCES_READ),
+        ("messages", PROMPTS_GET),
+        ("content", TOOLS_CALL),
+        ("structuredContent", TOOLS_CALL),
+    ):
+        if key in result:
+            return method
+    return None
+
+
+def readable(method: str, result: Any) -> bool:
+    """Whether a result has its method's shape (per the SDK's types)."""
+    try:
+        GUARDED_RESULTS[method].model_validate(result)
+    except ValidationError:
+        return False
+    return True
+
+
+def string_slots(holder: Any, role: str = "tool") -> Iterator[Slot]:
+    """A slot for every string in a JSON value, depth first, structural keys skipped."""
+    if isinstance(holder, dict):
+        for key, value in holder.items():
+            if isinstance(value, str):
+                if key not in _STRUCTURAL and value:
+                    yield Slot(holder, key, role)
+            elif isinstance(value, (dict, list)):
+                yield from string_slots(value, role)
+    elif isinstance(holder, list):
+        for index, value in enumerate(holder):
+            if isinstance(value, str):
+                if value:
+                    yield Slot(holder, index, role)
+            elif isinstance(value, (dict, list)):
+                yield from string_slots(value, role)
+
+
+def argument_slots(params: Any) -> list[Slot]:
+    """What a `tools/call` sends the server: its arguments (all of params if malformed)."""
+    if not isinstance(params, dict):
+        return []
+    arguments = params.get("arguments")
+    return list(string_slots(arguments if isinstance(arguments, (dict, list)) else params))
+
+
+def result_slots(method: str, result: dict[str, Any]) -> list[Slot]:
+    """The text of a tools/call, resources/read or prompts/get result (`_meta` aside)."""
+    return list(string_slots({k: v for k, v in result.items() if k != "_meta"}))
+
+
+def tool_slots(tools: list[Any]) -> list[list[Slot]]:
+    """Per tool of a tools/list result: name, title, description, schemas, annotations."""
+    return [list(string_slots(tool)) if isinstance(tool, dict) else [] for tool in tools]
+
+
+# -- the gateway's answers ---------------------------------------------------------------
+
+
+def result_response(request_id: Any, result: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def error_response(
+    request_id: Any, code: int, message: str, data: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def tool_error(text: str) -> dict[str, Any]:
+    """A `tools/call` result the calling model reads as the tool's failure."""
+    return {"content": [{"type": "text", "text": text}], "isError": True}
+
+
+def named(policies: list[str]) -> str:
+    quoted = ", ".join(f"'{p}'" for p in policies)
+    return f"polic{'ies' if len(policies) > 1 else 'y'} {quoted}"
+
+
+def blocked_arguments(tool: str | None, policies: list[str]) -> dict[str, Any]:
+    return tool_error(
+        f"The gateway blocked this call to tool '{tool}': its arguments were flagged by "
+        f"{named(policies)}. The tool was not called."
+    )
+
+
+def withheld_result(tool: str | None, policies: list[str]) -> dict[str, Any]:
+    return tool_error(
+        f"The gateway withheld the result of tool '{tool}': it was flagged by "
+        f"{named(policies)} (for example, instructions hidden in the tool's output). "
+        "Do not retry the same call expecting a different result."
+    )

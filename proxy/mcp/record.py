@@ -1,0 +1,87 @@
+"""What one MCP exchange was about, for the audit record, span attributes and metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.mcp import messages as m
+from proxy.openai_api import render
+
+# Metric labels: JSON-RPC methods come from clients, so only MCP's own are named.
+_KNOWN_METHODS = frozenset(
+    (
+        "initialize",
+        "ping",
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "server/discover",
+    )
+)
+
+
+@dataclass(slots=True)
+class McpCall:
+    server: str
+    http_method: str
+    kind: str | None = None  # request | notification | response | error (a POST's message)
+    method: str | None = None
+    tool: str | None = None
+    rpc_id: Any = None
+    session: str | None = None
+    dropped: dict[str, str] = field(default_factory=dict)  # tools/list: tool -> why
+
+    def take(self, message: m.Message) -> None:
+        self.kind, self.method, self.rpc_id = message.kind, message.method, message.id
+        if message.method == m.TOOLS_CALL:
+            self.tool = message.tool
+
+    @property
+    def method_label(self) -> str:
+        if self.method is None:
+            return self.kind or self.http_method  # GET, DELETE, or a posted response
+        if self.method in _KNOWN_METHODS or self.method.startswith("notifications/"):
+            return self.method if len(self.method) <= 64 else "other"
+        return "other"
+
+    def span_attributes(self) -> dict[str, Any]:
+        """OTel MCP conventions (`mcp.method.name`, `gen_ai.tool.name`, ...)."""
+        attributes: dict[str, Any] = {"mcp.server": self.server}
+        if self.method:
+            attributes["mcp.method.name"] = self.method_label
+        if self.tool:
+            attributes["gen_ai.tool.name"] = self.tool
+            attributes["gen_ai.operation.name"] = "execute_tool"
+        if self.session:
+            attributes["mcp.session.id"] = self.session
+        if self.rpc_id is not None:
+            attributes["jsonrpc.request.id"] = str(self.rpc_id)
+        return attributes
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "http_method": self.http_method,
+            "kind": self.kind,
+            "method": self.method,
+            "tool": self.tool,
+            "id": self.rpc_id,
+            "session": self.session,
+            "dropped_tools": self.dropped or None,
+        }
+
+
+def result_text(method: str, result: dict[str, Any]) -> str:
+    """A guarded result's text as the audit keeps it."""
+    if method == m.TOOLS_LIST:
+        return "\n\n".join(render(slots, "last_user") for slots in m.tool_slots(result["tools"]))
+    return render(m.result_slots(method, result), "last_user")

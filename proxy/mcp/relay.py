@@ -1,0 +1,483 @@
+"""`/mcp/<name>`: the MCP gateway, a pure ASGI app speaking Streamable HTTP to the client
+and to the configured server.
+
+POST carries one JSON-RPC message. A `tools/call` has its arguments classified before
+the server sees it (a block is answered here with an `isError` tool result; the server
+is never called). The server's answer, `application/json` or `text/event-stream`, is
+relayed message by message: every JSON-RPC response in it that carries a tool result,
+resource contents, a prompt or a tool list is classified before the client gets it
+(flagged results are withheld, flagged tools dropped from the list); notifications and
+server requests pass as they come. GET (the server's stream) and DELETE (session end)
+are relayed, and responses on the GET stream (resumed requests) are guarded the same
+way, by their shape. `Mcp-Session-Id`, `MCP-Protocol-Version`, `Last-Event-ID` and
+`Accept` go both ways; the client's gateway key never reaches the server, the server's
+configured headers never reach the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from proxy.config import Route, Side, Upstream, host_port
+from proxy.exchange import Exchange, since
+from proxy.gateway import Gateway
+from proxy.guard.engine import worse
+from proxy.mcp import messages as m
+from proxy.mcp.guarding import Check, McpGuard
+from proxy.mcp.record import McpCall, result_text
+from proxy.openai_api import render
+from proxy.shaping import JSON, ClientDisconnected, Sender
+from proxy.sse import EventSplitter
+from proxy.tenancy import bearer_token
+from proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+
+log = logging.getLogger("proxy.mcp")
+
+PREFIX = "/mcp/"
+# Request headers the server gets from the client (everything else stays here: the
+# gateway key above all); response headers the client gets from the server.
+_FORWARD = frozenset(
+    (b"accept", b"content-type", b"mcp-session-id", b"mcp-protocol-version", b"last-event-id")
+)
+_RETURN = frozenset(
+    (b"content-type", b"mcp-session-id", b"mcp-protocol-version", b"cache-control", b"allow")
+)
+_ID_PREFIX = os.urandom(10).hex()
+_ids = itertools.count()
+_CLIENT_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+class Reject(Exception):
+    """An HTTP error answered with a JSON-RPC error body."""
+
+    def __init__(self, status: int, code: int, message: str, rpc_id: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.rpc_id = status, code, message, rpc_id
+
+
+class McpHandler:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        config = gateway.config
+        self.servers = config.mcp_servers
+        self.upstreams = {
+            name: Upstream(
+                name=name,
+                base_url=s.url,
+                headers=s.headers,
+                timeout_s=s.timeout_s,
+                connect_timeout_s=s.connect_timeout_s,
+            )
+            for name, s in self.servers.items()
+        }
+        self.pool = UpstreamPool(self.upstreams)
+        self.guard = McpGuard(gateway.guard)
+        # Tools a tools/list check dropped, per (route, server): calling one by name is
+        # refused too (a client may have listed the tools elsewhere).
+        self.dropped: dict[tuple[str, str], dict[str, str]] = {}
+        self.max_body = config.server.max_body_bytes
+        self.auditing = config.audit.enabled
+        self.keep_content = self.auditing and config.audit.content != "none"
+        self.calls = gateway.metrics.registry.counter(
+            "safeguard_mcp_messages_total",
+            "MCP requests relayed, by server, JSON-RPC method and decision",
+            ("server", "method", "decision"),
+        )
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        headers = dict(scope["headers"])
+        client_id = headers.get(b"x-request-id", b"")
+        request_id = (
+            client_id.decode()
+            if _CLIENT_ID.fullmatch(client_id)
+            else f"req_{_ID_PREFIX}{next(_ids):012x}"
+        )
+        name = scope["path"].removeprefix(PREFIX).strip("/")
+        label = PREFIX + name if name in self.servers else PREFIX + "other"
+        ex = Exchange(request_id, label)
+        call = McpCall(server=name, http_method=scope["method"])
+        self.gw.metrics.in_flight.add(1)
+        with self.gw.telemetry.server_span(scope["method"], label, scope["headers"]) as span:
+            sent = Sender(send, receive)
+            try:
+                await self._handle(ex, call, scope, headers, receive, sent)
+            except Reject as exc:
+                await self._reject(ex, sent, exc)
+            except UpstreamError as exc:
+                await self._reject(ex, sent, Reject(exc.status, -32603, exc.message, call.rpc_id))
+                ex.error = exc.code
+            except ClientDisconnected:
+                ex.status, ex.error = ex.status or 499, "client_disconnected"
+            except asyncio.CancelledError:
+                ex.status, ex.error = ex.status or 499, "client_disconnected"
+                raise
+            except Exception:
+                log.exception("MCP request %s failed", request_id)
+                failure = Reject(500, -32603, "The gateway hit an internal error.", call.rpc_id)
+                await self._reject(ex, sent, failure)
+            finally:
+                self.gw.metrics.in_flight.add(-1)
+                self._finish(ex, call, span)
+
+    # -- the request -------------------------------------------------------------------
+
+    def _route(self, ex: Exchange, name: str) -> Route:
+        """The first of the tenant's routes that lists the server (404 if none does: an
+        unknown server and another tenant's server look the same)."""
+        tenant = ex.tenant
+        assert tenant is not None
+        routes = self.gw.config.routes
+        for route_name in (tenant.route, *(r for _, r in tenant.routes)):
+            route = routes.get(route_name) if route_name else None
+            if route is not None and name in route.mcp.servers:
+                return route
+        raise Reject(404, m.INVALID_REQUEST, f"No MCP server {name!r} is available to this key.")
+
+    async def _handle(
+        self, ex: Exchange, call: McpCall, scope: dict, headers: dict, receive: Any, send: Sender
+    ) -> None:
+        token = bearer_token(headers.get(b"authorization"), headers.get(b"api-key"))
+        ex.tenant = self.gw.tenancy.authenticate(token)
+        if ex.tenant is None:
+            raise Reject(401, m.INVALID_REQUEST, "Use a gateway key: Authorization: Bearer <key>.")
+        ex.route = self._route(ex, call.server)
+        call.session = _header(headers, b"mcp-session-id")
+        method = scope["method"]
+        if method == "POST":
+            await self._post(ex, call, scope, headers, receive, send)
+        elif method in ("GET", "DELETE"):
+            response = await self._forward(ex, call, scope, None)
+            await self._relay(ex, call, response, send, None)
+        else:
+            raise Reject(405, m.INVALID_REQUEST, f"Method {method} is not allowed on MCP.")
+
+    async def _post(
+        self, ex: Exchange, call: McpCall, scope: dict, headers: dict, receive: Any, send: Sender
+    ) -> None:
+        raw = await self._read_body(headers, receive)
+        try:
+            message = m.parse_message(raw)
+        except m.Invalid as exc:
+            raise Reject(400, exc.code, str(exc)) from None
+        call.take(message)
+        route = ex.route
+        assert route is not None
+        if message.kind == "request" and message.method == m.TOOLS_CALL:
+            why = self.dropped.get((route.name, call.server), {}).get(str(message.tool))
+            if why is not None:
+                ex.decision = "block"
+                result = m.tool_error(
+                    f"The gateway dropped tool '{message.tool}' from this server's tool list "
+                    f"({why}); it cannot be called."
+                )
+                await self._answer(ex, send, m.result_response(message.id, result))
+                return
+            slots = m.argument_slots(message.body.get("params"))
+            if self.keep_content:
+                ex.content["input"] = render(slots, "last_user")
+            started = time.perf_counter()
+            check = await self.guard.arguments(
+                route.mcp.input, self.gw.policies, route.fail, message
+            )
+            self._take(ex, check, started)
+            if check.decision == "block":
+                result = m.blocked_arguments(message.tool, check.flagged)
+                await self._answer(ex, send, m.result_response(message.id, result))
+                return
+            if check.decision == "error":
+                error = m.error_response(
+                    message.id,
+                    m.GUARD_UNAVAILABLE,
+                    "The gateway could not check this tool call (guard unavailable); "
+                    "it was not sent.",
+                )
+                await self._answer(ex, send, error)
+                return
+            if check.decision == "redact":
+                raw = orjson.dumps(message.body)
+                if self.keep_content:
+                    ex.content["input_redacted"] = render(slots, "last_user")
+        response = await self._forward(ex, call, scope, raw)
+        expect = message if message.kind == "request" else None
+        await self._relay(ex, call, response, send, expect)
+
+    async def _read_body(self, headers: dict, receive: Any) -> bytes:
+        declared = headers.get(b"content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body:
+            raise Reject(413, m.INVALID_REQUEST, f"The body is over {self.max_body} bytes.")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise Reject(413, m.INVALID_REQUEST, f"The body is over {self.max_body} bytes.")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    async def _forward(
+        self, ex: Exchange, call: McpCall, scope: dict, raw: bytes | None
+    ) -> UpstreamResponse:
+        server = self.servers[call.server]
+        host, port = host_port(server.url)
+        operation = call.method or scope["method"]
+        span = self.gw.telemetry.start_upstream_span(operation, call.tool, host, port)
+        if span.is_recording():
+            span.attributes.pop("gen_ai.provider.name", None)
+            span.attributes.pop("gen_ai.request.model", None)
+            span.set_attributes(call.span_attributes())
+        ex.upstream_span = span
+        extra: dict[str, str] = {}
+        self.gw.telemetry.inject(extra, span)
+        forwarded = [(k, v) for k, v in scope["headers"] if k in _FORWARD]
+        query = scope.get("query_string") or b""
+        path = "?" + query.decode("latin-1") if query else ""
+        ex.upstream_started = time.perf_counter()
+        upstream = self.upstreams[call.server]
+        return await self.pool.send(upstream, scope["method"], path, raw, forwarded, extra)
+
+    # -- the answer ----------------------------------------------------------------------
+
+    async def _relay(
+        self,
+        ex: Exchange,
+        call: McpCall,
+        response: UpstreamResponse,
+        send: Sender,
+        expect: m.Message | None,
+    ) -> None:
+        """The server's answer to the client, each JSON-RPC response in it guarded."""
+        headers = [(k, v) for k, v in response.headers if k in _RETURN] + ex.headers()
+        call.session = call.session or _value(response.headers, b"mcp-session-id")
+        ex.status = response.status
+        watching = response.status == 200 and self._output(ex).guarded
+        if not response.is_event_stream:
+            body = await response.read()
+            ex.upstream_ms = since(ex.upstream_started)
+            if watching and body:
+                body = await self._guarded(ex, call, body, expect)
+            await send.whole(response.status, headers, body)
+            return
+        await send.start(response.status, headers)
+        frames = self._events(ex, call, response, expect) if watching else response.chunks()
+        try:
+            await self._pump(ex, frames, send)
+        finally:
+            response.close()
+            ex.upstream_ms = since(ex.upstream_started)
+
+    async def _events(
+        self, ex: Exchange, call: McpCall, response: UpstreamResponse, expect: m.Message | None
+    ) -> AsyncIterator[bytes]:
+        splitter = EventSplitter()
+        async for chunk in response.chunks():
+            for event in splitter.feed(chunk):
+                yield await self._guard_event(ex, call, event, expect)
+        if rest := splitter.rest():
+            yield await self._guard_event(ex, call, rest, expect)
+
+    async def _guard_event(
+        self, ex: Exchange, call: McpCall, event: bytes, expect: m.Message | None
+    ) -> bytes:
+        """One SSE event: its `data` lines are one JSON-RPC message; other fields (the
+        event id used for resumption) are kept as they are."""
+        lines = event.splitlines(keepends=True)
+        data = b"".join(line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:"))
+        if not data.strip():
+            return event
+        guarded = await self._guarded(ex, call, data, expect)
+        if guarded is data:
+            return event
+        kept = b"".join(line for line in lines if line.strip() and not line.startswith(b"data:"))
+        return kept + b"data: " + guarded + b"\n\n"
+
+    async def _guarded(
+        self, ex: Exchange, call: McpCall, data: bytes, expect: m.Message | None
+    ) -> bytes:
+        """A server message as the client may see it: `data` itself (the same object)
+        when it passes unchanged, else its replacement."""
+        try:
+            message = m.parse_message(data)
+        except m.Invalid:
+            return data  # not JSON-RPC: nothing the client's model would read as a result
+        result = message.body.get("result")
+        if message.kind != "response" or not isinstance(result, dict):
+            return data
+        if expect is not None and message.id == expect.id:
+            method, tool = expect.method, expect.tool
+        else:  # a response on the GET stream (a resumed request): known by its shape
+            method, tool = m.method_of(result), None
+        if method not in m.GUARDED_RESULTS:
+            return data
+        route = ex.route
+        assert route is not None
+        side = route.mcp.output
+        started = time.perf_counter()
+        if not m.readable(method, result):
+            if route.fail == "open":
+                return data
+            ex.decision = worse(ex.decision, "error")
+            return orjson.dumps(
+                m.error_response(
+                    message.id,
+                    m.UNREADABLE_RESULT,
+                    f"The MCP server's {method} result has not the shape MCP defines; "
+                    "the gateway withheld it.",
+                )
+            )
+        if method == m.TOOLS_LIST:
+            tools = result.get("tools") or []
+            check = await self.guard.tools(side, self.gw.policies, route.fail, tools)
+            self._take(ex, check, started)
+            call.dropped.update(check.dropped)
+            self.dropped[(route.name, call.server)] = check.dropped
+            if not check.dropped:
+                return data
+            result["tools"] = [t for t in tools if str(t.get("name")) not in check.dropped]
+            return orjson.dumps(message.body)
+        if self.keep_content:
+            ex.content["output"] = result_text(method, result)
+        check = await self.guard.result(side, self.gw.policies, route.fail, method, tool, result)
+        self._take(ex, check, started)
+        if check.decision in ("block", "error"):
+            return orjson.dumps(_withheld(message, method, tool, check))
+        if check.decision == "redact":
+            if self.keep_content:
+                ex.content["output_redacted"] = result_text(method, result)
+            return orjson.dumps(message.body)
+        return data
+
+    def _output(self, ex: Exchange) -> Side:
+        assert ex.route is not None
+        return ex.route.mcp.output
+
+    @staticmethod
+    def _take(ex: Exchange, check: Check, started: float) -> None:
+        ex.add(check.result, (time.perf_counter() - started) * 1000)
+        ex.decision = worse(ex.decision, check.decision)
+
+    async def _pump(self, ex: Exchange, frames: AsyncIterator[bytes], send: Sender) -> None:
+        """Frames to the client until they end, the server fails, or the client goes
+        away (which cancels the server read: a GET stream can be idle for long)."""
+        pumping = asyncio.ensure_future(_drain(frames, send))
+        gone = asyncio.ensure_future(send.disconnected())
+        try:
+            await asyncio.wait((pumping, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not pumping.done():
+                pumping.cancel()
+                ex.error = "client_disconnected"
+        if pumping.cancelled() or not pumping.done():
+            await asyncio.wait((pumping,))
+            return
+        try:
+            pumping.result()
+        except UpstreamError as exc:
+            ex.error = exc.code
+            log.warning("MCP request %s: server stream failed: %s", ex.request_id, exc.code)
+        await send.end()
+
+    async def _answer(self, ex: Exchange, send: Sender, body: dict[str, Any]) -> None:
+        """The gateway answers a request itself (the server never sees it)."""
+        ex.status = 200
+        await send.whole(200, [(b"content-type", JSON), *ex.headers()], orjson.dumps(body))
+
+    async def _reject(self, ex: Exchange, send: Sender, exc: Reject) -> None:
+        ex.status = exc.status
+        ex.error = ex.error or f"mcp_{exc.status}"
+        if send.started:
+            log.warning("MCP request %s failed after the response started", ex.request_id)
+            return
+        body = orjson.dumps(m.error_response(exc.rpc_id, exc.code, exc.message))
+        await send.whole(exc.status, [(b"content-type", JSON), *ex.headers()], body)
+
+    def _finish(self, ex: Exchange, call: McpCall, span: Any) -> None:
+        total_s = time.perf_counter() - ex.started
+        route_name = ex.route.name if ex.route else ""
+        metrics = self.gw.metrics
+        metrics.requests.inc(route_name, ex.endpoint, str(ex.status))
+        metrics.request_duration.observe(total_s, route_name, ex.endpoint)
+        if ex.upstream_started is not None:
+            metrics.upstream_duration.observe(
+                (ex.upstream_ms or since(ex.upstream_started) or 0) / 1000, route_name
+            )
+            upstream_span = ex.upstream_span
+            if upstream_span is not None and upstream_span.is_recording():
+                if ex.status >= 400 or ex.error:
+                    self.gw.telemetry.set_error(upstream_span, ex.error or str(ex.status))
+                upstream_span.end()
+        if ex.tenant is not None and call.server in self.servers:
+            self.calls.inc(call.server, call.method_label, ex.decision)
+        self.gw.telemetry.set_server_attributes(
+            span,
+            status_code=ex.status,
+            tenant=ex.tenant.name if ex.tenant else None,
+            route=route_name or None,
+            decision=ex.decision,
+        )
+        if span.is_recording():
+            span.set_attributes(call.span_attributes())
+        if ex.tenant is None or not self.auditing:
+            return
+        record = ex.record(total_s) | {"model": None, "mcp": call.record()}
+        if ex.pending:
+            self.gw.in_background(self._audit_later(ex, record))
+        else:
+            self.gw.audit.submit(record)
+
+    async def _audit_later(self, ex: Exchange, record: dict[str, Any]) -> None:
+        """Shadow verdicts arrive after the answer."""
+        results = await asyncio.gather(*ex.pending, return_exceptions=True)
+        extra = [o.record() for o in results if o is not None and hasattr(o, "record")]
+        self.gw.audit.submit(record | {"verdicts": record["verdicts"] + extra})
+
+
+def _withheld(message: m.Message, method: str, tool: str | None, check: Check) -> dict[str, Any]:
+    """What the client gets instead of a flagged (or, failing closed, unchecked) result: a
+    tool's failure for tools/call, a JSON-RPC error for the other methods."""
+    if check.decision == "error":
+        text = f"The gateway could not check the result of {method} (guard unavailable)."
+        if method == m.TOOLS_CALL:
+            return m.result_response(message.id, m.tool_error(text + " It was withheld."))
+        return m.error_response(message.id, m.GUARD_UNAVAILABLE, text)
+    if method == m.TOOLS_CALL:
+        return m.result_response(message.id, m.withheld_result(tool, check.flagged))
+    return m.error_response(
+        message.id,
+        m.CONTENT_FILTERED,
+        f"The gateway withheld this {method} result: flagged by {m.named(check.flagged)}.",
+        {"policies": check.flagged},
+    )
+
+
+async def _drain(frames: AsyncIterator[bytes], send: Sender) -> None:
+    async for frame in frames:
+        await send.body(frame)
+
+
+def _header(headers: dict, name: bytes) -> str | None:
+    value = headers.get(name)
+    return value.decode("latin-1") if value else None
+
+
+def _value(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None

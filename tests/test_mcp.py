@@ -1,0 +1,267 @@
+"""The MCP gateway end to end: the official `mcp` SDK client -> the gateway -> a real MCP
+server built with the SDK, all on loopback, with the loopback classifier judging."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import httpx
+import httpx2
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from proxy.config import ConfigError, parse_config
+from proxy.gateway import check_policies
+from proxy.policies import load_policies
+from tests.conftest import KEY, OTHER_KEY, audit_records
+from tests.fakes.mcp_server import INJECTED, RecordingMcp
+from tests.fakes.serve import ServerHandle, serve
+
+SERVER_TOKEN = "mcp-server-token-never-leaks"
+TOOLS_ROUTE = {
+    "upstream": "main",
+    "mcp": {
+        "servers": ["docs", "docs-json"],
+        "input": {"policies": ["cheating"]},
+        "output": {"policies": ["injection"]},
+    },
+}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"},
+    },
+}
+ACCEPT = "application/json, text/event-stream"
+
+
+@pytest.fixture(scope="session")
+def mcp_servers() -> Iterator[dict[str, tuple[RecordingMcp, ServerHandle]]]:
+    """The SDK's server twice: answering with SSE (its default) and with plain JSON."""
+    running = {}
+    for name, json_response in (("docs", False), ("docs-json", True)):
+        fake = RecordingMcp(json_response=json_response)
+        running[name] = (fake, serve(fake, lifespan="on"))
+    yield running
+    for _, handle in running.values():
+        handle.stop()
+
+
+@pytest.fixture
+def mcp_gateway(make_gateway, mcp_servers):
+    for fake, _ in mcp_servers.values():
+        fake.reset()
+    servers = {
+        name: {"url": handle.url + "/mcp", "headers": {"x-server-token": SERVER_TOKEN}}
+        for name, (_, handle) in mcp_servers.items()
+    }
+    return make_gateway(tools=TOOLS_ROUTE, raw={"mcp_servers": servers})
+
+
+@asynccontextmanager
+async def mcp_client(url: str, key: str = KEY) -> AsyncIterator[ClientSession]:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    async with (
+        http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+def mcp_records(gw, count: int, **filters) -> list[dict]:
+    return [r for r in audit_records(gw, count, **filters) if r.get("mcp")]
+
+
+def tool_calls(gw, count: int) -> list[dict]:
+    """Audit records of tools/call requests (waiting for at least `count` of them)."""
+    import time
+
+    deadline = time.monotonic() + 5
+    while True:
+        found = [r for r in mcp_records(gw, 1) if r["mcp"]["method"] == "tools/call"]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def by_policy(record: dict) -> dict[str, dict]:
+    return {v["policy"]: v for v in record["verdicts"]}
+
+
+@pytest.mark.parametrize("server", ["docs", "docs-json"])
+async def test_allowed_call_reaches_the_server_and_is_audited(mcp_gateway, mcp_servers, server):
+    async with mcp_client(f"{mcp_gateway.url}/mcp/{server}") as session:
+        result = await session.call_tool("echo", {"text": "hello there"})
+    assert not result.is_error
+    assert result.content[0].text == "hello there"
+    fake = mcp_servers[server][0]
+    assert [c["params"]["arguments"] for c in fake.calls()] == [{"text": "hello there"}]
+    (record,) = tool_calls(mcp_gateway, 1)
+    assert record["endpoint"] == f"/mcp/{server}"
+    assert record["route"] == "tools"
+    assert record["decision"] == "allow"
+    assert record["mcp"]["server"] == server
+    assert record["mcp"]["tool"] == "echo"
+    verdicts = by_policy(record)
+    assert verdicts["cheating"]["side"] == "input"
+    assert verdicts["injection"]["side"] == "output"
+    assert record["content"]["input"] == "hello there"
+
+
+@pytest.mark.parametrize("server", ["docs", "docs-json"])
+async def test_blocked_arguments_never_reach_the_server(mcp_gateway, mcp_servers, server):
+    async with mcp_client(f"{mcp_gateway.url}/mcp/{server}") as session:
+        result = await session.call_tool("search", {"query": "best aimbot for csgo"})
+    assert result.is_error
+    text = result.content[0].text
+    assert "blocked" in text and "'cheating'" in text and "not called" in text
+    assert mcp_servers[server][0].calls() == []
+    (record,) = tool_calls(mcp_gateway, 1)
+    assert record["decision"] == "block"
+    assert record["mcp"]["tool"] == "search"
+    assert by_policy(record)["cheating"]["label"] == "violation"
+
+
+@pytest.mark.parametrize("server", ["docs", "docs-json"])
+async def test_injected_tool_result_is_withheld(mcp_gateway, mcp_servers, server):
+    async with mcp_client(f"{mcp_gateway.url}/mcp/{server}") as session:
+        clean = await session.call_tool("fetch_page", {"url": "https://example.org"})
+        result = await session.call_tool("fetch_page", {"url": "https://evil.example"})
+    assert not clean.is_error and "opening hours" in clean.content[0].text
+    assert result.is_error
+    assert result.structured_content is None
+    text = result.content[0].text
+    assert "withheld" in text and "'injection'" in text
+    assert "exfil" not in text and INJECTED not in text
+    assert len(mcp_servers[server][0].calls()) == 2  # the server ran it; the client never saw it
+    records = tool_calls(mcp_gateway, 2)
+    flagged = [r for r in records if r["decision"] == "block"]
+    assert len(flagged) == 1
+    assert by_policy(flagged[0])["injection"]["side"] == "output"
+    assert "exfil" in flagged[0]["content"]["output"]  # the audit keeps what was withheld
+
+
+async def test_poisoned_tool_is_dropped_from_the_list_and_the_audit_says_why(mcp_gateway):
+    async with mcp_client(f"{mcp_gateway.url}/mcp/docs") as session:
+        tools = await session.list_tools()
+        called = await session.call_tool("add", {"a": 1, "b": 2})  # by name, all the same
+    assert called.is_error and "dropped" in called.content[0].text
+    names = {t.name for t in tools.tools}
+    assert names == {"echo", "search", "fetch_page"}
+    records = mcp_records(mcp_gateway, 3)
+    (record,) = [r for r in records if r["mcp"]["method"] == "tools/list"]
+    assert record["mcp"]["dropped_tools"] == {"add": "flagged by policy 'injection'"}
+    assert record["decision"] == "block"
+
+
+async def test_resource_with_injection_is_refused_clean_one_passes(mcp_gateway):
+    async with mcp_client(f"{mcp_gateway.url}/mcp/docs") as session:
+        readme = await session.read_resource("doc://readme")
+        with pytest.raises(MCPError) as caught:
+            await session.read_resource("doc://evil")
+    assert readme.contents[0].text.startswith("The project README")
+    assert "withheld" in caught.value.error.message
+    assert caught.value.error.data == {"policies": ["injection"]}
+
+
+async def test_tenant_without_the_server_and_unknown_servers_get_404(mcp_gateway):
+    async with httpx.AsyncClient(base_url=mcp_gateway.url) as http:
+        for key, path in ((OTHER_KEY, "/mcp/docs"), (KEY, "/mcp/nope")):
+            response = await http.post(
+                path, json=INIT, headers={"authorization": f"Bearer {key}", "accept": ACCEPT}
+            )
+            assert response.status_code == 404
+            assert response.json()["error"]["code"] == -32600
+            assert "No MCP server" in response.json()["error"]["message"]
+        response = await http.post("/mcp/docs", json=INIT, headers={"accept": ACCEPT})
+        assert response.status_code == 401
+    with pytest.raises(Exception):  # noqa: B017 - the SDK wraps the 404 in its own error group
+        async with mcp_client(f"{mcp_gateway.url}/mcp/docs", key=OTHER_KEY):
+            pass
+    records = mcp_records(mcp_gateway, 2)
+    assert {(r["tenant"], r["status"]) for r in records} >= {("globex", 404), ("acme", 404)}
+
+
+async def test_session_id_and_headers_kept_both_ways(mcp_gateway, mcp_servers):
+    fake = mcp_servers["docs"][0]
+    headers = {"authorization": f"Bearer {KEY}", "accept": ACCEPT}
+    async with httpx.AsyncClient(base_url=mcp_gateway.url) as http:
+        init = await http.post("/mcp/docs", json=INIT, headers=headers)
+        assert init.status_code == 200
+        session = init.headers["mcp-session-id"]
+        assert init.headers["x-request-id"]
+        assert "x-server-token" not in init.headers
+        headers |= {"mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert (await http.post("/mcp/docs", json=note, headers=headers)).status_code == 202
+        listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+        assert (await http.post("/mcp/docs", json=listing, headers=headers)).status_code == 200
+        assert (await http.delete("/mcp/docs", headers=headers)).status_code == 200
+        gone = await http.post("/mcp/docs", json=listing, headers=headers)
+        assert gone.status_code == 404  # the server ended the session; its answer relayed
+    later = fake.seen[1:]
+    assert [s.method for s in later[:3]] == ["POST", "POST", "DELETE"]
+    for seen in fake.seen:
+        assert seen.headers["x-server-token"] == SERVER_TOKEN
+        assert KEY not in str(seen.headers)  # the gateway key never reaches the server
+    for seen in later:
+        assert seen.headers["mcp-session-id"] == session
+        assert seen.headers["mcp-protocol-version"] == "2025-11-25"
+
+
+async def test_batches_and_bad_bodies_get_json_rpc_errors(mcp_gateway, mcp_servers):
+    headers = {"authorization": f"Bearer {KEY}", "accept": ACCEPT}
+    async with httpx.AsyncClient(base_url=mcp_gateway.url) as http:
+        batch = await http.post("/mcp/docs", json=[INIT], headers=headers)
+        assert batch.status_code == 400 and batch.json()["error"]["code"] == -32600
+        bad = await http.post("/mcp/docs", content=b"{nope", headers=headers)
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == -32700
+        put = await http.put("/mcp/docs", json=INIT, headers=headers)
+        assert put.status_code == 405
+    assert mcp_servers["docs"][0].seen == []
+
+
+async def test_calls_are_traced(make_gateway, mcp_servers):
+    exporter = InMemorySpanExporter()
+    url = mcp_servers["docs"][1].url + "/mcp"
+    gw = make_gateway(
+        tools=TOOLS_ROUTE | {"mcp": TOOLS_ROUTE["mcp"] | {"servers": ["docs"]}},
+        raw={"mcp_servers": {"docs": {"url": url}}},
+        options={"span_exporter": exporter},
+    )
+    async with mcp_client(f"{gw.url}/mcp/docs") as session:
+        await session.call_tool("echo", {"text": "traced"})
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    call = spans["tools/call echo"]
+    assert call.attributes["gen_ai.tool.name"] == "echo"
+    assert call.attributes["mcp.method.name"] == "tools/call"
+    assert call.attributes["mcp.session.id"]
+    assert "gen_ai.provider.name" not in call.attributes
+    assert "POST /mcp/docs" in spans
+
+
+def test_check_config_names_unknown_servers_and_policies(tmp_path):
+    base = {
+        "upstreams": {"main": {"base_url": "http://127.0.0.1:9/v1"}},
+        "tenants": {"acme": {"keys": ["k"], "route": "r"}},
+        "mcp_servers": {"docs": {"url": "http://127.0.0.1:9/mcp"}},
+    }
+    with pytest.raises(ConfigError, match=r"routes\.r\.mcp\.servers: names no mcp_servers"):
+        parse_config(base | {"routes": {"r": {"upstream": "main", "mcp": {"servers": ["x"]}}}})
+    with pytest.raises(ConfigError, match=r"mcp_servers\.docs\.url"):
+        parse_config(base | {"mcp_servers": {"docs": {"url": "ftp://x"}}, "routes": {}})
+    mcp = {"servers": ["docs"], "output": {"policies": ["nope"]}}
+    config = parse_config(base | {"routes": {"r": {"upstream": "main", "mcp": mcp}}})
+    (tmp_path / "p").mkdir()
+    with pytest.raises(ConfigError, match=r"routes\.r\.mcp\.output\.policies: no policy 'nope'"):
+        check_policies(config, load_policies(tmp_path / "p"))
