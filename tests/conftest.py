@@ -21,6 +21,7 @@ from proxy.app import build_app
 from proxy.config import Config, parse_config
 from tests.fakes.classifier import FakeSafeguard
 from tests.fakes.collector import Collector
+from tests.fakes.mcp_server import RecordingMcp
 from tests.fakes.serve import ServerHandle, free_socket, serve
 from tests.fakes.upstream import FakeOpenAI
 
@@ -265,3 +266,15 @@ def receiver() -> Iterator[Collector]:
     collector = Collector()
     yield collector
     collector.close()
+
+
+@pytest.fixture(scope="session")
+def mcp_servers() -> Iterator[dict[str, tuple[RecordingMcp, ServerHandle]]]:
+    """The SDK's server twice: answering with SSE (its default) and with plain JSON."""
+    running = {}
+    for name, json_response in (("docs", False), ("docs-json", True)):
+        fake = RecordingMcp(json_response=json_response)
+        running[name] = (fake, serve(fake, lifespan="on"))
+    yield running
+    for _, handle in running.values():
+        handle.stop()

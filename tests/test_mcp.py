@@ -3,14 +3,8 @@ server built with the SDK, all on loopback, with the loopback classifier judging
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-
 import httpx
-import httpx2
 import pytest
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -18,8 +12,7 @@ from proxy.config import ConfigError, parse_config
 from proxy.gateway import check_policies
 from proxy.policies import load_policies
 from tests.conftest import KEY, OTHER_KEY, audit_records
-from tests.fakes.mcp_server import INJECTED, RecordingMcp
-from tests.fakes.serve import ServerHandle, serve
+from tests.fakes.mcp_server import INJECTED, mcp_client
 
 SERVER_TOKEN = "mcp-server-token-never-leaks"
 TOOLS_ROUTE = {
@@ -43,18 +36,6 @@ INIT = {
 ACCEPT = "application/json, text/event-stream"
 
 
-@pytest.fixture(scope="session")
-def mcp_servers() -> Iterator[dict[str, tuple[RecordingMcp, ServerHandle]]]:
-    """The SDK's server twice: answering with SSE (its default) and with plain JSON."""
-    running = {}
-    for name, json_response in (("docs", False), ("docs-json", True)):
-        fake = RecordingMcp(json_response=json_response)
-        running[name] = (fake, serve(fake, lifespan="on"))
-    yield running
-    for _, handle in running.values():
-        handle.stop()
-
-
 @pytest.fixture
 def mcp_gateway(make_gateway, mcp_servers):
     for fake, _ in mcp_servers.values():
@@ -64,18 +45,6 @@ def mcp_gateway(make_gateway, mcp_servers):
         for name, (_, handle) in mcp_servers.items()
     }
     return make_gateway(tools=TOOLS_ROUTE, raw={"mcp_servers": servers})
-
-
-@asynccontextmanager
-async def mcp_client(url: str, key: str = KEY) -> AsyncIterator[ClientSession]:
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=10)
-    async with (
-        http,
-        streamable_http_client(url, http_client=http) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        yield session
 
 
 def mcp_records(gw, count: int, **filters) -> list[dict]:
@@ -100,7 +69,7 @@ def by_policy(record: dict) -> dict[str, dict]:
 
 @pytest.mark.parametrize("server", ["docs", "docs-json"])
 async def test_allowed_call_reaches_the_server_and_is_audited(mcp_gateway, mcp_servers, server):
-    async with mcp_client(f"{mcp_gateway.url}/mcp/{server}") as session:
+    async with mcp_client(f"{mcp_gateway.url}/mcp/{server}", KEY) as session:
         result = await session.call_tool("echo", {"text": "hello there"})
     assert not result.is_error
     assert result.content[0].text == "hello there"
@@ -120,7 +89,7 @@ async def test_allowed_call_reaches_the_server_and_is_audited(mcp_gateway, mcp_s
 
 @pytest.mark.parametrize("server", ["docs", "docs-json"])
 async def test_blocked_arguments_never_reach_the_server(mcp_gateway, mcp_servers, server):
-    async with mcp_client(f"{mcp_gateway.url}/mcp/{server}") as session:
+    async with mcp_client(f"{mcp_gateway.url}/mcp/{server}", KEY) as session:
         result = await session.call_tool("search", {"query": "best aimbot for csgo"})
     assert result.is_error
     text = result.content[0].text
@@ -134,7 +103,7 @@ async def test_blocked_arguments_never_reach_the_server(mcp_gateway, mcp_servers
 
 @pytest.mark.parametrize("server", ["docs", "docs-json"])
 async def test_injected_tool_result_is_withheld(mcp_gateway, mcp_servers, server):
-    async with mcp_client(f"{mcp_gateway.url}/mcp/{server}") as session:
+    async with mcp_client(f"{mcp_gateway.url}/mcp/{server}", KEY) as session:
         clean = await session.call_tool("fetch_page", {"url": "https://example.org"})
         result = await session.call_tool("fetch_page", {"url": "https://evil.example"})
     assert not clean.is_error and "opening hours" in clean.content[0].text
@@ -152,7 +121,7 @@ async def test_injected_tool_result_is_withheld(mcp_gateway, mcp_servers, server
 
 
 async def test_poisoned_tool_is_dropped_from_the_list_and_the_audit_says_why(mcp_gateway):
-    async with mcp_client(f"{mcp_gateway.url}/mcp/docs") as session:
+    async with mcp_client(f"{mcp_gateway.url}/mcp/docs", KEY) as session:
         tools = await session.list_tools()
         called = await session.call_tool("add", {"a": 1, "b": 2})  # by name, all the same
     assert called.is_error and "dropped" in called.content[0].text
@@ -165,7 +134,7 @@ async def test_poisoned_tool_is_dropped_from_the_list_and_the_audit_says_why(mcp
 
 
 async def test_resource_with_injection_is_refused_clean_one_passes(mcp_gateway):
-    async with mcp_client(f"{mcp_gateway.url}/mcp/docs") as session:
+    async with mcp_client(f"{mcp_gateway.url}/mcp/docs", KEY) as session:
         readme = await session.read_resource("doc://readme")
         with pytest.raises(MCPError) as caught:
             await session.read_resource("doc://evil")
@@ -186,7 +155,7 @@ async def test_tenant_without_the_server_and_unknown_servers_get_404(mcp_gateway
         response = await http.post("/mcp/docs", json=INIT, headers={"accept": ACCEPT})
         assert response.status_code == 401
     with pytest.raises(Exception):  # noqa: B017 - the SDK wraps the 404 in its own error group
-        async with mcp_client(f"{mcp_gateway.url}/mcp/docs", key=OTHER_KEY):
+        async with mcp_client(f"{mcp_gateway.url}/mcp/docs", OTHER_KEY):
             pass
     records = mcp_records(mcp_gateway, 2)
     assert {(r["tenant"], r["status"]) for r in records} >= {("globex", 404), ("acme", 404)}
@@ -239,7 +208,7 @@ async def test_calls_are_traced(make_gateway, mcp_servers):
         raw={"mcp_servers": {"docs": {"url": url}}},
         options={"span_exporter": exporter},
     )
-    async with mcp_client(f"{gw.url}/mcp/docs") as session:
+    async with mcp_client(f"{gw.url}/mcp/docs", KEY) as session:
         await session.call_tool("echo", {"text": "traced"})
     spans = {s.name: s for s in exporter.get_finished_spans()}
     call = spans["tools/call echo"]

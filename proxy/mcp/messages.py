@@ -161,9 +161,21 @@ def result_slots(method: str, result: dict[str, Any]) -> list[Slot]:
     return list(string_slots({k: v for k, v in result.items() if k != "_meta"}))
 
 
+_TOOL_HEAD = ("name", "title", "description")
+
+
 def tool_slots(tools: list[Any]) -> list[list[Slot]]:
-    """Per tool of a tools/list result: name, title, description, schemas, annotations."""
-    return [list(string_slots(tool)) if isinstance(tool, dict) else [] for tool in tools]
+    """Per tool of a tools/list result: name, title and description first, then every
+    string of its schemas and annotations."""
+    per_tool: list[list[Slot]] = []
+    for tool in tools:
+        if not isinstance(tool, dict):
+            per_tool.append([])
+            continue
+        head = [Slot(tool, key, "tool") for key in _TOOL_HEAD if isinstance(tool.get(key), str)]
+        rest = {k: v for k, v in tool.items() if k not in _TOOL_HEAD}
+        per_tool.append([*head, *string_slots(rest)])
+    return per_tool
 
 
 # -- the gateway's answers ---------------------------------------------------------------

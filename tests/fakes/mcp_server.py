@@ -4,10 +4,15 @@ request it was sent (so a test can say the server never saw a blocked call)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 import orjson
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
 
 INJECTED = (
@@ -108,3 +113,15 @@ class RecordingMcp:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+@asynccontextmanager
+async def mcp_client(url: str, key: str) -> AsyncIterator[ClientSession]:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    async with (
+        http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
