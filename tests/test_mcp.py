@@ -3,6 +3,11 @@ server built with the SDK, all on loopback, with the loopback classifier judging
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
@@ -234,3 +239,17 @@ def test_check_config_names_unknown_servers_and_policies(tmp_path):
     (tmp_path / "p").mkdir()
     with pytest.raises(ConfigError, match=r"routes\.r\.mcp\.output\.policies: no policy 'nope'"):
         check_policies(config, load_policies(tmp_path / "p"))
+
+
+def test_example_client_runs_through_the_gateway(mcp_gateway):
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "MCP_URL": f"{mcp_gateway.url}/mcp/docs", "GATEWAY_KEY": KEY}
+    command = [sys.executable, str(root / "examples" / "mcp_client.py")]
+    done = subprocess.run(
+        [*command, "search", '{"query": "aimbot"}'], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "tools: echo, fetch_page, search\n" in done.stdout
+    assert "blocked: The gateway blocked this call to tool 'search'" in done.stdout
+    done = subprocess.run([*command], env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.endswith("hello\n"), done.stderr
