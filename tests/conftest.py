@@ -21,7 +21,7 @@ from proxy.app import build_app
 from proxy.config import Config, parse_config
 from tests.fakes.classifier import FakeSafeguard
 from tests.fakes.collector import Collector
-from tests.fakes.mcp_server import RecordingMcp
+from tests.fakes.mcp_server import POISONED_INSTRUCTIONS, RecordingMcp
 from tests.fakes.serve import ServerHandle, free_socket, serve
 from tests.fakes.upstream import FakeOpenAI
 
@@ -270,10 +270,14 @@ def receiver() -> Iterator[Collector]:
 
 @pytest.fixture(scope="session")
 def mcp_servers() -> Iterator[dict[str, tuple[RecordingMcp, ServerHandle]]]:
-    """The SDK's server twice: answering with SSE (its default) and with plain JSON."""
+    """The SDK's server answering with SSE (its default), with plain JSON, and one whose
+    initialize instructions carry an injection."""
     running = {}
-    for name, json_response in (("docs", False), ("docs-json", True)):
-        fake = RecordingMcp(json_response=json_response)
+    for name, fake in (
+        ("docs", RecordingMcp()),
+        ("docs-json", RecordingMcp(json_response=True)),
+        ("docs-poisoned", RecordingMcp(instructions=POISONED_INSTRUCTIONS)),
+    ):
         running[name] = (fake, serve(fake, lifespan="on"))
     yield running
     for _, handle in running.values():

@@ -22,12 +22,14 @@ from pydantic import BaseModel, ValidationError
 
 from proxy.openai_api import Slot
 
+INITIALIZE = "initialize"
 TOOLS_CALL = "tools/call"
 TOOLS_LIST = "tools/list"
 RESOURCES_READ = "resources/read"
 PROMPTS_GET = "prompts/get"
 # Requests whose results reach the client's model and are classified on the way back.
 GUARDED_RESULTS: dict[str, type[BaseModel]] = {
+    INITIALIZE: mcp_types.InitializeResult,  # its `instructions` go to the model
     TOOLS_CALL: mcp_types.CallToolResult,
     TOOLS_LIST: mcp_types.ListToolsResult,
     RESOURCES_READ: mcp_types.ReadResourceResult,
@@ -110,6 +112,7 @@ def method_of(result: dict[str, Any]) -> str | None:
     """Which guarded method a result answers, by its shape (for responses whose request
     the gateway did not see on this connection, such as one resumed on the GET stream)."""
     for key, method in (
+        ("serverInfo", INITIALIZE),
         ("tools", TOOLS_LIST),
         ("contents", RESOURCES_READ),
         ("messages", PROMPTS_GET),
@@ -157,7 +160,10 @@ def argument_slots(params: Any) -> list[Slot]:
 
 
 def result_slots(method: str, result: dict[str, Any]) -> list[Slot]:
-    """The text of a tools/call, resources/read or prompts/get result (`_meta` aside)."""
+    """The text of a tools/call, resources/read or prompts/get result (`_meta` aside),
+    or the server's `instructions` in an initialize result."""
+    if method == INITIALIZE:
+        return [Slot(result, "instructions", "tool")] if result.get("instructions") else []
     return list(string_slots({k: v for k, v in result.items() if k != "_meta"}))
 
 

@@ -68,18 +68,7 @@ class McpHandler:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         config = gateway.config
-        self.servers = config.mcp_servers
-        self.upstreams = {
-            name: Upstream(
-                name=name,
-                base_url=s.url,
-                headers=s.headers,
-                timeout_s=s.timeout_s,
-                connect_timeout_s=s.connect_timeout_s,
-            )
-            for name, s in self.servers.items()
-        }
-        self.pool = UpstreamPool(self.upstreams)
+        self.pool = UpstreamPool({})  # one pooled session per server name
         self.guard = McpGuard(gateway.guard)
         # Tools a tools/list check dropped, per (route, server): calling one by name is
         # refused too (a client may have listed the tools elsewhere).
@@ -105,7 +94,8 @@ class McpHandler:
             else f"req_{_ID_PREFIX}{next(_ids):012x}"
         )
         name = scope["path"].removeprefix(PREFIX).strip("/")
-        label = PREFIX + name if name in self.servers else PREFIX + "other"
+        servers = self.gw.config.mcp_servers  # read per request: a reload may change them
+        label = PREFIX + name if name in servers else PREFIX + "other"
         ex = Exchange(request_id, label)
         call = McpCall(server=name, http_method=scope["method"])
         self.gw.metrics.in_flight.add(1)
@@ -233,7 +223,7 @@ class McpHandler:
     async def _forward(
         self, ex: Exchange, call: McpCall, scope: dict, raw: bytes | None
     ) -> UpstreamResponse:
-        server = self.servers[call.server]
+        server = self.gw.config.mcp_servers[call.server]
         host, port = host_port(server.url)
         operation = call.method or scope["method"]
         span = self.gw.telemetry.start_upstream_span(operation, call.tool, host, port)
@@ -248,7 +238,13 @@ class McpHandler:
         query = scope.get("query_string") or b""
         path = "?" + query.decode("latin-1") if query else ""
         ex.upstream_started = time.perf_counter()
-        upstream = self.upstreams[call.server]
+        upstream = Upstream(
+            name=server.name,
+            base_url=server.url,
+            headers=server.headers,
+            timeout_s=server.timeout_s,
+            connect_timeout_s=server.connect_timeout_s,
+        )
         return await self.pool.send(upstream, scope["method"], path, raw, forwarded, extra)
 
     # -- the answer ----------------------------------------------------------------------
@@ -355,6 +351,9 @@ class McpHandler:
         check = await self.guard.result(side, self.gw.policies, route.fail, method, tool, result)
         self._take(ex, check, started)
         if check.decision in ("block", "error"):
+            if method == m.INITIALIZE:  # the session still opens, without the instructions
+                del result["instructions"]
+                return orjson.dumps(message.body)
             return orjson.dumps(_withheld(message, method, tool, check))
         if check.decision == "redact":
             if self.keep_content:
@@ -422,7 +421,7 @@ class McpHandler:
                 if ex.status >= 400 or ex.error:
                     self.gw.telemetry.set_error(upstream_span, ex.error or str(ex.status))
                 upstream_span.end()
-        if ex.tenant is not None and call.server in self.servers:
+        if ex.tenant is not None and call.server in self.gw.config.mcp_servers:
             self.calls.inc(call.server, call.method_label, ex.decision)
         self.gw.telemetry.set_server_attributes(
             span,
