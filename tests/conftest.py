@@ -270,13 +270,15 @@ def receiver() -> Iterator[Collector]:
 
 @pytest.fixture(scope="session")
 def mcp_servers() -> Iterator[dict[str, tuple[RecordingMcp, ServerHandle]]]:
-    """The SDK's server answering with SSE (its default), with plain JSON, and one whose
-    initialize instructions carry an injection."""
+    """The SDK's server answering with SSE (its default), with plain JSON, stateless (so
+    it speaks MCP 2026-07-28 too), and one whose initialize instructions carry an
+    injection."""
     running = {}
     for name, fake in (
         ("docs", RecordingMcp()),
         ("docs-json", RecordingMcp(json_response=True)),
-        ("docs-poisoned", RecordingMcp(instructions=POISONED_INSTRUCTIONS)),
+        ("docs-modern", RecordingMcp(stateless=True)),
+        ("docs-poisoned", RecordingMcp(stateless=True, instructions=POISONED_INSTRUCTIONS)),
     ):
         running[name] = (fake, serve(fake, lifespan="on"))
     yield running

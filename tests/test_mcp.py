@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 
 import httpx
+import httpx2
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -25,7 +28,7 @@ SERVER_TOKEN = "mcp-server-token-never-leaks"
 TOOLS_ROUTE = {
     "upstream": "main",
     "mcp": {
-        "servers": ["docs", "docs-json", "docs-poisoned"],
+        "servers": ["docs", "docs-json", "docs-modern", "docs-poisoned"],
         "input": {"policies": ["cheating"]},
         "output": {"policies": ["injection"]},
     },
@@ -269,6 +272,13 @@ async def test_injected_server_instructions_are_dropped_the_session_still_opens(
         "docs-poisoned": "block",
         "docs": "allow",
     }
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    transport = streamable_http_client(f"{mcp_gateway.url}/mcp/docs-poisoned", http_client=http)
+    async with http, Client(transport) as client:  # MCP 2026-07-28: server/discover
+        assert client.protocol_version == "2026-07-28"
+        assert client.instructions is None
+    (discover,) = mcp_records(mcp_gateway, 1, method="server/discover")
+    assert discover["decision"] == "block"
 
 
 async def test_flagged_prompt_is_refused(mcp_gateway):
@@ -367,3 +377,23 @@ async def test_get_stream_is_relayed_and_its_responses_guarded(make_gateway):
     assert b"withheld" in second and b'"isError":true' in second
     (record,) = mcp_records(gw, 1, http_method="GET")
     assert record["decision"] == "block"
+
+
+async def test_the_2026_protocol_is_guarded_the_same(mcp_gateway, mcp_servers):
+    """The SDK's high-level Client negotiates MCP 2026-07-28 (per-request envelope, no
+    session) with a stateless server, through the gateway."""
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    transport = streamable_http_client(f"{mcp_gateway.url}/mcp/docs-modern", http_client=http)
+    async with http, Client(transport) as client:
+        assert client.protocol_version == "2026-07-28"
+        tools = await client.list_tools()
+        allowed = await client.call_tool("echo", {"text": "modern"})
+        withheld = await client.call_tool("fetch_page", {"url": "https://evil.example"})
+        blocked = await client.call_tool("search", {"query": "aimbot"})
+    assert {t.name for t in tools.tools} == {"echo", "search", "fetch_page"}
+    assert allowed.content[0].text == "modern"
+    assert withheld.is_error and "withheld" in withheld.content[0].text
+    assert blocked.is_error and "blocked" in blocked.content[0].text
+    fake = mcp_servers["docs-modern"][0]
+    assert [c["params"]["name"] for c in fake.calls()] == ["echo", "fetch_page"]
+    assert {s.headers.get("mcp-protocol-version") for s in fake.seen} == {"2026-07-28"}

@@ -23,6 +23,7 @@ from proxy.policies import Policy
 
 _WHAT = {
     m.INITIALIZE: "Instructions from the tool server:\n",
+    m.DISCOVER: "Instructions from the tool server:\n",
     m.TOOLS_CALL: "Result of tool '{tool}':\n",
     m.RESOURCES_READ: "Contents of a resource read from the tool server:\n",
     m.PROMPTS_GET: "Prompt template from the tool server:\n",

@@ -18,11 +18,13 @@ from typing import Any
 
 import mcp_types
 import orjson
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
 
 from proxy.openai_api import Slot
 
 INITIALIZE = "initialize"
+DISCOVER = "server/discover"  # MCP 2026-07-28's handshake
 TOOLS_CALL = "tools/call"
 TOOLS_LIST = "tools/list"
 RESOURCES_READ = "resources/read"
@@ -30,6 +32,7 @@ PROMPTS_GET = "prompts/get"
 # Requests whose results reach the client's model and are classified on the way back.
 GUARDED_RESULTS: dict[str, type[BaseModel]] = {
     INITIALIZE: mcp_types.InitializeResult,  # its `instructions` go to the model
+    DISCOVER: mcp_types.DiscoverResult,  # likewise
     TOOLS_CALL: mcp_types.CallToolResult,
     TOOLS_LIST: mcp_types.ListToolsResult,
     RESOURCES_READ: mcp_types.ReadResourceResult,
@@ -113,6 +116,7 @@ def method_of(result: dict[str, Any]) -> str | None:
     the gateway did not see on this connection, such as one resumed on the GET stream)."""
     for key, method in (
         ("serverInfo", INITIALIZE),
+        ("supportedVersions", DISCOVER),
         ("tools", TOOLS_LIST),
         ("contents", RESOURCES_READ),
         ("messages", PROMPTS_GET),
@@ -162,7 +166,7 @@ def argument_slots(params: Any) -> list[Slot]:
 def result_slots(method: str, result: dict[str, Any]) -> list[Slot]:
     """The text of a tools/call, resources/read or prompts/get result (`_meta` aside),
     or the server's `instructions` in an initialize result."""
-    if method == INITIALIZE:
+    if method in (INITIALIZE, DISCOVER):
         return [Slot(result, "instructions", "tool")] if result.get("instructions") else []
     return list(string_slots({k: v for k, v in result.items() if k != "_meta"}))
 
@@ -187,7 +191,11 @@ def tool_slots(tools: list[Any]) -> list[list[Slot]]:
 # -- the gateway's answers ---------------------------------------------------------------
 
 
-def result_response(request_id: Any, result: dict[str, Any]) -> dict[str, Any]:
+def result_response(request_id: Any, result: dict[str, Any], version: str | None) -> dict[str, Any]:
+    """A result the gateway answers with, in the envelope of the protocol `version` the
+    client speaks (2026-07-28 results say they are complete)."""
+    if version in MODERN_PROTOCOL_VERSIONS:
+        result = result | {"resultType": "complete"}
     return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
 

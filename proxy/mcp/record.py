@@ -38,6 +38,7 @@ class McpCall:
     tool: str | None = None
     rpc_id: Any = None
     session: str | None = None
+    version: str | None = None  # the client's MCP-Protocol-Version
     dropped: dict[str, str] = field(default_factory=dict)  # tools/list: tool -> why
 
     def take(self, message: m.Message) -> None:
@@ -76,6 +77,7 @@ class McpCall:
             "tool": self.tool,
             "id": self.rpc_id,
             "session": self.session,
+            "protocol_version": self.version,
             "dropped_tools": self.dropped or None,
         }
 

@@ -46,8 +46,19 @@ PREFIX = "/mcp/"
 # Request headers the server gets from the client (everything else stays here: the
 # gateway key above all); response headers the client gets from the server.
 _FORWARD = frozenset(
-    (b"accept", b"content-type", b"mcp-session-id", b"mcp-protocol-version", b"last-event-id")
+    (
+        b"accept",
+        b"content-type",
+        b"mcp-session-id",
+        b"mcp-protocol-version",
+        b"last-event-id",
+        b"mcp-method",  # MCP 2026-07-28 routing headers, mirrored from the body
+        b"mcp-name",
+    )
 )
+# MCP 2026-07-28 mirrors some tool arguments into `Mcp-Param-*` headers (the server
+# checks they match the body): forwarded as they are, dropped once arguments were redacted.
+_PARAM = b"mcp-param-"
 _RETURN = frozenset(
     (b"content-type", b"mcp-session-id", b"mcp-protocol-version", b"cache-control", b"allow")
 )
@@ -144,6 +155,7 @@ class McpHandler:
             raise Reject(401, m.INVALID_REQUEST, "Use a gateway key: Authorization: Bearer <key>.")
         ex.route = self._route(ex, call.server)
         call.session = _header(headers, b"mcp-session-id")
+        call.version = _header(headers, b"mcp-protocol-version")
         method = scope["method"]
         if method == "POST":
             await self._post(ex, call, scope, headers, receive, send)
@@ -172,7 +184,7 @@ class McpHandler:
                     f"The gateway dropped tool '{message.tool}' from this server's tool list "
                     f"({why}); it cannot be called."
                 )
-                await self._answer(ex, send, m.result_response(message.id, result))
+                await self._answer(ex, send, m.result_response(message.id, result, call.version))
                 return
             slots = m.argument_slots(message.body.get("params"))
             if self.keep_content:
@@ -184,7 +196,7 @@ class McpHandler:
             self._take(ex, check, started)
             if check.decision == "block":
                 result = m.blocked_arguments(message.tool, check.flagged)
-                await self._answer(ex, send, m.result_response(message.id, result))
+                await self._answer(ex, send, m.result_response(message.id, result, call.version))
                 return
             if check.decision == "error":
                 error = m.error_response(
@@ -234,7 +246,12 @@ class McpHandler:
         ex.upstream_span = span
         extra: dict[str, str] = {}
         self.gw.telemetry.inject(extra, span)
-        forwarded = [(k, v) for k, v in scope["headers"] if k in _FORWARD]
+        params = ex.decision != "redact"
+        forwarded = [
+            (k, v)
+            for k, v in scope["headers"]
+            if k in _FORWARD or (params and k.startswith(_PARAM))
+        ]
         query = scope.get("query_string") or b""
         path = "?" + query.decode("latin-1") if query else ""
         ex.upstream_started = time.perf_counter()
@@ -351,10 +368,10 @@ class McpHandler:
         check = await self.guard.result(side, self.gw.policies, route.fail, method, tool, result)
         self._take(ex, check, started)
         if check.decision in ("block", "error"):
-            if method == m.INITIALIZE:  # the session still opens, without the instructions
+            if method in (m.INITIALIZE, m.DISCOVER):  # it still connects, without them
                 del result["instructions"]
                 return orjson.dumps(message.body)
-            return orjson.dumps(_withheld(message, method, tool, check))
+            return orjson.dumps(_withheld(message, method, tool, check, call.version))
         if check.decision == "redact":
             if self.keep_content:
                 ex.content["output_redacted"] = result_text(method, result)
@@ -447,16 +464,20 @@ class McpHandler:
         self.gw.audit.submit(record | {"verdicts": record["verdicts"] + extra})
 
 
-def _withheld(message: m.Message, method: str, tool: str | None, check: Check) -> dict[str, Any]:
+def _withheld(
+    message: m.Message, method: str, tool: str | None, check: Check, version: str | None
+) -> dict[str, Any]:
     """What the client gets instead of a flagged (or, failing closed, unchecked) result: a
     tool's failure for tools/call, a JSON-RPC error for the other methods."""
     if check.decision == "error":
         text = f"The gateway could not check the result of {method} (guard unavailable)."
         if method == m.TOOLS_CALL:
-            return m.result_response(message.id, m.tool_error(text + " It was withheld."))
+            result = m.tool_error(text + " It was withheld.")
+            return m.result_response(message.id, result, version)
         return m.error_response(message.id, m.GUARD_UNAVAILABLE, text)
     if method == m.TOOLS_CALL:
-        return m.result_response(message.id, m.withheld_result(tool, check.flagged))
+        result = m.withheld_result(tool, check.flagged)
+        return m.result_response(message.id, result, version)
     return m.error_response(
         message.id,
         m.CONTENT_FILTERED,

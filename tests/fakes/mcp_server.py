@@ -80,12 +80,15 @@ class RecordingMcp:
     """The SDK's Streamable HTTP app, remembering each request it was sent."""
 
     json_response: bool = False
+    stateless: bool = False  # stateless servers also speak MCP 2026-07-28 (no sessions)
     instructions: str = "Test tools for the gateway."
     seen: list[Seen] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         server = build_server(self.instructions)
-        self.app = server.streamable_http_app(json_response=self.json_response)
+        self.app = server.streamable_http_app(
+            json_response=self.json_response, stateless_http=self.stateless
+        )
 
     def reset(self) -> None:
         self.seen.clear()
