@@ -17,7 +17,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from proxy.config import ConfigError, parse_config
+from proxy.config import ConfigError, config_schema, parse_config
 from proxy.gateway import check_policies
 from proxy.policies import load_policies
 from tests.conftest import KEY, OTHER_KEY, audit_records
@@ -238,8 +238,14 @@ def test_check_config_names_unknown_servers_and_policies(tmp_path):
     }
     with pytest.raises(ConfigError, match=r"routes\.r\.mcp\.servers: names no mcp_servers"):
         parse_config(base | {"routes": {"r": {"upstream": "main", "mcp": {"servers": ["x"]}}}})
-    with pytest.raises(ConfigError, match=r"mcp_servers\.docs\.url"):
-        parse_config(base | {"mcp_servers": {"docs": {"url": "ftp://x"}}, "routes": {}})
+    routes = {"r": {"upstream": "main"}}
+    with pytest.raises(ConfigError, match=r"mcp_servers\.docs\.url: must be an http"):
+        parse_config(base | {"mcp_servers": {"docs": {"url": "ftp://x"}}, "routes": routes})
+    with pytest.raises(ConfigError, match=r"mcp_servers\.a/b: a server name is"):
+        parse_config(base | {"mcp_servers": {"a/b": {"url": "http://x"}}, "routes": routes})
+    with pytest.raises(ConfigError, match=r"mcp_servers\.docs\.token: unknown key"):
+        parse_config(base | {"mcp_servers": {"docs": {"url": "http://x", "token": "t"}}})
+    assert "mcp_servers" in config_schema()["properties"]
     mcp = {"servers": ["docs"], "output": {"policies": ["nope"]}}
     config = parse_config(base | {"routes": {"r": {"upstream": "main", "mcp": mcp}}})
     (tmp_path / "p").mkdir()
