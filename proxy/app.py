@@ -55,7 +55,7 @@ class AdminAuth:
 def build_app(config: Config, **gateway_options: Any) -> Any:
     gateway = Gateway(config, **gateway_options)
     proxy = ProxyHandler(gateway)
-    mcp = McpHandler(gateway)
+    mcp = McpHandler(gateway, proxy)
     admin = AdminAuth(config.admin_keys)
 
     async def healthz(request: Request) -> Response:

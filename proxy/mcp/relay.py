@@ -31,10 +31,11 @@ from proxy.config import Route, Side, Upstream, host_port
 from proxy.exchange import Exchange, since
 from proxy.gateway import Gateway
 from proxy.guard.engine import worse
+from proxy.handler import ProxyHandler
 from proxy.mcp import messages as m
 from proxy.mcp.guarding import Check, McpGuard
 from proxy.mcp.record import McpCall, result_text
-from proxy.openai_api import render
+from proxy.openai_api import OpenAIError, render
 from proxy.shaping import JSON, ClientDisconnected, Sender
 from proxy.sse import EventSplitter
 from proxy.tenancy import bearer_token
@@ -76,8 +77,11 @@ class Reject(Exception):
 
 
 class McpHandler:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, proxy: ProxyHandler) -> None:
         self.gw = gateway
+        # The /v1 proxy's body reader (size limit, disconnect) and stream pump (the
+        # client going away cancels the server read) serve here unchanged.
+        self.proxy = proxy
         config = gateway.config
         self.pool = UpstreamPool({})  # one pooled session per server name
         self.guard = McpGuard(gateway.guard)
@@ -168,7 +172,10 @@ class McpHandler:
     async def _post(
         self, ex: Exchange, call: McpCall, scope: dict, headers: dict, receive: Any, send: Sender
     ) -> None:
-        raw = await self._read_body(headers, receive)
+        try:
+            raw = await self.proxy._read_body(headers, receive)
+        except OpenAIError as exc:  # too large
+            raise Reject(exc.status, m.INVALID_REQUEST, exc.message) from None
         try:
             message = m.parse_message(raw)
         except m.Invalid as exc:
@@ -214,23 +221,6 @@ class McpHandler:
         response = await self._forward(ex, call, scope, raw)
         expect = message if message.kind == "request" else None
         await self._relay(ex, call, response, send, expect)
-
-    async def _read_body(self, headers: dict, receive: Any) -> bytes:
-        declared = headers.get(b"content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_body:
-            raise Reject(413, m.INVALID_REQUEST, f"The body is over {self.max_body} bytes.")
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnected()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise Reject(413, m.INVALID_REQUEST, f"The body is over {self.max_body} bytes.")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return b"".join(chunks)
 
     async def _forward(
         self, ex: Exchange, call: McpCall, scope: dict, raw: bytes | None
@@ -289,7 +279,7 @@ class McpHandler:
         await send.start(response.status, headers)
         frames = self._events(ex, call, response, expect) if watching else response.chunks()
         try:
-            await self._pump(ex, frames, send)
+            await self.proxy._pump(ex, frames, send)
         finally:
             response.close()
             ex.upstream_ms = since(ex.upstream_started)
@@ -387,28 +377,6 @@ class McpHandler:
         ex.add(check.result, (time.perf_counter() - started) * 1000)
         ex.decision = worse(ex.decision, check.decision)
 
-    async def _pump(self, ex: Exchange, frames: AsyncIterator[bytes], send: Sender) -> None:
-        """Frames to the client until they end, the server fails, or the client goes
-        away (which cancels the server read: a GET stream can be idle for long)."""
-        pumping = asyncio.ensure_future(_drain(frames, send))
-        gone = asyncio.ensure_future(send.disconnected())
-        try:
-            await asyncio.wait((pumping, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not pumping.done():
-                pumping.cancel()
-                ex.error = "client_disconnected"
-        if pumping.cancelled() or not pumping.done():
-            await asyncio.wait((pumping,))
-            return
-        try:
-            pumping.result()
-        except UpstreamError as exc:
-            ex.error = exc.code
-            log.warning("MCP request %s: server stream failed: %s", ex.request_id, exc.code)
-        await send.end()
-
     async def _answer(self, ex: Exchange, send: Sender, body: dict[str, Any]) -> None:
         """The gateway answers a request itself (the server never sees it)."""
         ex.status = 200
@@ -484,11 +452,6 @@ def _withheld(
         f"The gateway withheld this {method} result: flagged by {m.named(check.flagged)}.",
         {"policies": check.flagged},
     )
-
-
-async def _drain(frames: AsyncIterator[bytes], send: Sender) -> None:
-    async for frame in frames:
-        await send.body(frame)
 
 
 def _header(headers: dict, name: bytes) -> str | None:
