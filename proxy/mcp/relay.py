@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from proxy.config import Route, Side, Upstream, host_port
+from proxy.config import McpServer, Route, Side, Upstream, host_port
 from proxy.exchange import Exchange, since
 from proxy.gateway import Gateway
 from proxy.guard.engine import worse
@@ -84,6 +84,7 @@ class McpHandler:
         self.proxy = proxy
         config = gateway.config
         self.pool = UpstreamPool({})  # one pooled session per server name
+        self._upstreams: dict[str, tuple[McpServer, Upstream, tuple[str, int]]] = {}
         self.guard = McpGuard(gateway.guard)
         # Tools a tools/list check dropped, per (route, server): calling one by name is
         # refused too (a client may have listed the tools elsewhere).
@@ -225,8 +226,7 @@ class McpHandler:
     async def _forward(
         self, ex: Exchange, call: McpCall, scope: dict, raw: bytes | None
     ) -> UpstreamResponse:
-        server = self.gw.config.mcp_servers[call.server]
-        host, port = host_port(server.url)
+        upstream, (host, port) = self._upstream(call.server)
         operation = call.method or scope["method"]
         span = self.gw.telemetry.start_upstream_span(operation, call.tool, host, port)
         if span.is_recording():
@@ -245,14 +245,23 @@ class McpHandler:
         query = scope.get("query_string") or b""
         path = "?" + query.decode("latin-1") if query else ""
         ex.upstream_started = time.perf_counter()
-        upstream = Upstream(
-            name=server.name,
-            base_url=server.url,
-            headers=server.headers,
-            timeout_s=server.timeout_s,
-            connect_timeout_s=server.connect_timeout_s,
-        )
         return await self.pool.send(upstream, scope["method"], path, raw, forwarded, extra)
+
+    def _upstream(self, name: str) -> tuple[Upstream, tuple[str, int]]:
+        """The pool's view of a configured server (built once per config entry: a reload
+        that changes the entry builds it anew) and its address for spans."""
+        server = self.gw.config.mcp_servers[name]
+        known = self._upstreams.get(name)
+        if known is None or known[0] is not server:
+            upstream = Upstream(
+                name=server.name,
+                base_url=server.url,
+                headers=server.headers,
+                timeout_s=server.timeout_s,
+                connect_timeout_s=server.connect_timeout_s,
+            )
+            known = self._upstreams[name] = (server, upstream, host_port(server.url))
+        return known[1], known[2]
 
     # -- the answer ----------------------------------------------------------------------
 

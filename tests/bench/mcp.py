@@ -6,7 +6,8 @@ call's arguments (one input policy) and its result (one output policy); every ve
 cached after the warm-up, as for a repeated call. A closed-loop client (aiohttp, one call
 at a time) opens an MCP session directly and one through the gateway, then alternates
 rounds of `tools/call echo` between them; each round's p50 through the gateway minus the
-adjacent round's p50 direct is the added latency, reported as median [min, max] of rounds.
+adjacent round's p50 direct is the added latency, reported as median [min, max] of rounds,
+with the gateway's CPU time per call (steadier than time on a busy machine).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: import `tests.bench.*` from th
 
 import aiohttp
 
-from tests.bench.procs import Server
+from tests.bench.procs import Server, cpu_seconds
 
 KEY = "sk-bench-mcp"
 POLICY = "---\nid: {pid}\naction: block\n---\n## INSTRUCTIONS\nBench policy {pid}.\n"
@@ -105,7 +106,9 @@ class Session:
         return elapsed * 1000
 
 
-async def measure(direct_url: str, gateway_url: str, rounds: int, calls: int) -> dict:
+async def measure(
+    direct_url: str, gateway_url: str, rounds: int, calls: int, gateway_pid: int
+) -> dict:
     async with aiohttp.ClientSession() as http:
         direct = Session(http, direct_url, {})
         through = Session(http, gateway_url, {"authorization": f"Bearer {KEY}"})
@@ -114,14 +117,21 @@ async def measure(direct_url: str, gateway_url: str, rounds: int, calls: int) ->
         for _ in range(50):  # warm-up: connections, and the verdicts into the cache
             await direct.call()
             await through.call()
-        added, direct_p50, gateway_p50 = [], [], []
+        added, direct_p50, gateway_p50, cpu_us = [], [], [], []
         for _ in range(rounds):
             d = statistics.median([await direct.call() for _ in range(calls)])
+            cpu = cpu_seconds(gateway_pid)
             g = statistics.median([await through.call() for _ in range(calls)])
+            cpu_us.append((cpu_seconds(gateway_pid) - cpu) / calls * 1e6)
             direct_p50.append(d)
             gateway_p50.append(g)
             added.append(g - d)
-    return {"added_ms": added, "direct_p50_ms": direct_p50, "gateway_p50_ms": gateway_p50}
+    return {
+        "added_ms": added,
+        "direct_p50_ms": direct_p50,
+        "gateway_p50_ms": gateway_p50,
+        "gateway_cpu_us": cpu_us,
+    }
 
 
 def spread(values: list[float]) -> str:
@@ -145,9 +155,8 @@ def main() -> None:
             config = gateway_config(tmp, classifier.url, mcp.url + "/mcp")
             gateway = Server("gateway", "tests.bench.gateway_server", ["--config", str(config)])
             servers.append(gateway.start(tmp))
-            result = asyncio.run(
-                measure(mcp.url + "/mcp", gateway.url + "/mcp/bench", args.rounds, args.calls)
-            )
+            urls = mcp.url + "/mcp", gateway.url + "/mcp/bench"
+            result = asyncio.run(measure(*urls, args.rounds, args.calls, gateway.pid))
             calls = classifier.get_json("/stats")["calls"]
         finally:
             for server in reversed(servers):
@@ -158,6 +167,7 @@ def main() -> None:
     print(f"direct p50 ms:  {spread(result['direct_p50_ms'])}")
     print(f"gateway p50 ms: {spread(result['gateway_p50_ms'])}")
     print(f"added p50 ms:   {spread(result['added_ms'])}  (median [min, max] over rounds)")
+    print(f"gateway CPU us per call (worker + recorder): {spread(result['gateway_cpu_us'])}")
 
 
 if __name__ == "__main__":
