@@ -298,6 +298,30 @@ async def test_flagged_prompt_is_refused(mcp_gateway):
     assert caught.value.error.code == -32050
 
 
+async def test_prompt_arguments_and_client_answers_are_classified_too(mcp_gateway, mcp_servers):
+    fake = mcp_servers["docs"][0]
+    async with mcp_client(f"{mcp_gateway.url}/mcp/docs", KEY) as session:
+        with pytest.raises(MCPError) as caught:
+            await session.get_prompt("summarize", {"topic": "aimbot configs"})
+    assert caught.value.error.code == -32050 and "'cheating'" in caught.value.error.message
+    assert fake.calls("prompts/get") == []
+    # The client's answer to a server request (here, a sampling result) carries text to
+    # the server: flagged, the server gets a JSON-RPC error in its place.
+    headers = {"authorization": f"Bearer {KEY}", "accept": ACCEPT}
+    answer = {
+        "jsonrpc": "2.0",
+        "id": 77,
+        "result": {"role": "assistant", "content": {"type": "text", "text": "use an aimbot"}},
+    }
+    async with httpx.AsyncClient(base_url=mcp_gateway.url) as http:
+        init = await http.post("/mcp/docs", json=INIT, headers=headers)
+        headers["mcp-session-id"] = init.headers["mcp-session-id"]
+        await http.post("/mcp/docs", json=answer, headers=headers)
+    (forwarded,) = [s.body for s in fake.seen if s.body and s.body.get("id") == 77]
+    assert "result" not in forwarded
+    assert forwarded["error"]["code"] == -32050
+
+
 async def test_redacting_policy_rewrites_arguments_before_the_server(make_gateway, mcp_servers):
     fake, handle = mcp_servers["docs"]
     fake.reset()

@@ -65,14 +65,17 @@ class McpGuard:
             outcome.side = side_name
         return result
 
-    async def arguments(
-        self, side: Side, policies: Mapping[str, Policy], fail: str, request: m.Message
+    async def inputs(
+        self,
+        side: Side,
+        policies: Mapping[str, Policy],
+        fail: str,
+        slots: list[Slot],
+        context: str,
     ) -> Check:
-        """A `tools/call`'s arguments before the server sees them (redacted in place)."""
-        slots = m.argument_slots(request.body.get("params"))
+        """What a client message sends the server, before it does (redacted in place)."""
         if not side.guarded or not slots:
             return ALLOWED
-        context = f"Call to tool '{request.tool}' with arguments:\n"
         result = await self._run(side, policies, [slots], context, "input")
         return Check(result, result.decision(fail))
 

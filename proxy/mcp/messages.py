@@ -29,6 +29,7 @@ TOOLS_CALL = "tools/call"
 TOOLS_LIST = "tools/list"
 RESOURCES_READ = "resources/read"
 PROMPTS_GET = "prompts/get"
+COMPLETE = "completion/complete"
 # Requests whose results reach the client's model and are classified on the way back.
 GUARDED_RESULTS: dict[str, type[BaseModel]] = {
     INITIALIZE: mcp_types.InitializeResult,  # its `instructions` go to the model
@@ -78,7 +79,7 @@ class Message:
 
     @property
     def tool(self) -> str | None:
-        """The tool a `tools/call` names."""
+        """The tool a `tools/call` (or the prompt a `prompts/get`) names."""
         params = self.body.get("params")
         name = params.get("name") if isinstance(params, dict) else None
         return name if isinstance(name, str) else None
@@ -156,11 +157,31 @@ def string_slots(holder: Any, role: str = "tool") -> Iterator[Slot]:
 
 
 def argument_slots(params: Any) -> list[Slot]:
-    """What a `tools/call` sends the server: its arguments (all of params if malformed)."""
+    """The arguments a `tools/call` or `prompts/get` sends the server (all of params if
+    they are malformed)."""
     if not isinstance(params, dict):
         return []
     arguments = params.get("arguments")
     return list(string_slots(arguments if isinstance(arguments, (dict, list)) else params))
+
+
+def input_slots(message: Message) -> tuple[list[Slot], str] | None:
+    """The text a client message carries to the server, and the line saying what it is:
+    tool and prompt arguments, completion input, and the client's answers to the
+    server's own requests (sampling, elicitation). None for messages with no such text."""
+    params = message.body.get("params")
+    if message.kind == "request":
+        if message.method == TOOLS_CALL:
+            return argument_slots(params), f"Call to tool '{message.tool}' with arguments:\n"
+        if message.method == PROMPTS_GET:
+            return argument_slots(params), f"Arguments for prompt '{message.tool}':\n"
+        if message.method == COMPLETE and isinstance(params, dict):
+            return list(string_slots(params.get("argument"))), "Completion input:\n"
+        return None
+    if message.kind == "response":
+        result = message.body.get("result")
+        return list(string_slots(result)), "Answer from the client to the tool server:\n"
+    return None
 
 
 def result_slots(method: str, result: dict[str, Any]) -> list[Slot]:

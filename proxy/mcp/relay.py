@@ -35,7 +35,7 @@ from proxy.handler import ProxyHandler
 from proxy.mcp import messages as m
 from proxy.mcp.guarding import Check, McpGuard
 from proxy.mcp.record import McpCall, result_text
-from proxy.openai_api import OpenAIError, render
+from proxy.openai_api import OpenAIError, Slot, render
 from proxy.shaping import JSON, ClientDisconnected, Sender
 from proxy.sse import EventSplitter
 from proxy.tenancy import bearer_token
@@ -194,34 +194,60 @@ class McpHandler:
                 )
                 await self._answer(ex, send, m.result_response(message.id, result, call.version))
                 return
-            slots = m.argument_slots(message.body.get("params"))
-            if self.keep_content:
-                ex.content["input"] = render(slots, "last_user")
-            started = time.perf_counter()
-            check = await self.guard.arguments(
-                route.mcp.input, self.gw.policies, route.fail, message
-            )
-            self._take(ex, check, started)
-            if check.decision == "block":
-                result = m.blocked_arguments(message.tool, check.flagged)
-                await self._answer(ex, send, m.result_response(message.id, result, call.version))
+        found = m.input_slots(message)
+        if found is not None and route.mcp.input.guarded:
+            answered, raw = await self._check_input(ex, call, message, raw, found, send)
+            if answered:
                 return
-            if check.decision == "error":
-                error = m.error_response(
-                    message.id,
-                    m.GUARD_UNAVAILABLE,
-                    "The gateway could not check this tool call (guard unavailable); "
-                    "it was not sent.",
-                )
-                await self._answer(ex, send, error)
-                return
-            if check.decision == "redact":
-                raw = orjson.dumps(message.body)
-                if self.keep_content:
-                    ex.content["input_redacted"] = render(slots, "last_user")
         response = await self._forward(ex, call, scope, raw)
         expect = message if message.kind == "request" else None
         await self._relay(ex, call, response, send, expect)
+
+    async def _check_input(
+        self,
+        ex: Exchange,
+        call: McpCall,
+        message: m.Message,
+        raw: bytes,
+        found: tuple[list[Slot], str],
+        send: Sender,
+    ) -> tuple[bool, bytes]:
+        """The route's input policies over what the client sends: (answered here, the
+        body to forward). A blocked request is answered by the gateway (a tool call as
+        the tool's failure); a blocked answer to the server's own request reaches the
+        server as a JSON-RPC error instead."""
+        route = ex.route
+        assert route is not None
+        slots, context = found
+        if self.keep_content:
+            ex.content["input"] = render(slots, "last_user")
+        started = time.perf_counter()
+        check = await self.guard.inputs(
+            route.mcp.input, self.gw.policies, route.fail, slots, context
+        )
+        self._take(ex, check, started)
+        if check.decision in ("block", "error"):
+            if check.decision == "block":
+                text = f"flagged by {m.named(check.flagged)}"
+                code = m.CONTENT_FILTERED
+            else:
+                text, code = "the guard is unavailable", m.GUARD_UNAVAILABLE
+            if message.kind == "response":
+                why = f"The gateway withheld the client's answer: {text}."
+                return False, orjson.dumps(m.error_response(message.id, code, why))
+            if message.method == m.TOOLS_CALL and check.decision == "block":
+                result = m.blocked_arguments(message.tool, check.flagged)
+                answer = m.result_response(message.id, result, call.version)
+            else:
+                why = f"The gateway did not send this {message.method} request: {text}."
+                answer = m.error_response(message.id, code, why)
+            await self._answer(ex, send, answer)
+            return True, raw
+        if check.decision == "redact":
+            if self.keep_content:
+                ex.content["input_redacted"] = render(slots, "last_user")
+            return False, orjson.dumps(message.body)
+        return False, raw
 
     async def _forward(
         self, ex: Exchange, call: McpCall, scope: dict, raw: bytes | None
