@@ -65,18 +65,20 @@ class McpGuard:
             outcome.side = side_name
         return result
 
-    async def inputs(
+    async def text(
         self,
         side: Side,
         policies: Mapping[str, Policy],
         fail: str,
         slots: list[Slot],
         context: str,
+        side_name: str = "input",
     ) -> Check:
-        """What a client message sends the server, before it does (redacted in place)."""
+        """What one message carries (redacted in place): a client's to the server on the
+        input side, a server's request to the client on the output side."""
         if not side.guarded or not slots:
             return ALLOWED
-        result = await self._run(side, policies, [slots], context, "input")
+        result = await self._run(side, policies, [slots], context, side_name)
         return Check(result, result.decision(fail))
 
     async def result(

@@ -30,6 +30,9 @@ TOOLS_LIST = "tools/list"
 RESOURCES_READ = "resources/read"
 PROMPTS_GET = "prompts/get"
 COMPLETE = "completion/complete"
+# Requests a server sends the client mid-call: their text reaches the client's model
+# (sampling) or its user (elicitation).
+SERVER_ASKS = frozenset(("sampling/createMessage", "elicitation/create"))
 # Requests whose results reach the client's model and are classified on the way back.
 GUARDED_RESULTS: dict[str, type[BaseModel]] = {
     INITIALIZE: mcp_types.InitializeResult,  # its `instructions` go to the model

@@ -222,9 +222,7 @@ class McpHandler:
         if self.keep_content:
             ex.content["input"] = render(slots, "last_user")
         started = time.perf_counter()
-        check = await self.guard.inputs(
-            route.mcp.input, self.gw.policies, route.fail, slots, context
-        )
+        check = await self.guard.text(route.mcp.input, self.gw.policies, route.fail, slots, context)
         self._take(ex, check, started)
         if check.decision in ("block", "error"):
             if check.decision == "block":
@@ -325,9 +323,10 @@ class McpHandler:
         splitter = EventSplitter()
         async for chunk in response.chunks():
             for event in splitter.feed(chunk):
-                yield await self._guard_event(ex, call, event, expect)
-        if rest := splitter.rest():
-            yield await self._guard_event(ex, call, rest, expect)
+                if out := await self._guard_event(ex, call, event, expect):
+                    yield out
+        if (rest := splitter.rest()) and (out := await self._guard_event(ex, call, rest, expect)):
+            yield out
 
     async def _guard_event(
         self, ex: Exchange, call: McpCall, event: bytes, expect: m.Message | None
@@ -335,12 +334,18 @@ class McpHandler:
         """One SSE event: its `data` lines are one JSON-RPC message; other fields (the
         event id used for resumption) are kept as they are."""
         lines = event.splitlines(keepends=True)
-        data = b"".join(line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:"))
+        data = b"\n".join(
+            line[5:].removeprefix(b" ").rstrip(b"\r\n")
+            for line in lines
+            if line.startswith(b"data:")
+        )
         if not data.strip():
             return event
         guarded = await self._guarded(ex, call, data, expect)
         if guarded is data:
             return event
+        if not guarded:
+            return b""  # withheld altogether
         kept = b"".join(line for line in lines if line.strip() and not line.startswith(b"data:"))
         return kept + b"data: " + guarded + b"\n\n"
 
@@ -353,6 +358,8 @@ class McpHandler:
             message = m.parse_message(data)
         except m.Invalid:
             return data  # not JSON-RPC: nothing the client's model would read as a result
+        if message.kind == "request" and message.method in m.SERVER_ASKS:
+            return await self._server_asks(ex, call, message, data)
         result = message.body.get("result")
         if message.kind != "response" or not isinstance(result, dict):
             return data
@@ -402,6 +409,49 @@ class McpHandler:
                 ex.content["output_redacted"] = result_text(method, result)
             return orjson.dumps(message.body)
         return data
+
+    async def _server_asks(
+        self, ex: Exchange, call: McpCall, message: m.Message, data: bytes
+    ) -> bytes:
+        """A server's request to the client (sampling, elicitation) under the output
+        policies: a flagged one never reaches the client, and the server is told so."""
+        route = ex.route
+        assert route is not None
+        params = message.body.get("params") or {}
+        slots = list(m.string_slots({k: v for k, v in params.items() if k != "_meta"}))
+        context = f"Request from the tool server to the client ({message.method}):\n"
+        started = time.perf_counter()
+        side = route.mcp.output
+        check = await self.guard.text(side, self.gw.policies, route.fail, slots, context, "output")
+        self._take(ex, check, started)
+        if check.decision in ("block", "error"):
+            why = (
+                f"flagged by {m.named(check.flagged)}"
+                if check.decision == "block"
+                else "the guard is unavailable"
+            )
+            refusal = m.error_response(
+                message.id, m.CONTENT_FILTERED, f"The gateway withheld this request: {why}."
+            )
+            self.gw.in_background(self._answer_server(call, refusal))
+            return b""
+        if check.decision == "redact":
+            return orjson.dumps(message.body)
+        return data
+
+    async def _answer_server(self, call: McpCall, body: dict[str, Any]) -> None:
+        """POST the gateway's answer to a server request on the client's session."""
+        headers = [(b"content-type", JSON), (b"accept", b"application/json, text/event-stream")]
+        if call.session:
+            headers.append((b"mcp-session-id", call.session.encode("latin-1")))
+        if call.version:
+            headers.append((b"mcp-protocol-version", call.version.encode("latin-1")))
+        upstream, _ = self._upstream(call.server)
+        try:
+            response = await self.pool.send(upstream, "POST", "", orjson.dumps(body), headers, {})
+            await response.read()
+        except UpstreamError as exc:
+            log.warning("MCP server %s: could not refuse its request: %s", call.server, exc.code)
 
     def _output(self, ex: Exchange) -> Side:
         assert ex.route is not None
