@@ -30,12 +30,11 @@ import orjson
 from proxy.config import McpServer, Route, Side, Upstream, host_port
 from proxy.exchange import Exchange, since
 from proxy.gateway import Gateway
-from proxy.guard.engine import worse
 from proxy.handler import ProxyHandler
 from proxy.mcp import messages as m
-from proxy.mcp.guarding import Check, McpGuard
-from proxy.mcp.record import McpCall, result_text
-from proxy.openai_api import OpenAIError, Slot, render
+from proxy.mcp.record import McpCall
+from proxy.mcp.screen import Screen
+from proxy.openai_api import OpenAIError
 from proxy.shaping import JSON, ClientDisconnected, Sender
 from proxy.sse import EventSplitter
 from proxy.tenancy import bearer_token
@@ -85,13 +84,10 @@ class McpHandler:
         config = gateway.config
         self.pool = UpstreamPool({})  # one pooled session per server name
         self._upstreams: dict[str, tuple[McpServer, Upstream, tuple[str, int]]] = {}
-        self.guard = McpGuard(gateway.guard)
-        # Tools a tools/list check dropped, per (route, server): calling one by name is
-        # refused too (a client may have listed the tools elsewhere).
-        self.dropped: dict[tuple[str, str], dict[str, str]] = {}
         self.max_body = config.server.max_body_bytes
         self.auditing = config.audit.enabled
         self.keep_content = self.auditing and config.audit.content != "none"
+        self.screen = Screen(gateway, self.keep_content, self._answer_server)
         self.calls = gateway.metrics.registry.counter(
             "safeguard_mcp_messages_total",
             "MCP requests relayed, by server, JSON-RPC method and decision",
@@ -182,70 +178,13 @@ class McpHandler:
         except m.Invalid as exc:
             raise Reject(400, exc.code, str(exc)) from None
         call.take(message)
-        route = ex.route
-        assert route is not None
-        if message.kind == "request" and message.method == m.TOOLS_CALL:
-            why = self.dropped.get((route.name, call.server), {}).get(str(message.tool))
-            if why is not None:
-                ex.decision = "block"
-                result = m.tool_error(
-                    f"The gateway dropped tool '{message.tool}' from this server's tool list "
-                    f"({why}); it cannot be called."
-                )
-                await self._answer(ex, send, m.result_response(message.id, result, call.version))
-                return
-        found = m.input_slots(message)
-        if found is not None and route.mcp.input.guarded:
-            answered, raw = await self._check_input(ex, call, message, raw, found, send)
-            if answered:
-                return
+        answer, raw = await self.screen.client_message(ex, call, message, raw)
+        if answer is not None:
+            await self._answer(ex, send, answer)
+            return
         response = await self._forward(ex, call, scope, raw)
         expect = message if message.kind == "request" else None
         await self._relay(ex, call, response, send, expect)
-
-    async def _check_input(
-        self,
-        ex: Exchange,
-        call: McpCall,
-        message: m.Message,
-        raw: bytes,
-        found: tuple[list[Slot], str],
-        send: Sender,
-    ) -> tuple[bool, bytes]:
-        """The route's input policies over what the client sends: (answered here, the
-        body to forward). A blocked request is answered by the gateway (a tool call as
-        the tool's failure); a blocked answer to the server's own request reaches the
-        server as a JSON-RPC error instead."""
-        route = ex.route
-        assert route is not None
-        slots, context = found
-        if self.keep_content:
-            ex.content["input"] = render(slots, "last_user")
-        started = time.perf_counter()
-        check = await self.guard.text(route.mcp.input, self.gw.policies, route.fail, slots, context)
-        self._take(ex, check, started)
-        if check.decision in ("block", "error"):
-            if check.decision == "block":
-                text = f"flagged by {m.named(check.flagged)}"
-                code = m.CONTENT_FILTERED
-            else:
-                text, code = "the guard is unavailable", m.GUARD_UNAVAILABLE
-            if message.kind == "response":
-                why = f"The gateway withheld the client's answer: {text}."
-                return False, orjson.dumps(m.error_response(message.id, code, why))
-            if message.method == m.TOOLS_CALL and check.decision == "block":
-                result = m.blocked_arguments(message.tool, check.flagged)
-                answer = m.result_response(message.id, result, call.version)
-            else:
-                why = f"The gateway did not send this {message.method} request: {text}."
-                answer = m.error_response(message.id, code, why)
-            await self._answer(ex, send, answer)
-            return True, raw
-        if check.decision == "redact":
-            if self.keep_content:
-                ex.content["input_redacted"] = render(slots, "last_user")
-            return False, orjson.dumps(message.body)
-        return False, raw
 
     async def _forward(
         self, ex: Exchange, call: McpCall, scope: dict, raw: bytes | None
@@ -306,7 +245,7 @@ class McpHandler:
             body = await response.read()
             ex.upstream_ms = since(ex.upstream_started)
             if watching and body:
-                body = await self._guarded(ex, call, body, expect)
+                body = await self.screen.server_message(ex, call, body, expect)
             await send.whole(response.status, headers, body)
             return
         await send.start(response.status, headers)
@@ -323,121 +262,10 @@ class McpHandler:
         splitter = EventSplitter()
         async for chunk in response.chunks():
             for event in splitter.feed(chunk):
-                if out := await self._guard_event(ex, call, event, expect):
+                if out := await self.screen.event(ex, call, event, expect):
                     yield out
-        if (rest := splitter.rest()) and (out := await self._guard_event(ex, call, rest, expect)):
+        if (rest := splitter.rest()) and (out := await self.screen.event(ex, call, rest, expect)):
             yield out
-
-    async def _guard_event(
-        self, ex: Exchange, call: McpCall, event: bytes, expect: m.Message | None
-    ) -> bytes:
-        """One SSE event: its `data` lines are one JSON-RPC message; other fields (the
-        event id used for resumption) are kept as they are."""
-        lines = event.splitlines(keepends=True)
-        data = b"\n".join(
-            line[5:].removeprefix(b" ").rstrip(b"\r\n")
-            for line in lines
-            if line.startswith(b"data:")
-        )
-        if not data.strip():
-            return event
-        guarded = await self._guarded(ex, call, data, expect)
-        if guarded is data:
-            return event
-        if not guarded:
-            return b""  # withheld altogether
-        kept = b"".join(line for line in lines if line.strip() and not line.startswith(b"data:"))
-        return kept + b"data: " + guarded + b"\n\n"
-
-    async def _guarded(
-        self, ex: Exchange, call: McpCall, data: bytes, expect: m.Message | None
-    ) -> bytes:
-        """A server message as the client may see it: `data` itself (the same object)
-        when it passes unchanged, else its replacement."""
-        try:
-            message = m.parse_message(data)
-        except m.Invalid:
-            return data  # not JSON-RPC: nothing the client's model would read as a result
-        if message.kind == "request" and message.method in m.SERVER_ASKS:
-            return await self._server_asks(ex, call, message, data)
-        result = message.body.get("result")
-        if message.kind != "response" or not isinstance(result, dict):
-            return data
-        if expect is not None and message.id == expect.id:
-            method, tool = expect.method, expect.tool
-        else:  # a response on the GET stream (a resumed request): known by its shape
-            method, tool = m.method_of(result), None
-        if method not in m.GUARDED_RESULTS:
-            return data
-        route = ex.route
-        assert route is not None
-        side = route.mcp.output
-        started = time.perf_counter()
-        if not m.readable(method, result):
-            if route.fail == "open":
-                return data
-            ex.decision = worse(ex.decision, "error")
-            return orjson.dumps(
-                m.error_response(
-                    message.id,
-                    m.UNREADABLE_RESULT,
-                    f"The MCP server's {method} result has not the shape MCP defines; "
-                    "the gateway withheld it.",
-                )
-            )
-        if method == m.TOOLS_LIST:
-            tools = result.get("tools") or []
-            check = await self.guard.tools(side, self.gw.policies, route.fail, tools)
-            self._take(ex, check, started)
-            call.dropped.update(check.dropped)
-            self.dropped[(route.name, call.server)] = check.dropped
-            if not check.dropped:
-                return data
-            result["tools"] = [t for t in tools if str(t.get("name")) not in check.dropped]
-            return orjson.dumps(message.body)
-        if self.keep_content:
-            ex.content["output"] = result_text(method, result)
-        check = await self.guard.result(side, self.gw.policies, route.fail, method, tool, result)
-        self._take(ex, check, started)
-        if check.decision in ("block", "error"):
-            if method in (m.INITIALIZE, m.DISCOVER):  # it still connects, without them
-                del result["instructions"]
-                return orjson.dumps(message.body)
-            return orjson.dumps(_withheld(message, method, tool, check, call.version))
-        if check.decision == "redact":
-            if self.keep_content:
-                ex.content["output_redacted"] = result_text(method, result)
-            return orjson.dumps(message.body)
-        return data
-
-    async def _server_asks(
-        self, ex: Exchange, call: McpCall, message: m.Message, data: bytes
-    ) -> bytes:
-        """A server's request to the client (sampling, elicitation) under the output
-        policies: a flagged one never reaches the client, and the server is told so."""
-        route = ex.route
-        assert route is not None
-        params = message.body.get("params") or {}
-        slots = list(m.string_slots({k: v for k, v in params.items() if k != "_meta"}))
-        context = f"Request from the tool server to the client ({message.method}):\n"
-        started = time.perf_counter()
-        side = route.mcp.output
-        check = await self.guard.text(side, self.gw.policies, route.fail, slots, context, "output")
-        self._take(ex, check, started)
-        if check.decision in ("block", "error"):
-            why = (
-                f"flagged by {m.named(check.flagged)}"
-                if check.decision == "block"
-                else "the guard is unavailable"
-            )
-            refusal = m.error_response(
-                message.id, m.CONTENT_FILTERED, f"The gateway withheld this request: {why}."
-            )
-            self.gw.in_background(self._answer_server(call, refusal))
-            return b""
-        if check.decision == "redact":
-            return orjson.dumps(message.body)
-        return data
 
     async def _answer_server(self, call: McpCall, body: dict[str, Any]) -> None:
         """POST the gateway's answer to a server request on the client's session."""
@@ -456,11 +284,6 @@ class McpHandler:
     def _output(self, ex: Exchange) -> Side:
         assert ex.route is not None
         return ex.route.mcp.output
-
-    @staticmethod
-    def _take(ex: Exchange, check: Check, started: float) -> None:
-        ex.add(check.result, (time.perf_counter() - started) * 1000)
-        ex.decision = worse(ex.decision, check.decision)
 
     async def _answer(self, ex: Exchange, send: Sender, body: dict[str, Any]) -> None:
         """The gateway answers a request itself (the server never sees it)."""
@@ -515,28 +338,6 @@ class McpHandler:
         results = await asyncio.gather(*ex.pending, return_exceptions=True)
         extra = [o.record() for o in results if o is not None and hasattr(o, "record")]
         self.gw.audit.submit(record | {"verdicts": record["verdicts"] + extra})
-
-
-def _withheld(
-    message: m.Message, method: str, tool: str | None, check: Check, version: str | None
-) -> dict[str, Any]:
-    """What the client gets instead of a flagged (or, failing closed, unchecked) result: a
-    tool's failure for tools/call, a JSON-RPC error for the other methods."""
-    if check.decision == "error":
-        text = f"The gateway could not check the result of {method} (guard unavailable)."
-        if method == m.TOOLS_CALL:
-            result = m.tool_error(text + " It was withheld.")
-            return m.result_response(message.id, result, version)
-        return m.error_response(message.id, m.GUARD_UNAVAILABLE, text)
-    if method == m.TOOLS_CALL:
-        result = m.withheld_result(tool, check.flagged)
-        return m.result_response(message.id, result, version)
-    return m.error_response(
-        message.id,
-        m.CONTENT_FILTERED,
-        f"The gateway withheld this {method} result: flagged by {m.named(check.flagged)}.",
-        {"policies": check.flagged},
-    )
 
 
 def _header(headers: dict, name: bytes) -> str | None:
