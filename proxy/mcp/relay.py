@@ -1,17 +1,15 @@
 """`/mcp/<name>`: the MCP gateway, a pure ASGI app speaking Streamable HTTP to the client
 and to the configured server.
 
-POST carries one JSON-RPC message. A `tools/call` has its arguments classified before
-the server sees it (a block is answered here with an `isError` tool result; the server
-is never called). The server's answer, `application/json` or `text/event-stream`, is
-relayed message by message: every JSON-RPC response in it that carries a tool result,
-resource contents, a prompt or a tool list is classified before the client gets it
-(flagged results are withheld, flagged tools dropped from the list); notifications and
-server requests pass as they come. GET (the server's stream) and DELETE (session end)
-are relayed, and responses on the GET stream (resumed requests) are guarded the same
-way, by their shape. `Mcp-Session-Id`, `MCP-Protocol-Version`, `Last-Event-ID` and
-`Accept` go both ways; the client's gateway key never reaches the server, the server's
-configured headers never reach the client.
+POST carries one JSON-RPC message, GET opens the server's stream, DELETE ends a session.
+Each message the client POSTs and each one the server answers with (`application/json`,
+or every event of a `text/event-stream`) goes through `Screen` (proxy.mcp.screen), which
+applies the route's MCP policies: this module authenticates, routes, moves the bytes and
+records what happened. `Mcp-Session-Id`, `MCP-Protocol-Version`, `Last-Event-ID`,
+`Accept` and MCP 2026-07-28's routing headers go both ways; the client's gateway key
+never reaches the server, and the server's configured headers never reach the client.
+A server that is unknown or not on the key's routes is a 404 either way (no tenant
+learns another's server names).
 """
 
 from __future__ import annotations
