@@ -98,6 +98,11 @@ async def test_allowed_call_reaches_the_server_and_is_audited(mcp_gateway, mcp_s
     assert verdicts["cheating"]["side"] == "input"
     assert verdicts["injection"]["side"] == "output"
     assert record["content"]["input"] == "hello there"
+    metrics = httpx.get(mcp_gateway.url + "/metrics").text
+    labels = f'server="{server}",method="tools/call",decision="allow"'
+    counted = f"safeguard_mcp_messages_total{{{labels}}} 1"
+    assert counted in metrics
+    assert f'endpoint="/mcp/{server}",status="200"' in metrics
 
 
 @pytest.mark.parametrize("server", ["docs", "docs-json"])
