@@ -455,3 +455,10 @@ async def test_server_requests_to_the_client_are_guarded(mcp_gateway, mcp_server
     assert asked == ["Delete the draft?"]
     assert "could not ask" in refused.content[0].text
     assert "withheld" in refused.content[0].text
+
+
+async def test_mcp_only_policies_make_readiness_check_the_classifier(mcp_gateway, classifier):
+    assert mcp_gateway.gateway.uses_classifier  # no /v1 route has a policy here
+    async with httpx.AsyncClient(base_url=mcp_gateway.url) as http:
+        ready = (await http.get("/readyz")).json()
+    assert "classifier" in ready["checks"]
