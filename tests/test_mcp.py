@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from proxy.config import ConfigError, config_schema, parse_config
 from proxy.gateway import check_policies
 from proxy.policies import load_policies
-from tests.conftest import KEY, OTHER_KEY, audit_records
+from tests.conftest import KEY, OTHER_KEY, audit_records, start_gateway_process
 from tests.fakes.mcp_server import INJECTED, mcp_client
 from tests.fakes.serve import serve
 
@@ -462,3 +462,51 @@ async def test_mcp_only_policies_make_readiness_check_the_classifier(mcp_gateway
     async with httpx.AsyncClient(base_url=mcp_gateway.url) as http:
         ready = (await http.get("/readyz")).json()
     assert "classifier" in ready["checks"]
+
+
+@pytest.fixture
+def start_gateway(monkeypatch):
+    """`safeguard-gateway serve` in its own process, with extra environment."""
+    started = []
+
+    def start(config: Path, env: dict[str, str]) -> str:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        proc, base = start_gateway_process(config)
+        started.append(proc)
+        return base
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_shipped_example_config_serves_the_example_client(
+    mcp_servers, classifier, tmp_path, start_gateway
+):
+    """`safeguard-gateway serve` with examples/configs/mcp-tools.yaml (shipped policies, the
+    server's token from the environment) in front of the SDK server, used by the example."""
+    root = Path(__file__).resolve().parents[1]
+    fake, handle = mcp_servers["docs"]
+    fake.reset()
+    env = {
+        "DOCS_MCP_URL": handle.url + "/mcp",
+        "DOCS_MCP_TOKEN": "docs-token-from-env",
+        "AGENT_KEY": "sk-agent-example-test",
+        "SAFEGUARD_BASE_URL": classifier[1].url + "/v1",
+        "AUDIT_PATH": str(tmp_path / "audit.db"),
+    }
+    base = start_gateway(root / "examples" / "configs" / "mcp-tools.yaml", env)
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / "mcp_client.py"), "echo", '{"text": "hi"}'],
+        env={**os.environ, "MCP_URL": base + "/mcp/docs", "GATEWAY_KEY": env["AGENT_KEY"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith("hi\n")
+    assert {s.headers.get("authorization") for s in fake.seen} == {"Bearer docs-token-from-env"}
+    policies = {c.policy for c in classifier[0].calls}
+    assert any("IPI4 Tool poisoning" in p for p in policies)  # the shipped policy ran
