@@ -1,13 +1,14 @@
 """What the MCP gateway adds to an allowed tool call: `python tests/bench/mcp.py [--json]`.
 
-The SDK's MCP server (tests/bench/mcp_server.py), the bench classifier (0 ms) and one
-gateway worker, each in its own process on 127.0.0.1. The gateway's route guards the
-call's arguments (one input policy) and its result (one output policy); every verdict is
-cached after the warm-up, as for a repeated call. A closed-loop client (aiohttp, one call
-at a time) opens an MCP session directly and one through the gateway, then alternates
-rounds of `tools/call echo` between them; each round's p50 through the gateway minus the
-adjacent round's p50 direct is the added latency, reported as median [min, max] of rounds,
-with the gateway's CPU time per call (steadier than time on a busy machine).
+The SDK's MCP server (tests/bench/mcp_server.py), the bench classifier (0 ms) and two
+gateway workers, each in its own process on 127.0.0.1: one relays the server with no
+policies, the other guards the call's arguments (one input policy) and its result (one
+output policy), every verdict cached after the warm-up, as for a repeated call. A
+closed-loop client (aiohttp, one call at a time) opens an MCP session directly and one
+through each gateway, then alternates rounds of `tools/call echo` between them; each
+round's p50 through a gateway minus that round's p50 direct is the added latency,
+reported as median [min, max] of rounds, with each gateway's CPU time per call (steadier
+than time on a busy machine).
 """
 
 from __future__ import annotations
@@ -44,26 +45,22 @@ INIT = {
 }
 
 
-def gateway_config(tmp: Path, classifier: str, mcp_url: str) -> Path:
+def gateway_config(tmp: Path, classifier: str, mcp_url: str, guarded: bool = True) -> Path:
+    """One gateway's config: the MCP route guarded both ways, or a plain relay."""
+    tmp = tmp / ("guarded" if guarded else "relay")
     policies = tmp / "policies"
-    policies.mkdir()
+    policies.mkdir(parents=True)
     for pid in ("args-policy", "result-policy"):
         (policies / f"{pid}.md").write_text(POLICY.format(pid=pid))
+    mcp: dict = {"servers": ["bench"]}
+    if guarded:
+        mcp |= {"input": {"policies": ["args-policy"]}, "output": {"policies": ["result-policy"]}}
     config = {
         "upstreams": {"none": {"base_url": "http://127.0.0.1:9/v1"}},
         "classifier": {"base_url": classifier + "/v1"},
         "policies_dir": str(policies),
         "tenants": {"bench": {"keys": [KEY], "route": "tools"}},
-        "routes": {
-            "tools": {
-                "upstream": "none",
-                "mcp": {
-                    "servers": ["bench"],
-                    "input": {"policies": ["args-policy"]},
-                    "output": {"policies": ["result-policy"]},
-                },
-            }
-        },
+        "routes": {"tools": {"upstream": "none", "mcp": mcp}},
         "mcp_servers": {"bench": {"url": mcp_url}},
         "audit": {"path": str(tmp / "audit.db")},
     }
@@ -106,32 +103,28 @@ class Session:
         return elapsed * 1000
 
 
-async def measure(
-    direct_url: str, gateway_url: str, rounds: int, calls: int, gateway_pid: int
-) -> dict:
+async def measure(urls: dict[str, str], pids: dict[str, int], rounds: int, calls: int) -> dict:
+    """Per round and target, the p50 of `calls` sequential calls (targets alternate within
+    a round), and each gateway's CPU time per call."""
+    p50: dict[str, list[float]] = {name: [] for name in urls}
+    cpu_us: dict[str, list[float]] = {name: [] for name in pids}
     async with aiohttp.ClientSession() as http:
-        direct = Session(http, direct_url, {})
-        through = Session(http, gateway_url, {"authorization": f"Bearer {KEY}"})
-        await direct.open()
-        await through.open()
+        auth = {"authorization": f"Bearer {KEY}"}
+        sessions = {
+            name: Session(http, url, {} if name == "direct" else auth) for name, url in urls.items()
+        }
+        for session in sessions.values():
+            await session.open()
         for _ in range(50):  # warm-up: connections, and the verdicts into the cache
-            await direct.call()
-            await through.call()
-        added, direct_p50, gateway_p50, cpu_us = [], [], [], []
+            for session in sessions.values():
+                await session.call()
         for _ in range(rounds):
-            d = statistics.median([await direct.call() for _ in range(calls)])
-            cpu = cpu_seconds(gateway_pid)
-            g = statistics.median([await through.call() for _ in range(calls)])
-            cpu_us.append((cpu_seconds(gateway_pid) - cpu) / calls * 1e6)
-            direct_p50.append(d)
-            gateway_p50.append(g)
-            added.append(g - d)
-    return {
-        "added_ms": added,
-        "direct_p50_ms": direct_p50,
-        "gateway_p50_ms": gateway_p50,
-        "gateway_cpu_us": cpu_us,
-    }
+            for name, session in sessions.items():
+                cpu = cpu_seconds(pids[name]) if name in pids else 0.0
+                p50[name].append(statistics.median([await session.call() for _ in range(calls)]))
+                if name in pids:
+                    cpu_us[name].append((cpu_seconds(pids[name]) - cpu) / calls * 1e6)
+    return {"p50_ms": p50, "cpu_us": cpu_us}
 
 
 def spread(values: list[float]) -> str:
@@ -152,22 +145,27 @@ def main() -> None:
             servers.append(classifier)
             mcp = Server("mcp", "tests.bench.mcp_server", ["--json"] if args.json else [])
             servers.append(mcp.start(tmp))
-            config = gateway_config(tmp, classifier.url, mcp.url + "/mcp")
-            gateway = Server("gateway", "tests.bench.gateway_server", ["--config", str(config)])
-            servers.append(gateway.start(tmp))
-            urls = mcp.url + "/mcp", gateway.url + "/mcp/bench"
-            result = asyncio.run(measure(*urls, args.rounds, args.calls, gateway.pid))
+            urls, pids = {"direct": mcp.url + "/mcp"}, {}
+            for name, guarded in (("relay", False), ("guarded", True)):
+                config = gateway_config(tmp, classifier.url, mcp.url + "/mcp", guarded)
+                gateway = Server(name, "tests.bench.gateway_server", ["--config", str(config)])
+                servers.append(gateway.start(tmp))
+                urls[name], pids[name] = gateway.url + "/mcp/bench", gateway.pid
+            result = asyncio.run(measure(urls, pids, args.rounds, args.calls))
             calls = classifier.get_json("/stats")["calls"]
         finally:
             for server in reversed(servers):
                 server.stop()
+    p50, cpu = result["p50_ms"], result["cpu_us"]
     mode = "application/json" if args.json else "text/event-stream"
     print(f"MCP tools/call, one at a time, server answering {mode}; verdicts cached")
     print(f"rounds: {args.rounds} x {args.calls} calls; classifier calls in all: {calls}")
-    print(f"direct p50 ms:  {spread(result['direct_p50_ms'])}")
-    print(f"gateway p50 ms: {spread(result['gateway_p50_ms'])}")
-    print(f"added p50 ms:   {spread(result['added_ms'])}  (median [min, max] over rounds)")
-    print(f"gateway CPU us per call (worker + recorder): {spread(result['gateway_cpu_us'])}")
+    print("median [min, max] over rounds; added = p50 minus the same round's direct p50")
+    print(f"direct p50 ms:                    {spread(p50['direct'])}")
+    for name, what in (("relay", "relay, no policies"), ("guarded", "guarded both ways")):
+        added = [g - d for g, d in zip(p50[name], p50["direct"], strict=True)]
+        print(f"{what:<19} p50 ms: {spread(p50[name])}  added: {spread(added)}")
+        print(f"{what:<19} CPU us per call (worker + recorder): {spread(cpu[name])}")
 
 
 if __name__ == "__main__":
