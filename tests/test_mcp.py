@@ -510,3 +510,38 @@ def test_shipped_example_config_serves_the_example_client(
     assert {s.headers.get("authorization") for s in fake.seen} == {"Bearer docs-token-from-env"}
     policies = {c.policy for c in classifier[0].calls}
     assert any("IPI4 Tool poisoning" in p for p in policies)  # the shipped policy ran
+
+
+async def refusing_server(scope, receive, send):
+    """A server that does not accept the gateway's token."""
+    if scope["type"] != "http":
+        return
+    headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
+    await send({"type": "http.response.start", "status": 401, "headers": headers})
+    await send({"type": "http.response.body", "body": b'{"error": "invalid_token"}'})
+
+
+async def test_server_refusing_or_down_is_a_502_the_client_can_read(make_gateway):
+    server = serve(refusing_server)
+    try:
+        gw = make_gateway(
+            tools=TOOLS_ROUTE | {"mcp": {"servers": ["strict", "down"]}},
+            raw={
+                "mcp_servers": {
+                    "strict": {"url": server.url + "/mcp"},
+                    "down": {"url": "http://127.0.0.1:9/mcp", "connect_timeout_s": 1},
+                }
+            },
+        )
+        headers = {"authorization": f"Bearer {KEY}", "accept": ACCEPT}
+        async with httpx.AsyncClient(base_url=gw.url) as http:
+            refused = await http.post("/mcp/strict", json=INIT, headers=headers)
+            down = await http.post("/mcp/down", json=INIT, headers=headers)
+    finally:
+        server.stop()
+    assert refused.status_code == 502
+    assert "www-authenticate" not in refused.headers
+    assert "refused the gateway's credentials" in refused.json()["error"]["message"]
+    assert refused.json()["id"] == 1
+    assert down.status_code == 502 and down.json()["error"]["code"] == -32603
+    assert {r["status"] for r in mcp_records(gw, 2)} == {502}

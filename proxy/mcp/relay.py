@@ -235,6 +235,17 @@ class McpHandler:
         expect: m.Message | None,
     ) -> None:
         """The server's answer to the client, each JSON-RPC response in it guarded."""
+        if response.status in (401, 403):
+            # The server refused the gateway's own credentials (mcp_servers.<name>.headers):
+            # nothing the client can fix, and its 401 must not send the client to log in.
+            response.close()
+            raise Reject(
+                502,
+                -32603,
+                f"The MCP server {call.server!r} refused the gateway's credentials "
+                f"(HTTP {response.status}).",
+                call.rpc_id,
+            )
         headers = [(k, v) for k, v in response.headers if k in _RETURN] + ex.headers()
         call.session = call.session or _value(response.headers, b"mcp-session-id")
         ex.status = response.status
