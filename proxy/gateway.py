@@ -54,7 +54,7 @@ def check_policies(config: Config, policies: Mapping[str, Policy]) -> None:
 
 
 # What a reload may change; anything else in the config needs a restart.
-RELOADABLE = ("tenants", "routes", "policies_dir", "source")
+RELOADABLE = ("tenants", "routes", "policies_dir", "source", "mcp_servers")
 
 
 def load_set(path: str, current: Config | None = None) -> tuple[Config, Mapping[str, Policy]]:
@@ -72,8 +72,8 @@ def load_set(path: str, current: Config | None = None) -> tuple[Config, Mapping[
         if changed:
             raise ConfigError(
                 changed[0],
-                "changed; a reload applies tenants, routes and policies only: restart the "
-                "gateway to apply it",
+                "changed; a reload applies tenants, routes, MCP servers and policies only: "
+                "restart the gateway to apply it",
             )
     return config, policies
 

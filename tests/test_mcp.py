@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import httpx2
 import pytest
+import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -21,7 +22,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from proxy.config import ConfigError, config_schema, parse_config
 from proxy.gateway import check_policies
 from proxy.policies import load_policies
-from tests.conftest import KEY, OTHER_KEY, audit_records, start_gateway_process
+from tests.conftest import (
+    ADMIN_KEY,
+    KEY,
+    OTHER_KEY,
+    audit_records,
+    start_gateway_process,
+    write_config_file,
+)
 from tests.fakes.mcp_server import INJECTED, mcp_client
 from tests.fakes.serve import serve
 
@@ -545,3 +553,24 @@ async def test_server_refusing_or_down_is_a_502_the_client_can_read(make_gateway
     assert refused.json()["id"] == 1
     assert down.status_code == 502 and down.json()["error"]["code"] == -32603
     assert {r["status"] for r in mcp_records(gw, 2)} == {502}
+
+
+def test_a_reload_adds_an_mcp_server(mcp_servers, classifier, upstream, tmp_path, start_gateway):
+    """mcp_servers and routes' mcp are part of what a reload applies."""
+    config = write_config_file(tmp_path, upstream, classifier)
+    data = yaml.safe_load(config.read_text())
+    url = mcp_servers["docs"][1].url + "/mcp"
+    data["mcp_servers"] = {"docs": {"url": url}}
+    data["routes"]["open"]["mcp"] = {"servers": ["docs"]}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    base = start_gateway(config, {})
+    headers = {"authorization": f"Bearer {KEY}", "accept": ACCEPT}
+    assert httpx.post(base + "/mcp/docs-json", json=INIT, headers=headers).status_code == 404
+    data["mcp_servers"]["docs-json"] = {"url": mcp_servers["docs-json"][1].url + "/mcp"}
+    data["routes"]["open"]["mcp"]["servers"].append("docs-json")
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    reloaded = httpx.post(base + "/admin/reload", headers=admin, timeout=10)
+    assert reloaded.status_code == 200, reloaded.text
+    answer = httpx.post(base + "/mcp/docs-json", json=INIT, headers=headers)
+    assert answer.status_code == 200 and answer.json()["result"]["serverInfo"]
