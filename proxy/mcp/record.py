@@ -25,6 +25,10 @@ _KNOWN_METHODS = frozenset(
         "completion/complete",
         "logging/setLevel",
         "server/discover",
+        "notifications/initialized",
+        "notifications/cancelled",
+        "notifications/progress",
+        "notifications/roots/list_changed",
     )
 )
 
@@ -50,9 +54,7 @@ class McpCall:
     def method_label(self) -> str:
         if self.method is None:
             return self.kind or self.http_method  # GET, DELETE, or a posted response
-        if self.method in _KNOWN_METHODS or self.method.startswith("notifications/"):
-            return self.method if len(self.method) <= 64 else "other"
-        return "other"
+        return self.method if self.method in _KNOWN_METHODS else "other"
 
     def span_attributes(self) -> dict[str, Any]:
         """OTel MCP conventions (`mcp.method.name`, `gen_ai.tool.name`, ...)."""
