@@ -150,7 +150,14 @@ class Screen:
             check = await self.guard.tools(side, self.gw.policies, route.fail, tools)
             _note(ex, check, started)
             call.dropped.update(check.dropped)
-            self.dropped[(route.name, call.server)] = check.dropped
+            # Listings come in pages: each updates the tools it lists, flagged or cleared.
+            known = self.dropped.setdefault((route.name, call.server), {})
+            for tool in tools:
+                name = str(tool.get("name")) if isinstance(tool, dict) else ""
+                if name in check.dropped:
+                    known[name] = check.dropped[name]
+                else:
+                    known.pop(name, None)
             if not check.dropped:
                 return data
             result["tools"] = [t for t in tools if str(t.get("name")) not in check.dropped]
@@ -185,13 +192,12 @@ class Screen:
         check = await self.guard.text(side, self.gw.policies, route.fail, slots, context, "output")
         _note(ex, check, started)
         if check.decision in ("block", "error"):
-            why = (
-                f"flagged by {m.named(check.flagged)}"
-                if check.decision == "block"
-                else "the guard is unavailable"
-            )
+            if check.decision == "block":
+                why, code = f"flagged by {m.named(check.flagged)}", m.CONTENT_FILTERED
+            else:
+                why, code = "the guard is unavailable", m.GUARD_UNAVAILABLE
             refusal = m.error_response(
-                message.id, m.CONTENT_FILTERED, f"The gateway withheld this request: {why}."
+                message.id, code, f"The gateway withheld this request: {why}."
             )
             self.gw.in_background(self.answer_server(call, refusal))
             return b""
