@@ -105,6 +105,7 @@ async def test_allowed_call_reaches_the_server_and_is_audited(mcp_gateway, mcp_s
     verdicts = by_policy(record)
     assert verdicts["cheating"]["side"] == "input"
     assert verdicts["injection"]["side"] == "output"
+    assert verdicts["cheating"]["tool"] == verdicts["injection"]["tool"] == "echo"
     assert record["content"]["input"] == "hello there"
     metrics = httpx.get(mcp_gateway.url + "/metrics").text
     labels = f'server="{server}",method="tools/call",decision="allow"'
@@ -155,6 +156,8 @@ async def test_poisoned_tool_is_dropped_from_the_list_and_the_audit_says_why(mcp
     assert names == {"echo", "search", "fetch_page", "confirm"}
     (record,) = mcp_records(mcp_gateway, 1, method="tools/list")
     assert record["mcp"]["dropped_tools"] == {"add": "flagged by policy 'injection'"}
+    flagged = [v for v in record["verdicts"] if v["label"] == "violation"]
+    assert [v["tool"] for v in flagged] == ["add"]
     assert record["decision"] == "block"
 
 

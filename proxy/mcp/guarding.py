@@ -110,6 +110,8 @@ class McpGuard:
         by_tool: dict[int, list[Outcome]] = {}
         for outcome in result.outcomes:
             by_tool.setdefault(outcome.choice or 0, []).append(outcome)
+            tool = tools[outcome.choice or 0]
+            outcome.tool = str(tool.get("name")) if isinstance(tool, dict) else None
         dropped: dict[str, str] = {}
         for index, outcomes in by_tool.items():
             verdict = decide(outcomes, fail)

@@ -67,7 +67,7 @@ class Screen:
             ex.content["input"] = render(slots, "last_user")
         started = time.perf_counter()
         check = await self.guard.text(route.mcp.input, self.gw.policies, route.fail, slots, context)
-        _note(ex, check, started)
+        _note(ex, check, started, call.tool)
         if check.decision in ("block", "error"):
             if check.decision == "block":
                 text = f"flagged by {m.named(check.flagged)}"
@@ -165,7 +165,7 @@ class Screen:
         if self.keep_content:
             ex.content["output"] = result_text(method, result)
         check = await self.guard.result(side, self.gw.policies, route.fail, method, tool, result)
-        _note(ex, check, started)
+        _note(ex, check, started, tool)
         if check.decision in ("block", "error"):
             if method in (m.INITIALIZE, m.DISCOVER):  # it still connects, without them
                 del result["instructions"]
@@ -206,7 +206,11 @@ class Screen:
         return data
 
 
-def _note(ex: Exchange, check: Check, started: float) -> None:
+def _note(ex: Exchange, check: Check, started: float, tool: str | None = None) -> None:
+    """The check's verdicts onto the exchange (each naming the tool it is about)."""
+    if tool is not None:
+        for outcome in check.result.outcomes:
+            outcome.tool = tool
     ex.add(check.result, (time.perf_counter() - started) * 1000)
     ex.decision = worse(ex.decision, check.decision)
 
