@@ -227,6 +227,11 @@ async def test_batches_and_bad_bodies_get_json_rpc_errors(mcp_gateway, mcp_serve
         assert put.status_code == 405
         big = await http.post("/mcp/docs", content=b" " * (4 * 1024 * 1024 + 1), headers=headers)
         assert big.status_code == 413 and big.json()["error"]["code"] == -32600
+        deep = b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo",'
+        deep += b'"arguments":{"text":' + b"[" * 1000 + b'"aimbot"' + b"]" * 1000 + b"}}}"
+        nested = await http.post("/mcp/docs", content=deep, headers=headers)
+        assert nested.status_code == 200  # classified (and blocked), not a 500
+        assert "'cheating'" in nested.json()["result"]["content"][0]["text"]
     assert mcp_servers["docs"][0].seen == []
 
 

@@ -142,21 +142,28 @@ def readable(method: str, result: Any) -> bool:
 
 
 def string_slots(holder: Any, role: str = "tool") -> Iterator[Slot]:
-    """A slot for every string in a JSON value, depth first, structural keys skipped."""
+    """A slot for every string in a JSON value, depth first in document order, structural
+    keys skipped. Iterative: a client's deeply nested JSON cannot exhaust the stack."""
+    stack: list[Iterator[tuple[Any, Any]]] = [_children(holder)]
+    while stack:
+        for container, key in stack[-1]:
+            value = container[key]
+            if isinstance(value, str):
+                if value and key not in _STRUCTURAL:
+                    yield Slot(container, key, role)
+            elif isinstance(value, (dict, list)):
+                stack.append(_children(value))
+                break
+        else:
+            stack.pop()
+
+
+def _children(holder: Any) -> Iterator[tuple[Any, Any]]:
     if isinstance(holder, dict):
-        for key, value in holder.items():
-            if isinstance(value, str):
-                if key not in _STRUCTURAL and value:
-                    yield Slot(holder, key, role)
-            elif isinstance(value, (dict, list)):
-                yield from string_slots(value, role)
-    elif isinstance(holder, list):
-        for index, value in enumerate(holder):
-            if isinstance(value, str):
-                if value:
-                    yield Slot(holder, index, role)
-            elif isinstance(value, (dict, list)):
-                yield from string_slots(value, role)
+        return ((holder, key) for key in list(holder))
+    if isinstance(holder, list):
+        return ((holder, index) for index in range(len(holder)))
+    return iter(())
 
 
 def argument_slots(params: Any) -> list[Slot]:
