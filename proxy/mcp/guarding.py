@@ -88,10 +88,10 @@ class McpGuard:
         fail: str,
         method: str,
         tool: str | None,
-        result: dict[str, Any],
+        slots: list[Slot],
     ) -> Check:
-        """A tool result, resource contents or prompt before the client sees them."""
-        slots = m.result_slots(method, result)
+        """A tool result, resource contents or prompt (its `result_slots`) before the
+        client sees them."""
         if not side.guarded or not slots:
             return ALLOWED
         context = _WHAT[method].format(tool=tool)

@@ -141,9 +141,40 @@ def readable(method: str, result: Any) -> bool:
     return True
 
 
-def string_slots(holder: Any, role: str = "tool") -> Iterator[Slot]:
+def string_slots(holder: Any, role: str = "tool") -> list[Slot]:
     """A slot for every string in a JSON value, depth first in document order, structural
-    keys skipped. Iterative: a client's deeply nested JSON cannot exhaust the stack."""
+    keys skipped. Deep nesting is walked without recursion, so a client's deeply nested
+    JSON cannot exhaust the stack."""
+    found: list[Slot] = []
+    _collect(holder, role, found, 0)
+    return found
+
+
+def _collect(holder: Any, role: str, found: list[Slot], depth: int) -> None:
+    if depth > _MAX_RECURSION:
+        found.extend(_deep_slots(holder, role))
+        return
+    if isinstance(holder, dict):
+        for key, value in holder.items():
+            if isinstance(value, str):
+                if value and key not in _STRUCTURAL:
+                    found.append(Slot(holder, key, role))
+            elif isinstance(value, (dict, list)):
+                _collect(value, role, found, depth + 1)
+    elif isinstance(holder, list):
+        for index, value in enumerate(holder):
+            if isinstance(value, str):
+                if value:
+                    found.append(Slot(holder, index, role))
+            elif isinstance(value, (dict, list)):
+                _collect(value, role, found, depth + 1)
+
+
+_MAX_RECURSION = 50
+
+
+def _deep_slots(holder: Any, role: str) -> Iterator[Slot]:
+    """`string_slots` with an explicit stack, for what lies below `_MAX_RECURSION`."""
     stack: list[Iterator[tuple[Any, Any]]] = [_children(holder)]
     while stack:
         for container, key in stack[-1]:
@@ -172,7 +203,7 @@ def argument_slots(params: Any) -> list[Slot]:
     if not isinstance(params, dict):
         return []
     arguments = params.get("arguments")
-    return list(string_slots(arguments if isinstance(arguments, (dict, list)) else params))
+    return string_slots(arguments if isinstance(arguments, (dict, list)) else params)
 
 
 def input_slots(message: Message) -> tuple[list[Slot], str] | None:
@@ -186,11 +217,11 @@ def input_slots(message: Message) -> tuple[list[Slot], str] | None:
         if message.method == PROMPTS_GET:
             return argument_slots(params), f"Arguments for prompt '{message.tool}':\n"
         if message.method == COMPLETE and isinstance(params, dict):
-            return list(string_slots(params.get("argument"))), "Completion input:\n"
+            return string_slots(params.get("argument")), "Completion input:\n"
         return None
     if message.kind == "response":
         result = message.body.get("result")
-        return list(string_slots(result)), "Answer from the client to the tool server:\n"
+        return string_slots(result), "Answer from the client to the tool server:\n"
     return None
 
 
@@ -199,7 +230,7 @@ def result_slots(method: str, result: dict[str, Any]) -> list[Slot]:
     or the server's `instructions` in an initialize result."""
     if method in (INITIALIZE, DISCOVER):
         return [Slot(result, "instructions", "tool")] if result.get("instructions") else []
-    return list(string_slots({k: v for k, v in result.items() if k != "_meta"}))
+    return string_slots({k: v for k, v in result.items() if k != "_meta"})
 
 
 _TOOL_HEAD = ("name", "title", "description")

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.mcp import messages as m
-from proxy.openai_api import render
 
 # Metric labels: JSON-RPC methods come from clients, so only MCP's own are named.
 _KNOWN_METHODS = frozenset(
@@ -82,10 +81,3 @@ class McpCall:
             "protocol_version": self.version,
             "dropped_tools": self.dropped or None,
         }
-
-
-def result_text(method: str, result: dict[str, Any]) -> str:
-    """A guarded result's text as the audit keeps it."""
-    if method == m.TOOLS_LIST:
-        return "\n\n".join(render(slots, "last_user") for slots in m.tool_slots(result["tools"]))
-    return render(m.result_slots(method, result), "last_user")

@@ -22,7 +22,7 @@ from proxy.gateway import Gateway
 from proxy.guard.engine import worse
 from proxy.mcp import messages as m
 from proxy.mcp.guarding import Check, McpGuard
-from proxy.mcp.record import McpCall, result_text
+from proxy.mcp.record import McpCall
 from proxy.openai_api import render
 
 
@@ -162,9 +162,10 @@ class Screen:
                 return data
             result["tools"] = [t for t in tools if str(t.get("name")) not in check.dropped]
             return orjson.dumps(message.body)
+        slots = m.result_slots(method, result)
         if self.keep_content:
-            ex.content["output"] = result_text(method, result)
-        check = await self.guard.result(side, self.gw.policies, route.fail, method, tool, result)
+            ex.content["output"] = render(slots, "last_user")
+        check = await self.guard.result(side, self.gw.policies, route.fail, method, tool, slots)
         _note(ex, check, started, tool)
         if check.decision in ("block", "error"):
             if method in (m.INITIALIZE, m.DISCOVER):  # it still connects, without them
@@ -173,7 +174,7 @@ class Screen:
             return orjson.dumps(_withheld(message, method, tool, check, call.version))
         if check.decision == "redact":
             if self.keep_content:
-                ex.content["output_redacted"] = result_text(method, result)
+                ex.content["output_redacted"] = render(slots, "last_user")
             return orjson.dumps(message.body)
         return data
 
@@ -185,7 +186,7 @@ class Screen:
         route = ex.route
         assert route is not None
         params = message.body.get("params") or {}
-        slots = list(m.string_slots({k: v for k, v in params.items() if k != "_meta"}))
+        slots = m.string_slots({k: v for k, v in params.items() if k != "_meta"})
         context = f"Request from the tool server to the client ({message.method}):\n"
         started = time.perf_counter()
         side = route.mcp.output
