@@ -168,8 +168,8 @@ class McpHandler:
         self, ex: Exchange, call: McpCall, scope: dict, headers: dict, receive: Any, send: Sender
     ) -> None:
         try:
-            raw = await self.proxy._read_body(headers, receive)
-        except OpenAIError as exc:  # too large
+            raw = await self.proxy._read_body(scope["headers"], headers, receive)
+        except OpenAIError as exc:  # too large (413), or an encoding it cannot read (415)
             raise Reject(exc.status, m.INVALID_REQUEST, exc.message) from None
         try:
             message = m.parse_message(raw)
@@ -206,7 +206,8 @@ class McpHandler:
         query = scope.get("query_string") or b""
         path = "?" + query.decode("latin-1") if query else ""
         ex.upstream_started = time.perf_counter()
-        return await self.pool.send(upstream, scope["method"], path, raw, forwarded, extra)
+        allowed = frozenset(k.decode("latin-1") for k, _ in forwarded)
+        return await self.pool.send(upstream, scope["method"], path, raw, forwarded, extra, allowed)
 
     def _upstream(self, name: str) -> tuple[Upstream, tuple[str, int]]:
         """The pool's view of a configured server (built once per config entry: a reload
@@ -285,7 +286,10 @@ class McpHandler:
             headers.append((b"mcp-protocol-version", call.version.encode("latin-1")))
         upstream, _ = self._upstream(call.server)
         try:
-            response = await self.pool.send(upstream, "POST", "", orjson.dumps(body), headers, {})
+            allowed = frozenset(k.decode("latin-1") for k, _ in headers)
+            response = await self.pool.send(
+                upstream, "POST", "", orjson.dumps(body), headers, {}, allowed
+            )
             await response.read()
         except UpstreamError as exc:
             log.warning("MCP server %s: could not refuse its request: %s", call.server, exc.code)
