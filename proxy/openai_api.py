@@ -3,6 +3,7 @@ endpoint's guardable text lives is its surface adapter's business (proxy/surface
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -52,6 +53,32 @@ def bad_request(
     message: str, code: str = "invalid_request", param: str | None = None
 ) -> OpenAIError:
     return OpenAIError(400, message, code=code, param=param)
+
+
+@dataclass(slots=True)
+class Slot:
+    """A place in a JSON body holding text, rewritten in place: the MCP relay's view of
+    its messages (the OpenAI surfaces use immutable pieces, proxy/surfaces/text.py)."""
+
+    holder: dict[str, Any] | list[Any]
+    key: str | int
+    role: str
+
+    @property
+    def text(self) -> str:
+        value = self.holder[self.key]  # type: ignore[index]
+        return value if isinstance(value, str) else ""
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self.holder[self.key] = value  # type: ignore[index]
+
+
+def render(slots: list[Slot], scope: str) -> str:
+    """Slots' text as the classifier reads it: plain, or role-labelled for a conversation."""
+    if scope == "conversation":
+        return "\n\n".join(f"[{slot.role}] {slot.text}" for slot in slots if slot.text)
+    return "\n".join(slot.text for slot in slots if slot.text)
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:

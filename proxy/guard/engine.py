@@ -22,6 +22,7 @@ from proxy.guard.cache import VerdictCache
 from proxy.guard.detectors import find_spans, redact
 from proxy.guard.observers import GuardObserver
 from proxy.guard.safeguard import ClassifierError, SafeguardClient, Verdict, errored
+from proxy.openai_api import Slot as LegacySlot
 from proxy.policies import Policy
 from proxy.surfaces.text import Edits, Path, Piece, Slot, render
 
@@ -294,6 +295,24 @@ class Guard:
             ]
 
         return await self._run(jobs(side.policies, False), jobs(side.shadow, True))
+
+    async def check_completion(
+        self,
+        side: Side,
+        policies: Mapping[str, Policy],
+        choices: Sequence[list[LegacySlot]],
+        context: str = "",
+    ) -> SideResult:
+        """In-place slots (the MCP relay's): each choice judged as one piece, redactions
+        written back into the slots, outcomes numbered by choice."""
+        pieces = [
+            Piece("assistant", tuple(Slot((i, n), s.text) for n, s in enumerate(slots)), choice=i)
+            for i, slots in enumerate(choices)
+        ]
+        result = await self.check_response(side, policies, pieces, context)
+        for (i, n), text in result.edits.items():  # type: ignore[misc]
+            choices[i][n].text = text
+        return result
 
     async def check_text(
         self,
