@@ -48,6 +48,7 @@ class Upstream:
     timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
     headers: Mapping[str, str] = field(default_factory=dict)
+    api: str = "openai"  # the wire format it speaks: openai | anthropic (Messages API)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,7 @@ class Side:
     window_chars: int = 400
     overlap_chars: int = 120
     window_ms: int = 1000  # the longest text waits in a window before it is checked
+    thinking: bool = False  # output: also guard Anthropic `thinking` blocks
 
     @property
     def guarded(self) -> bool:
@@ -277,7 +279,16 @@ def _policy_refs(side: _Reader, name: str) -> tuple[PolicyRef, ...]:
 
 
 def _side(r: _Reader, *, output: bool) -> Side:
-    r.only("policies", "shadow", "mode", "stream", "window_chars", "overlap_chars", "window_ms")
+    r.only(
+        "policies",
+        "shadow",
+        "mode",
+        "stream",
+        "window_chars",
+        "overlap_chars",
+        "window_ms",
+        *(("thinking",) if output else ()),
+    )
     side = Side(
         policies=_policy_refs(r, "policies"),
         shadow=_policy_refs(r, "shadow"),
@@ -286,6 +297,7 @@ def _side(r: _Reader, *, output: bool) -> Side:
         window_chars=r.get("window_chars", int, 400),
         overlap_chars=r.get("overlap_chars", int, 120),
         window_ms=r.get("window_ms", int, 1000),
+        thinking=r.get("thinking", bool, False) if output else False,
     )
     if side.window_ms < 10:
         raise ConfigError(r._path("window_ms"), "must be at least 10")
@@ -325,7 +337,7 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
         raise ConfigError("upstreams", "at least one upstream is required")
     for name in ups.data:
         u = ups.child(name)
-        u.only("base_url", "api_key", "timeout_s", "connect_timeout_s", "headers")
+        u.only("base_url", "api_key", "timeout_s", "connect_timeout_s", "headers", "api")
         base_url = u.get("base_url", str).rstrip("/")
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(u._path("base_url"), f"must be an http(s) URL (got {base_url!r})")
@@ -339,6 +351,7 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
             timeout_s=u.get("timeout_s", float, 600.0),
             connect_timeout_s=u.get("connect_timeout_s", float, 10.0),
             headers={str(k): str(v) for k, v in headers.items()},
+            api=u.get("api", str, "openai", ("openai", "anthropic")),
         )
 
     c = root.child("classifier")

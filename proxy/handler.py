@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from proxy import anthropic_api
+from proxy.anthropic_api import COUNT_TOKENS, MESSAGES
 from proxy.config import Side, host_port
 from proxy.exchange import Exchange, json_or_none, since
 from proxy.gateway import Gateway
@@ -58,7 +60,8 @@ _ids = itertools.count()
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")  # echoed in a header: no CR/LF
 
 
-KNOWN_ENDPOINTS = frozenset((*GENERATION_ENDPOINTS, EMBEDDINGS, MODELS))
+KNOWN_ENDPOINTS = frozenset((*GENERATION_ENDPOINTS, EMBEDDINGS, MODELS, *anthropic_api.ENDPOINTS))
+GENERATING = frozenset((*GENERATION_ENDPOINTS, MESSAGES))  # answers a guard reads
 
 
 def endpoint_label(path: str) -> str:
@@ -125,9 +128,9 @@ class ProxyHandler:
     async def _handle(
         self, ex: Exchange, scope: dict, headers: dict, receive: Any, send: Sender
     ) -> None:
-        tenant = self.gw.tenancy.authenticate(
-            bearer_token(headers.get(b"authorization"), headers.get(b"api-key"))
-        )
+        anthropic = ex.endpoint in anthropic_api.ENDPOINTS
+        api_key = headers.get(b"x-api-key" if anthropic else b"api-key")
+        tenant = self.gw.tenancy.authenticate(bearer_token(headers.get(b"authorization"), api_key))
         if tenant is None:
             raise OpenAIError(
                 401, "Incorrect API key provided. Use a gateway key.", code="invalid_api_key"
@@ -142,7 +145,7 @@ class ProxyHandler:
             ex.route = self.gw.tenancy.default_route(tenant)
             await self._forward_raw(ex, scope, None, send)
             return
-        if ex.endpoint not in GENERATION_ENDPOINTS and ex.endpoint != EMBEDDINGS:
+        if ex.endpoint not in KNOWN_ENDPOINTS:
             raise OpenAIError(
                 404, f"Unknown endpoint {scope['method']} {ex.endpoint}.", code="unknown_url"
             )
@@ -162,7 +165,15 @@ class ProxyHandler:
                 param="model",
             )
         ex.route = route
-        if ex.endpoint == EMBEDDINGS:
+        if (self.gw.config.upstreams[route.upstream].api == "anthropic") != anthropic:
+            if anthropic:
+                raise anthropic_api.not_messages_route(route.name)
+            raise OpenAIError(
+                404,
+                f"Your route {route.name!r} leads to a Messages API upstream: use /v1/messages.",
+                code="unknown_url",
+            )
+        if ex.endpoint in (EMBEDDINGS, COUNT_TOKENS):
             await self._forward_raw(ex, scope, raw, send)
             return
         await self._generate(ex, scope, raw, body, send)
@@ -200,7 +211,8 @@ class ProxyHandler:
         upstream = self.gw.config.upstreams[ex.route.upstream]
         host, port = self._addresses[upstream.name]
         operation = OPERATION.get(ex.endpoint, "chat")
-        span = self.gw.telemetry.start_upstream_span(operation, ex.model, host, port)
+        provider = upstream.api  # gen_ai.provider.name: openai | anthropic
+        span = self.gw.telemetry.start_upstream_span(operation, ex.model, host, port, provider)
         ex.upstream_span = span
         trace_headers: dict[str, str] = {}
         self.gw.telemetry.inject(trace_headers, span)
@@ -249,7 +261,7 @@ class ProxyHandler:
     def _reads_usage(self, ex: Exchange) -> bool:
         """A relayed answer's usage, model and finish reasons feed the token metrics and
         the upstream span: read a generation's only when either will use them."""
-        return ex.endpoint in GENERATION_ENDPOINTS and (
+        return ex.endpoint in GENERATING and (
             self.gw.metrics.exposed or ex.upstream_span.is_recording()
         )
 
@@ -361,7 +373,11 @@ class ProxyHandler:
             await send.whole(response.status, response.headers + ex.headers(), raw)
             ex.status = response.status
             return
-        choices = output_slots(ex.endpoint, body)
+        anthropic = ex.endpoint == MESSAGES
+        if anthropic:
+            choices = anthropic_api.output_slots(body, route.output.thinking)
+        else:
+            choices = output_slots(ex.endpoint, body)
         if self.keep_content:
             ex.content["output"] = "\n\n".join(render(c, "last_user") for c in choices)
         outputs = SideResult()
@@ -373,10 +389,15 @@ class ProxyHandler:
         ex.decision = worse(ex.decision, decision)
         if decision == "error":
             raise guard_unavailable()
-        withhold(ex.endpoint, body, {o.choice for o in outputs.blocked()})
+        blocked = {o.choice for o in outputs.blocked()}
+        if anthropic:
+            anthropic_api.withhold(body, blocked)
+        else:
+            withhold(ex.endpoint, body, blocked)
         if decision == "redact" and self.keep_content:
             ex.content["output_redacted"] = "\n\n".join(render(c, "last_user") for c in choices)
-        annotate(ex.endpoint, body, inputs, outputs)
+        if not anthropic:  # the Messages API's answers carry the decision in headers only
+            annotate(ex.endpoint, body, inputs, outputs)
         ex.status = response.status
         await send.whole(response.status, response.headers + ex.headers(), orjson.dumps(body))
 
@@ -425,7 +446,12 @@ class ProxyHandler:
         if send.started:
             log.warning("request %s failed after the response started: %s", ex.request_id, exc.code)
             return
-        await send.whole(exc.status, [(b"content-type", JSON), *ex.headers()], exc.body())
+        body = (
+            anthropic_api.error_body(exc, ex.request_id)
+            if ex.endpoint in anthropic_api.ENDPOINTS
+            else exc.body()
+        )
+        await send.whole(exc.status, [(b"content-type", JSON), *ex.headers()], body)
 
     def _finish(self, ex: Exchange, span: Any) -> None:
         total_s = time.perf_counter() - ex.started
@@ -476,6 +502,8 @@ class ProxyHandler:
             for c in answer.get("choices") or ()
             if isinstance(c, dict) and c.get("finish_reason")
         ]
+        if not reasons and isinstance(answer.get("stop_reason"), str):  # Messages API
+            reasons = [answer["stop_reason"]]
         self.gw.telemetry.set_response(
             span,
             response_model=answer.get("model"),

@@ -25,6 +25,7 @@ OPERATION = {
     COMPLETIONS: "text_completion",
     RESPONSES: "chat",
     EMBEDDINGS: "embeddings",
+    "/v1/messages": "chat",
 }
 
 
@@ -93,6 +94,11 @@ def _content_slots(holder: dict[str, Any], key: str, role: str) -> Iterator[Slot
 
 def _messages(body: dict[str, Any], endpoint: str) -> Iterator[tuple[str, list[Slot]]]:
     """(role, slots) per turn, in order, read the way this endpoint's API defines them."""
+    if endpoint == "/v1/messages":
+        from proxy.anthropic_api import turns  # imports this module: Slot, OpenAIError
+
+        yield from turns(body)
+        return
     if endpoint == COMPLETIONS:
         prompt = body.get("prompt")
         if isinstance(prompt, str):

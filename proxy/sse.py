@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from proxy import anthropic_sse
+from proxy.anthropic_api import MESSAGES
 from proxy.openai_api import COMPLETIONS, RESPONSES
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
@@ -51,7 +53,7 @@ class Event:
         return self.data.get("type") if self.data else None
 
 
-def parse_event(raw: bytes, endpoint: str) -> Event:
+def parse_event(raw: bytes, endpoint: str, thinking: bool = False) -> Event:
     name = None
     data_lines = []
     for line in raw.splitlines():
@@ -72,7 +74,9 @@ def parse_event(raw: bytes, endpoint: str) -> Event:
         return event
     if isinstance(data, dict):
         event.data = data
-        event.texts = _texts(data, endpoint)
+        event.texts = (
+            anthropic_sse.texts(data, thinking) if endpoint == MESSAGES else _texts(data, endpoint)
+        )
     return event
 
 
@@ -103,7 +107,9 @@ def with_texts(event: Event, endpoint: str, texts: dict[int, str]) -> bytes:
     """The event re-serialized with its text deltas replaced."""
     assert event.data is not None
     data = orjson.loads(orjson.dumps(event.data))  # deep copy; the original stays intact
-    if endpoint == RESPONSES:
+    if endpoint == MESSAGES:
+        anthropic_sse.with_texts(data, texts, thinking=True)
+    elif endpoint == RESPONSES:
         data["delta"] = texts.get(int(data.get("output_index") or 0), "")
     else:
         for choice in data.get("choices") or ():

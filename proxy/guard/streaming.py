@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from proxy import anthropic_sse
+from proxy.anthropic_api import MESSAGES
 from proxy.config import Side
 from proxy.guard.detectors import MAX_SPAN_CHARS, find_spans
 from proxy.guard.engine import Guard, Outcome, decide, worse
@@ -147,6 +149,8 @@ def hold_chars(detectors: tuple[str, ...]) -> int:
 def end_frames(endpoint: str, last: dict[str, Any] | None, reason: str = "content_filter") -> bytes:
     """What a client sees when forwarding stops: a final chunk per choice, then [DONE]."""
     last = last or {}
+    if endpoint == MESSAGES:
+        return anthropic_sse.end_frames("refusal" if reason == "content_filter" else reason)
     if endpoint == RESPONSES:
         response = dict(last.get("response") or {})
         response.update(status="incomplete", incomplete_details={"reason": reason}, output=[])
@@ -165,6 +169,8 @@ def end_frames(endpoint: str, last: dict[str, Any] | None, reason: str = "conten
 
 def error_frame(endpoint: str, message: str, code: str) -> bytes:
     """An error mid-stream: the Responses API's `error` event, else OpenAI's error body."""
+    if endpoint == MESSAGES:
+        return anthropic_sse.error_frame(message, code)
     if endpoint == RESPONSES:
         return serialize(
             {"type": "error", "code": code, "message": message, "param": None}, "error"
@@ -214,7 +220,12 @@ class StreamGuard:
     def _observe(self, event: Event) -> None:
         if event.data is None:
             return
-        if self.endpoint == RESPONSES:
+        if self.endpoint == MESSAGES:
+            message, self.usage, reason = anthropic_sse.observe(event.data, self.usage)
+            self.last = message or self.last
+            if reason:
+                self.finish_reasons.append(reason)
+        elif self.endpoint == RESPONSES:
             if event.type == "response.created":
                 self.last = event.data
         else:
@@ -225,7 +236,8 @@ class StreamGuard:
         if event.type == "response.completed":
             status = (event.data.get("response") or {}).get("status")
             self.finish_reasons.append(str(status))
-        self.usage = usage_of(event) or self.usage
+        if self.endpoint != MESSAGES:
+            self.usage = usage_of(event) or self.usage
         if not self._watch_only:
             for index, text in event.texts.items():
                 self._received[index].append(text)
@@ -339,7 +351,7 @@ class StreamGuard:
                 if isinstance(item, BaseException):
                     raise item
                 for raw in splitter.feed(item):
-                    event = parse_event(raw, self.endpoint)
+                    event = parse_event(raw, self.endpoint, self.side.thinking)
                     self._observe(event)
                     if event.texts and waiting_since is None:
                         waiting_since = loop.time()
@@ -349,7 +361,7 @@ class StreamGuard:
                         # comment): it goes out as soon as the windows before it do.
                         enqueue(self.window.flush())
             if rest := splitter.rest():
-                enqueue(self.window.push(parse_event(rest, self.endpoint)))
+                enqueue(self.window.push(parse_event(rest, self.endpoint, self.side.thinking)))
             enqueue(self.window.flush())
         finally:
             reader.cancel()  # a block or a gone client stops the upstream read
@@ -361,7 +373,7 @@ class StreamGuard:
             for raw in splitter.feed(chunk):
                 # Watching only, most events (text deltas) hold nothing to note: skip parsing.
                 if not self._watch_only or self.last is None or _NOTEWORTHY.search(raw):
-                    self._observe(parse_event(raw, self.endpoint))
+                    self._observe(parse_event(raw, self.endpoint, self.side.thinking))
             yield chunk
 
     async def judge_passthrough(self) -> None:
