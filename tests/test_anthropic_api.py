@@ -3,13 +3,17 @@ withheld answer, error bodies and stream events."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import pytest
 
 from proxy import anthropic_sse
 from proxy.anthropic_api import error_body, input_slots, output_slots, withhold
-from proxy.config import ConfigError, parse_config
+from proxy.config import ConfigError, load_config, parse_config
+from proxy.gateway import check_policies
 from proxy.openai_api import OpenAIError, render
+from proxy.policies import load_policies
 from tests.test_config import MINIMAL, config_with
 
 
@@ -167,3 +171,11 @@ def test_a_stopped_stream_ends_with_refusal_then_message_stop():
     assert frames[0].startswith(b"event: message_delta\ndata: ")
     assert orjson.loads(frames[0].split(b"data: ")[1])["delta"]["stop_reason"] == "refusal"
     assert frames[1] == b'event: message_stop\ndata: {"type":"message_stop"}'
+
+
+def test_shipped_anthropic_example_config_checks():
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "examples" / "configs" / "anthropic.yaml", env={})
+    assert config.upstreams["claude"].api == "anthropic"
+    assert config.upstreams["claude"].base_url == "https://api.anthropic.com/v1"
+    check_policies(config, load_policies(root / "policies"))
