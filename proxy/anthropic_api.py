@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from proxy.openai_api import OpenAIError, Slot
+from proxy.openai_api import OpenAIError, Slot, _content_slots  # a string or text blocks
 
 MESSAGES = "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"
@@ -78,17 +78,6 @@ def json_slot(block: dict[str, Any], key: str, role: str) -> Slot:
     return Slot(_JsonField(block, key), key, role)  # type: ignore[arg-type]
 
 
-def _text_blocks(holder: dict[str, Any], key: str, role: str) -> Iterator[Slot]:
-    """A string, or a list of blocks of which text blocks count (tool results, documents)."""
-    value = holder.get(key)
-    if isinstance(value, str):
-        yield Slot(holder, key, role)
-    elif isinstance(value, list):
-        for block in value:
-            if isinstance(block, dict) and isinstance(block.get("text"), str):
-                yield Slot(block, "text", role)
-
-
 def _block_slots(block: Any, role: str) -> Iterator[Slot]:
     if not isinstance(block, dict):
         return
@@ -96,7 +85,7 @@ def _block_slots(block: Any, role: str) -> Iterator[Slot]:
     if kind == "text" and isinstance(block.get("text"), str):
         yield Slot(block, "text", role)
     elif kind == "tool_result":
-        yield from _text_blocks(block, "content", "tool")
+        yield from _content_slots(block, "content", "tool")
     elif kind == "tool_use" and "input" in block:
         yield json_slot(block, "input", role)
     elif kind == "document":
@@ -108,7 +97,7 @@ def _block_slots(block: Any, role: str) -> Iterator[Slot]:
             if isinstance(source.get("data"), str):
                 yield Slot(source, "data", role)
         elif isinstance(source, dict) and source.get("type") == "content":
-            yield from _text_blocks(source, "content", role)
+            yield from _content_slots(source, "content", role)
 
 
 def turns(body: dict[str, Any]) -> Iterator[tuple[str, list[Slot]]]:
@@ -123,7 +112,7 @@ def turns(body: dict[str, Any]) -> Iterator[tuple[str, list[Slot]]]:
         if described:
             yield "tools", described
     if "system" in body:
-        yield "system", list(_text_blocks(body, "system", "system"))
+        yield "system", list(_content_slots(body, "system", "system"))
     for message in body.get("messages") or ():
         if not isinstance(message, dict):
             continue
@@ -172,18 +161,6 @@ def withhold(body: dict[str, Any], blocked: set[int | None]) -> None:
     body["content"] = content[:first] if isinstance(content, list) else []
     body["stop_reason"] = "refusal"
     body["stop_sequence"] = None
-
-
-def blocked_prompt(names: list[str], results: dict[str, Any]) -> OpenAIError:
-    """A blocked prompt: 400 invalid_request_error (the SDK raises BadRequestError)."""
-    listed = ", ".join(f"'{name}'" for name in names)
-    return OpenAIError(
-        400,
-        f"The prompt was blocked by the gateway's content policy {listed}. "
-        "Please modify your prompt and retry.",
-        code="content_filter",
-        extra={"innererror": {"content_filter_result": results}},
-    )
 
 
 def not_messages_route(route: str) -> OpenAIError:
