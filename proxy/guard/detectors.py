@@ -11,8 +11,14 @@ on every request's text and every streamed window, so:
   candidate positions; "not glued to the left" is then a lookbehind over two chars;
 - a rule may name needles (lower case), one of which must occur in the lower-cased
   text before its regex runs at all: text without "@" costs email one substring test;
-- checksums (Luhn, IBAN mod-97, IP octets via `ipaddress`) and context checks run
-  only on regex candidates.
+- checksums and number rules come from well-kept libraries (python-stdnum: Luhn,
+  IBAN country formats and mod-97, US SSN issuing rules; phonenumbers: possible
+  lengths per country for +international numbers; `ipaddress` for IP octets) and
+  run only on regex candidates. Measured (1 KB prompt, the pii detectors, best of
+  7): text without candidates 45 us either way; one +international phone number
+  62 -> 85 us; six PII items 106 -> 163 us against the former home-made checks.
+  Pass-through requests never scan; a guarded request pays ~5-15 us per candidate,
+  a few percent of its ~340 us, for country-exact validation: the libraries stay.
 """
 
 from __future__ import annotations
@@ -22,6 +28,11 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+import phonenumbers
+from stdnum import iban as stdnum_iban
+from stdnum import luhn
+from stdnum.us import ssn as stdnum_ssn
 
 MAX_SPAN_CHARS = 1024
 """Upper bound on the text one match depends on, for every pattern except PEM
@@ -170,8 +181,17 @@ _PHONE_KW = _compile(
 )
 
 
+_POSSIBLE = phonenumbers.ValidationResult.IS_POSSIBLE
+
+
 def _intl_ok(s: str) -> bool:
-    return 8 <= len(_digits(s)) <= 15  # E.164: at most 15 digits
+    """A length the number's country can have (E.164 and its national plan)."""
+    try:
+        number = phonenumbers.parse(s)
+    except phonenumbers.NumberParseException:
+        return False
+    # Not IS_POSSIBLE_LOCAL_ONLY: "+1 234 5678" lacks the area code a dialled +1 needs.
+    return phonenumbers.is_possible_number_with_reason(number) == _POSSIBLE
 
 
 def _kw_phone_ok(s: str) -> bool:
@@ -191,21 +211,11 @@ _CARD = _compile(
 )
 
 
-def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, c in enumerate(reversed(digits)):
-        d = ord(c) - 48
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
 def _card_ok(s: str) -> bool:
     digits = _digits(s)
     # Issuer ranges 2-6 (Mastercard, Amex/Diners/JCB, Visa, Mastercard/Maestro,
     # Discover/UnionPay) halve Luhn's 1-in-10 false positives on other numbers.
-    return "2" <= digits[0] <= "6" and luhn_ok(digits)
+    return "2" <= digits[0] <= "6" and luhn.is_valid(digits)
 
 
 # --- IBAN --------------------------------------------------------------------------
@@ -229,14 +239,6 @@ _IBAN = _compile(
 )
 
 
-def iban_ok(iban: str) -> bool:
-    """Country length and ISO 7064 mod-97 check of a compact (unspaced) IBAN."""
-    iban = iban.upper()
-    if IBAN_LENGTHS.get(iban[:2]) != len(iban) or not (iban.isascii() and iban.isalnum()):
-        return False
-    return int("".join(str(int(c, 36)) for c in iban[4:] + iban[:4])) % 97 == 1
-
-
 def _iban_check(m: re.Match[str]) -> tuple[int, int] | None:
     text, start = m.string, m.start()
     need = IBAN_LENGTHS.get(text[start : start + 2])
@@ -251,7 +253,7 @@ def _iban_check(m: re.Match[str]) -> tuple[int, int] | None:
     if count < need or (end < m.end() and text[end] not in _SP):
         return None
     compact = "".join(c for c in text[start:end] if c not in _SP)
-    return (start, end) if iban_ok(compact) else None
+    return (start, end) if stdnum_iban.is_valid(compact) else None
 
 
 # --- US SSN ------------------------------------------------------------------------
@@ -273,9 +275,9 @@ _SSN_KW = _compile(
 
 
 def ssn_ok(s: str) -> bool:
-    """Never issued: area 000, 666 or 900-999; group 00; serial 0000."""
-    d = _digits(s)
-    return d[:3] not in ("000", "666") and d[0] != "9" and d[3:5] != "00" and d[5:] != "0000"
+    """Issuable: not area 000, 666 or 900-999, group 00, serial 0000, nor a number
+    known to be published (python-stdnum's rules)."""
+    return stdnum_ssn.is_valid(_digits(s))
 
 
 # --- IP addresses ------------------------------------------------------------------

@@ -142,6 +142,8 @@ def test_phone_found(text: str, expected: str) -> None:
         "415-555-2671-9 is a part number",
         "a long run 41555526710000",
         "the cell at row 12 column 3",
+        "dial +1 234 5678",  # too short for +1 (phonenumbers' per-country lengths)
+        "dial +44 20 79",  # too short for the UK
     ],
 )
 def test_phone_near_misses(text: str) -> None:
@@ -247,6 +249,7 @@ def test_ssn_found(text: str, expected: str) -> None:
         "987-65-4321",
         "123-00-4567",  # group 00
         "123-45-0000",  # serial 0000
+        "078-05-1120",  # published on a wallet insert, never a person's (python-stdnum)
         "SSN: 000123456",
         "ref 536221234",  # nine bare digits without the word
         "536-22-1234-5",
