@@ -129,7 +129,7 @@ class ProxyHandler:
         self, ex: Exchange, scope: dict, headers: dict, receive: Any, send: Sender
     ) -> None:
         anthropic = ex.endpoint in anthropic_api.ENDPOINTS
-        api_key = headers.get(b"x-api-key" if anthropic else b"api-key")
+        api_key = headers.get(b"api-key") or headers.get(b"x-api-key")  # Azure's, Anthropic's
         tenant = self.gw.tenancy.authenticate(bearer_token(headers.get(b"authorization"), api_key))
         if tenant is None:
             raise OpenAIError(

@@ -234,8 +234,6 @@ def test_gateway_errors_use_anthropic_error_shapes(make_gateway, messages_upstre
         "code": "guard_unavailable",
     }
     classifier[0].mode = "ok"
-    with pytest.raises(anthropic.APITimeoutError):  # the SDK's own timeout first
-        client.messages.create(model="claude-hang", max_tokens=8, messages=user("x"), timeout=0.5)
     with pytest.raises(anthropic.APIStatusError) as err:
         client.messages.create(model="claude-hang", max_tokens=8, messages=user("x"))
     assert err.value.status_code == 504 and err.value.body["error"]["type"] == "timeout_error"
@@ -243,6 +241,9 @@ def test_gateway_errors_use_anthropic_error_shapes(make_gateway, messages_upstre
     with pytest.raises(anthropic.RateLimitError) as err:
         client.messages.create(model="claude-fail-429", max_tokens=8, messages=user("x"))
     assert err.value.body["error"]["message"] == "scripted failure 429"
+    records = audit_records(gw, 6)  # every tenant's request (the wrong key has none)
+    assert {r["endpoint"] for r in records} == {"/v1/messages"}
+    assert [r["status"] for r in records] == [404, 413, 400, 503, 504, 429]
 
 
 def test_unreachable_upstream_is_502_in_anthropic_shape(make_gateway, messages_upstream):
@@ -255,6 +256,13 @@ def test_unreachable_upstream_is_502_in_anthropic_shape(make_gateway, messages_u
     )
     assert reply.status_code == 502 and error_of(reply)["type"] == "api_error"
     assert reply.headers["x-request-id"]
+
+
+def test_models_list_reaches_a_messages_upstream_with_its_key(make_gateway, messages_upstream):
+    gw = claude_gateway(make_gateway, messages_upstream, claude={})  # acme's first route
+    models = sdk(gw).models.list()  # the SDK sends x-api-key to GET /v1/models
+    assert [m.id for m in models.data] == ["claude-fake"]
+    assert messages_upstream[0].requests[-1].headers["x-api-key"] == CLAUDE_KEY
 
 
 def test_openai_endpoints_refuse_a_messages_route(make_gateway, messages_upstream):

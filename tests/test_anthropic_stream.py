@@ -160,3 +160,13 @@ def test_guard_failure_mid_stream_is_an_error_event_the_sdk_raises(
         ) as stream,
     ):
         "".join(stream.text_stream)
+
+
+def test_passthrough_streams_flow_and_are_judged_for_the_record(make_gateway, messages_upstream):
+    output = {**VIOLENCE["output"], "stream": "passthrough"}
+    gw = claude_gateway(make_gateway, messages_upstream, claude={"output": output})
+    found = events(gw, "claude-1", "say: we kill them all")
+    assert released(found, "text_delta") == "we kill them all"
+    assert found[-2][1]["delta"]["stop_reason"] == "end_turn"
+    record = audit_records(gw)[0]
+    assert record["decision"] == "annotate" and record["content"]["output"] == "we kill them all"
