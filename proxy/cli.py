@@ -56,6 +56,15 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from proxy.config import config_schema
+
+    print(json.dumps(config_schema(), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from proxy import audit_cli
     from proxy.workbench import cli as workbench_cli
@@ -81,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config and its policies")
     check.add_argument("--config", default=DEFAULT_CONFIG)
     check.set_defaults(func=_check_config)
+
+    config_cmd = commands.add_parser("config", help="config file tools")
+    config_sub = config_cmd.add_subparsers(dest="config_command", required=True, metavar="{schema}")
+    schema = config_sub.add_parser(
+        "schema",
+        help="print the config file's JSON Schema (for editors' YAML plugins)",
+    )
+    schema.set_defaults(func=_config_schema)
 
     workbench_cli.register(commands)
     audit_cli.register(commands)

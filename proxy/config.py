@@ -1,7 +1,12 @@
 """Gateway configuration: YAML with `${VAR}` / `${VAR:-default}` expansion, validated once.
 
+The types below are pydantic dataclasses: validated when built, frozen and slotted, so the
+request path reads plain slot attributes. Measured (timeit, loaded 2-core machine): 12-13 ns
+per attribute read, the same as a stdlib slotted dataclass; a frozen pydantic BaseModel
+costs 32-33 ns, hence dataclasses.
 Invalid config is refused with one ConfigError whose message names the key, e.g.
 `routes.default.input.mode: must be one of parallel, sequential (got 'fast')`.
+`config_schema()` is the JSON Schema of the file (for editors' YAML plugins).
 """
 
 from __future__ import annotations
@@ -9,13 +14,27 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import ArgsKwargs, PydanticCustomError
 
 DEV_KEY = "sk-safeguard-dev"  # built-in development key of the default config
 
@@ -32,52 +51,233 @@ def host_port(url: str) -> tuple[str, int]:
     return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
-@dataclass(frozen=True, slots=True)
-class Server:
+def _refuse(message: str, key: str | None = None) -> PydanticCustomError:
+    """A validation error carrying our own one-line message; `key` names a child of the
+    location pydantic reports (a validator of a whole mapping blaming one of its keys)."""
+    return PydanticCustomError("config", "{message}", {"message": message, "key": key})
+
+
+# --- scalar types: `${VAR}` expansions are strings, so numbers and booleans accept them ------
+
+_ENV_REF = {"type": "string", "pattern": r"\$\{"}  # an unexpanded reference, for the schema
+
+
+def _scalar(kind: type, schema: dict[str, Any]) -> Any:
+    name = kind.__name__
+
+    def coerce(value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if kind is bool and text.lower() in ("true", "false"):
+                return text.lower() == "true"
+            if kind is not bool:
+                try:
+                    return kind(text)
+                except ValueError:
+                    pass
+        elif isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+            return value
+        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        raise _refuse(f"must be {name} (got {value!r})")
+
+    return Annotated[kind, PlainValidator(coerce), WithJsonSchema({"anyOf": [schema, _ENV_REF]})]
+
+
+Int = _scalar(int, {"type": "integer"})
+Float = _scalar(float, {"type": "number"})
+Bool = _scalar(bool, {"type": "boolean"})
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    """A list of strings; empty ones (unset `${VAR}`) are dropped."""
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise _refuse("must be a list of strings")
+    return tuple(v for v in value if v)
+
+
+Keys = Annotated[tuple[str, ...], BeforeValidator(_strings)]
+Name = SkipJsonSchema[str]  # filled from the mapping key the entry sits under
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+def _section(cls: type) -> type:
+    """A frozen, slotted pydantic dataclass that refuses unknown keys by name."""
+    return dataclass(frozen=True, slots=True, config=_STRICT)(cls)
+
+
+def _keyword_section(cls: type) -> type:
+    """A section whose required settings follow optional ones: built by keyword only."""
+    return dataclass(frozen=True, slots=True, kw_only=True, config=_STRICT)(cls)
+
+
+class _Keyed:
+    """Before validation of a mapping: refuse unknown keys listing the known ones, and read
+    an empty value (`key:` or an unset `${VAR}`) of an optional setting as its default."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prepare(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            if isinstance(data, ArgsKwargs | cls):
+                return data  # built in code, not read from a file
+            raise _refuse(f"must be a mapping (got {type(data).__name__})")
+        fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        known = [n for n in fields if n != "name" and n != "source"]
+        for key in data:
+            if key not in known and not (key == "name" and "name" in fields):
+                raise _refuse(f"unknown key (expected one of {', '.join(known)})", str(key))
+        return {
+            key: value
+            for key, value in data.items()
+            if value is not None and not (value == "" and _has_default(fields[key]))
+        }
+
+
+def _has_default(field: Any) -> bool:
+    return field.default is not MISSING or field.default_factory is not MISSING
+
+
+def _http_url(value: str) -> str:
+    value = value.rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise _refuse(f"must be an http(s) URL (got {value!r})")
+    return value
+
+
+Url = Annotated[
+    str,
+    PlainValidator(lambda v: _http_url(_str(v))),
+    WithJsonSchema({"type": "string", "pattern": r"^(https?://|\$\{)"}),
+]
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _refuse(f"must be str (got {value!r})")
+    return value
+
+
+_SHA256_KEY = re.compile(r"sha256:[0-9a-fA-F]{64}")
+
+
+def _check_keys(key: str, keys: tuple[str, ...]) -> None:
+    if any(k.startswith("sha256:") and not _SHA256_KEY.fullmatch(k) for k in keys):
+        raise _refuse("a sha256: key must carry 64 hex digits", key)
+
+
+def key_digest(key: str) -> bytes:
+    """The sha256 digest a key is stored and compared as (`sha256:<hex>` keys are digests)."""
+    if key.startswith("sha256:"):
+        return bytes.fromhex(key[7:])
+    return hashlib.sha256(key.encode()).digest()
+
+
+# --- the sections -------------------------------------------------------------------------
+
+
+@_section
+class Server(_Keyed):
     host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 1
-    max_body_bytes: int = 4 * 1024 * 1024
+    port: Int = 8080
+    workers: Int = 1
+    max_body_bytes: Int = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    name: str
-    base_url: str
+def _headers(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _refuse("must be a mapping")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+@_keyword_section
+class Upstream(_Keyed):
+    name: Name = ""
+    base_url: Url
     api_key: str = ""
-    timeout_s: float = 600.0
-    connect_timeout_s: float = 10.0
-    headers: Mapping[str, str] = field(default_factory=dict)
-    api: str = "openai"  # the wire format it speaks: openai | anthropic (Messages API)
+    timeout_s: Float = 600.0
+    connect_timeout_s: Float = 10.0
+    headers: Annotated[
+        Mapping[str, str],
+        BeforeValidator(_headers),
+        WithJsonSchema({"type": "object", "additionalProperties": {"type": "string"}}),
+    ] = Field(default_factory=dict)
+    api: Literal["openai", "anthropic"] = "openai"  # its wire format (anthropic: Messages API)
 
 
-@dataclass(frozen=True, slots=True)
-class Classifier:
-    base_url: str = "http://127.0.0.1:30000/v1"
+Effort = Literal["low", "medium", "high"]
+
+
+@_section
+class Classifier(_Keyed):
+    base_url: Url = "http://127.0.0.1:30000/v1"
     model: str = "openai/gpt-oss-safeguard-20b"
-    reasoning_effort: str = "low"
-    timeout_s: float = 20.0
+    reasoning_effort: Effort = "low"
+    timeout_s: Float = 20.0
     api_key: str = ""
-    cache_ttl_s: float = 3600.0
-    cache_size: int = 10_000
+    cache_ttl_s: Float = 3600.0
+    cache_size: Int = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyRef:
+Action = Literal["block", "redact", "annotate", "log"]
+
+
+@_section
+class PolicyRef(_Keyed):
     id: str
-    action: str | None = None  # overrides the policy's own default action
+    action: Action | None = None  # overrides the policy's own default action
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_id(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"id": data}
+        if isinstance(data, dict) and isinstance(data.get("id"), str):
+            return data
+        if isinstance(data, ArgsKwargs | cls):
+            return data
+        raise _refuse("must be a policy id or {id: ..., action: ...}")
 
 
-@dataclass(frozen=True, slots=True)
-class Side:
-    policies: tuple[PolicyRef, ...] = ()
-    shadow: tuple[PolicyRef, ...] = ()
-    mode: str = "sequential"  # input: parallel | sequential
-    stream: str = "window"  # output: window | buffer | passthrough
-    window_chars: int = 400
-    overlap_chars: int = 120
-    window_ms: int = 1000  # the longest text waits in a window before it is checked
-    thinking: bool = False  # output: also guard Anthropic `thinking` blocks
+def _policy_list(value: Any) -> Any:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise _refuse("must be a list of policy ids or {id, action}")
+    return value
+
+
+_REF_SCHEMA = {
+    "anyOf": [
+        {"type": "string"},
+        {
+            "type": "object",
+            "properties": {"id": {"type": "string"}, "action": {"enum": list(Action.__args__)}},
+            "required": ["id"],
+            "additionalProperties": False,
+        },
+    ]
+}
+Refs = Annotated[
+    tuple[PolicyRef, ...],
+    BeforeValidator(_policy_list),
+    WithJsonSchema({"type": "array", "items": _REF_SCHEMA}),
+]
+
+
+@_section
+class Side(_Keyed):
+    """What both sides of a route have: the enforced and the shadow policies."""
+
+    policies: Refs = ()
+    shadow: Refs = ()
 
     @property
     def guarded(self) -> bool:
@@ -85,61 +285,236 @@ class Side:
         return bool(self.policies or self.shadow)
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
-    name: str
+@_section
+class InputSide(Side):
+    mode: Literal["parallel", "sequential"] = "sequential"
+
+
+@_section
+class OutputSide(Side):
+    stream: Literal["window", "buffer", "passthrough"] = "window"
+    window_chars: Int = 400
+    overlap_chars: Int = 120
+    window_ms: Int = 1000  # the longest text waits in a window before it is checked
+    thinking: Bool = False  # Anthropic answers: guard `thinking` blocks too
+
+    def __post_init__(self) -> None:
+        if self.window_ms < 10:
+            raise _refuse("must be at least 10", "window_ms")
+        if self.window_chars < 16:
+            raise _refuse("must be at least 16", "window_chars")
+        if not 0 <= self.overlap_chars < self.window_chars:
+            raise _refuse("must be between 0 and window_chars", "overlap_chars")
+
+
+@_keyword_section
+class Route(_Keyed):
+    name: Name = ""
     upstream: str
-    input: Side = Side()
-    output: Side = Side()
-    fail: str = "closed"  # classifier unusable: closed | open
+    input: InputSide = InputSide()
+    output: OutputSide = OutputSide()
+    fail: Literal["closed", "open"] = "closed"  # classifier unusable: closed | open
 
 
-@dataclass(frozen=True, slots=True)
-class Tenant:
-    name: str
-    keys: tuple[str, ...]
+def _model_routes(value: Any) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if isinstance(value, tuple):
+        return value
+    if not isinstance(value, dict):
+        raise _refuse("must map model globs to route names")
+    return tuple((str(glob), str(route)) for glob, route in value.items())
+
+
+@_section
+class Tenant(_Keyed):
+    name: Name = ""
+    keys: Keys = ()
     route: str | None = None
-    routes: tuple[tuple[str, str], ...] = ()  # (model glob, route), first match wins
+    routes: Annotated[
+        tuple[tuple[str, str], ...],  # (model glob, route), first match wins
+        BeforeValidator(_model_routes),
+        WithJsonSchema({"type": "object", "additionalProperties": {"type": "string"}}),
+    ] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Audit:
+@_section
+class Admin(_Keyed):
+    keys: Keys = ()
+
+    def __post_init__(self) -> None:
+        _check_keys("keys", self.keys)
+
+
+@_section
+class Audit(_Keyed):
     path: str = "data/audit.db"
-    content: str = "redacted"  # full | redacted | hash | none
-    enabled: bool = True
-    queue_size: int = 10_000
-    batch_size: int = 256
-    flush_interval_s: float = 0.2
+    content: Literal["full", "redacted", "hash", "none"] = "redacted"
+    enabled: Bool = True
+    queue_size: Int = 10_000
+    batch_size: Int = 256
+    flush_interval_s: Float = 0.2
     spill_path: str | None = None  # default: <path>.spill.jsonl
 
 
-@dataclass(frozen=True, slots=True)
-class Telemetry:
-    traces: str = "none"  # none | console | otlp
-    metrics: str = "prometheus"  # none | prometheus | otlp
+@_section
+class Telemetry(_Keyed):
+    traces: Literal["none", "console", "otlp"] = "none"
+    metrics: Literal["none", "prometheus", "otlp"] = "prometheus"
     service_name: str = "safeguard-gateway"
-    sample_ratio: float = 1.0  # head sampling of new traces (OTEL_TRACES_SAMPLER wins)
+    sample_ratio: Float = 1.0  # head sampling of new traces (OTEL_TRACES_SAMPLER wins)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample_ratio <= 1.0:
+            raise _refuse("must be between 0 and 1", "sample_ratio")
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
-    server: Server
-    upstreams: Mapping[str, Upstream]
-    classifier: Classifier
-    policies_dir: str
-    tenants: Mapping[str, Tenant]
-    routes: Mapping[str, Route]
-    admin_keys: tuple[str, ...] = ()
+def _named(kind: str) -> Callable[[Any], Any]:
+    """A mapping of named entries: at least one, each told its own name."""
+
+    def check(value: Any) -> Any:
+        if not value:
+            raise _refuse(f"at least one {kind} is required")
+        if not isinstance(value, dict):
+            raise _refuse(f"must be a mapping (got {type(value).__name__})")
+        named = {}
+        for key, entry in value.items():
+            if isinstance(entry, dict) and "name" in entry:
+                raise _refuse("unknown key (an entry's name is its key)", f"{key}.name")
+            named[str(key)] = {**entry, "name": str(key)} if isinstance(entry, dict) else entry
+        return named
+
+    return check
+
+
+@_keyword_section
+class Config(_Keyed):
+    server: Server = Server()
+    upstreams: Annotated[Mapping[str, Upstream], BeforeValidator(_named("upstream"))]
+    classifier: Classifier = Classifier()
+    policies_dir: str = "policies"
+    tenants: Annotated[Mapping[str, Tenant], BeforeValidator(_named("tenant"))]
+    routes: Annotated[Mapping[str, Route], BeforeValidator(_named("route"))]
+    admin: Admin = Admin()
     audit: Audit = Audit()
     telemetry: Telemetry = Telemetry()
-    source: str | None = None  # the file it was read from
+    source: SkipJsonSchema[str | None] = None  # the file it was read from
+
+    @property
+    def admin_keys(self) -> tuple[str, ...]:
+        return self.admin.keys
 
     @property
     def uses_dev_key(self) -> bool:
         return any(DEV_KEY in t.keys for t in self.tenants.values())
 
+    def __post_init__(self) -> None:
+        _check_references(self)
+
+
+def _check_references(config: Config) -> None:
+    """What one section cannot check alone: names that point at other sections, keys."""
+    upstreams = ", ".join(config.upstreams)
+    for route in config.routes.values():
+        if route.upstream not in config.upstreams:
+            key = f"routes.{route.name}.upstream"
+            raise _refuse(f"names no upstream (have {upstreams})", key)
+    seen: dict[bytes, str] = {}
+    for tenant in config.tenants.values():
+        key = f"tenants.{tenant.name}"
+        if not tenant.keys:
+            raise _refuse("needs at least one non-empty key", f"{key}.keys")
+        _check_keys(f"{key}.keys", tenant.keys)
+        for digest in map(key_digest, tenant.keys):
+            if digest in seen:
+                raise _refuse(f"a key is shared with tenant {seen[digest]!r}", f"{key}.keys")
+            seen[digest] = tenant.name
+        if tenant.route is None and not tenant.routes:
+            raise _refuse("a tenant needs `route` or `routes`", f"{key}.route")
+        if tenant.route is not None and tenant.route not in config.routes:
+            raise _refuse(f"names no route {tenant.route!r}", f"{key}.route")
+        for glob, name in tenant.routes:
+            if name not in config.routes:
+                raise _refuse(f"names no route {name!r} (glob {glob!r})", f"{key}.routes")
+
+
+# --- reading: errors as one line naming the key ---------------------------------------------
+
+_ADAPTER = TypeAdapter(Config)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    key = ""
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        else:
+            key += f".{part}" if key else str(part)
+    return key
+
+
+def _problem(error: Any) -> tuple[str, str]:
+    """(dotted key, problem) of pydantic's first error, in this module's words."""
+    loc, kind, ctx, value = error["loc"], error["type"], error.get("ctx") or {}, error["input"]
+    if kind == "config":
+        extra = ctx.get("key")
+        return _dotted(loc) + ("." if extra and loc else "") + (extra or ""), ctx["message"]
+    key = _dotted(loc)
+    if kind == "missing":
+        return key, "is required"
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", ctx.get("expected", ""))
+        return key, f"must be one of {', '.join(choices)} (got {value!r})"
+    if kind in ("dict_type", "dataclass_type", "mapping_type"):
+        return key, f"must be a mapping (got {type(value).__name__})"
+    if kind == "string_type":
+        return key, f"must be str (got {value!r})"
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        return key, "unknown key"
+    return key, error["msg"][0].lower() + error["msg"][1:]
+
+
+def parse_config(data: Any, *, source: str | None = None) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("", f"the config must be a mapping (got {type(data).__name__})")
+    try:
+        config = _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(*_problem(exc.errors()[0])) from None
+    object.__setattr__(config, "source", source)  # frozen: set once, before anyone sees it
+    return config
+
+
+@cache
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of a config file, as `safeguard-gateway config schema` prints it."""
+    schema = _env_refs_allowed(_ADAPTER.json_schema())
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Safeguard Gateway config",
+        **{k: v for k, v in schema.items() if k != "title"},
+    }
+
+
+def _env_refs_allowed(node: Any) -> Any:
+    """Every choice may also be written as a `${VAR}` reference."""
+    if isinstance(node, list):
+        return [_env_refs_allowed(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _env_refs_allowed(value) for key, value in node.items()}
+    if "enum" in node or "const" in node:
+        notes = {k: node.pop(k) for k in ("default", "title", "description") if k in node}
+        return {"anyOf": [node, _ENV_REF], **notes}
+    return node
+
+
+# --- ${VAR} expansion and YAML ---------------------------------------------------------------
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_PLACEHOLDER = re.compile(r"__SAFEGUARD_ENV_(\d+)__")
 
 
 def expand_env(text: str, env: Mapping[str, str]) -> str:
@@ -153,28 +528,12 @@ def expand_env(text: str, env: Mapping[str, str]) -> str:
     return _VAR.sub(sub, text)
 
 
-REQUIRED: Any = object()
-
-
-def _coerce(value: Any, kind: type) -> Any:
-    """Numbers and booleans written as strings (as `${VAR}` expansions are) become typed."""
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str) and kind in (int, float):
-        try:
-            return kind(value.strip())
-        except ValueError:
-            return value
-    if kind is bool and isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    return value
-
-
 def _load_yaml_with_env(text: str, env: Mapping[str, str]) -> Any:
     """Parse YAML with each `${...}` standing in as a plain placeholder, then expand the
     placeholders inside the parsed strings: the references work anywhere (flow mappings
     included) and a value is never re-read as YAML, so `#`, `:` or digits in a secret
-    stay exactly as they are."""
+    stay exactly as they are. The placeholders keep the lines where they are, so a YAML
+    error's line is the file's line."""
     references: list[str] = []
 
     def hold(match: re.Match[str]) -> str:
@@ -193,280 +552,16 @@ def _load_yaml_with_env(text: str, env: Mapping[str, str]) -> Any:
     return expand(yaml.safe_load(_VAR.sub(hold, text)))
 
 
-_SHA256_KEY = re.compile(r"sha256:[0-9a-fA-F]{64}")
-
-
-def key_digest(key: str) -> bytes:
-    """The sha256 digest a key is stored and compared as (`sha256:<hex>` keys are digests)."""
-    if key.startswith("sha256:"):
-        return bytes.fromhex(key[7:])
-    return hashlib.sha256(key.encode()).digest()
-
-
-def _check_keys(path: str, keys: tuple[str, ...]) -> None:
-    if any(k.startswith("sha256:") and not _SHA256_KEY.fullmatch(k) for k in keys):
-        raise ConfigError(path, "a sha256: key must carry 64 hex digits")
-
-
-_PLACEHOLDER = re.compile(r"__SAFEGUARD_ENV_(\d+)__")
-
-
-class _Reader:
-    """Walks the raw mapping, tracking the dotted key path for error messages."""
-
-    def __init__(self, data: Any, key: str) -> None:
-        self.data = data if data is not None else {}
-        self.key = key
-        if not isinstance(self.data, dict):
-            raise ConfigError(key, f"must be a mapping (got {type(data).__name__})")
-
-    def child(self, name: str) -> _Reader:
-        return _Reader(self.data.get(name), self._path(name))
-
-    def _path(self, name: str) -> str:
-        return f"{self.key}.{name}" if self.key else name
-
-    def only(self, *allowed: str) -> None:
-        for name in self.data:
-            if name not in allowed:
-                raise ConfigError(
-                    self._path(str(name)), f"unknown key (expected one of {', '.join(allowed)})"
-                )
-
-    def get(self, name: str, kind: type, default: Any = REQUIRED, choices: tuple = ()) -> Any:
-        value = self.data.get(name)
-        if value is None or (value == "" and default is not REQUIRED):  # unset ${VAR}
-            if default is REQUIRED:
-                raise ConfigError(self._path(name), "is required")
-            return default
-        value = _coerce(value, kind)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(self._path(name), f"must be {kind.__name__} (got {value!r})")
-        if choices and value not in choices:
-            raise ConfigError(
-                self._path(name), f"must be one of {', '.join(choices)} (got {value!r})"
-            )
-        return value
-
-    def strings(self, name: str) -> tuple[str, ...]:
-        value = self.data.get(name) or []
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(self._path(name), "must be a list of strings")
-        return tuple(value)
-
-
-def _policy_refs(side: _Reader, name: str) -> tuple[PolicyRef, ...]:
-    raw = side.data.get(name) or []
-    if not isinstance(raw, list):
-        raise ConfigError(side._path(name), "must be a list of policy ids or {id, action}")
-    refs = []
-    for i, item in enumerate(raw):
-        key = f"{side._path(name)}[{i}]"
-        if isinstance(item, str):
-            refs.append(PolicyRef(item))
-        elif isinstance(item, dict) and isinstance(item.get("id"), str):
-            entry = _Reader(item, key)
-            entry.only("id", "action")
-            refs.append(
-                PolicyRef(
-                    item["id"],
-                    entry.get("action", str, None, ("block", "redact", "annotate", "log")),
-                )
-            )
-        else:
-            raise ConfigError(key, "must be a policy id or {id: ..., action: ...}")
-    return tuple(refs)
-
-
-def _side(r: _Reader, *, output: bool) -> Side:
-    r.only(
-        "policies",
-        "shadow",
-        "mode",
-        "stream",
-        "window_chars",
-        "overlap_chars",
-        "window_ms",
-        *(("thinking",) if output else ()),
-    )
-    side = Side(
-        policies=_policy_refs(r, "policies"),
-        shadow=_policy_refs(r, "shadow"),
-        mode=r.get("mode", str, "sequential", ("parallel", "sequential")),
-        stream=r.get("stream", str, "window", ("window", "buffer", "passthrough")),
-        window_chars=r.get("window_chars", int, 400),
-        overlap_chars=r.get("overlap_chars", int, 120),
-        window_ms=r.get("window_ms", int, 1000),
-        thinking=r.get("thinking", bool, False) if output else False,
-    )
-    if side.window_ms < 10:
-        raise ConfigError(r._path("window_ms"), "must be at least 10")
-    if side.window_chars < 16:
-        raise ConfigError(r._path("window_chars"), "must be at least 16")
-    if not 0 <= side.overlap_chars < side.window_chars:
-        raise ConfigError(r._path("overlap_chars"), "must be between 0 and window_chars")
-    return side
-
-
-def parse_config(data: Any, *, source: str | None = None) -> Config:
-    root = _Reader(data, "")
-    root.only(
-        "server",
-        "upstreams",
-        "classifier",
-        "policies_dir",
-        "tenants",
-        "routes",
-        "admin",
-        "audit",
-        "telemetry",
-    )
-
-    s = root.child("server")
-    s.only("host", "port", "workers", "max_body_bytes")
-    server = Server(
-        host=s.get("host", str, "127.0.0.1"),
-        port=s.get("port", int, 8080),
-        workers=s.get("workers", int, 1),
-        max_body_bytes=s.get("max_body_bytes", int, 4 * 1024 * 1024),
-    )
-
-    upstreams: dict[str, Upstream] = {}
-    ups = root.child("upstreams")
-    if not ups.data:
-        raise ConfigError("upstreams", "at least one upstream is required")
-    for name in ups.data:
-        u = ups.child(name)
-        u.only("base_url", "api_key", "timeout_s", "connect_timeout_s", "headers", "api")
-        base_url = u.get("base_url", str).rstrip("/")
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(u._path("base_url"), f"must be an http(s) URL (got {base_url!r})")
-        headers = u.data.get("headers") or {}
-        if not isinstance(headers, dict):
-            raise ConfigError(u._path("headers"), "must be a mapping")
-        upstreams[name] = Upstream(
-            name=name,
-            base_url=base_url,
-            api_key=u.get("api_key", str, ""),
-            timeout_s=u.get("timeout_s", float, 600.0),
-            connect_timeout_s=u.get("connect_timeout_s", float, 10.0),
-            headers={str(k): str(v) for k, v in headers.items()},
-            api=u.get("api", str, "openai", ("openai", "anthropic")),
-        )
-
-    c = root.child("classifier")
-    c.only(
-        "base_url", "model", "reasoning_effort", "timeout_s", "api_key", "cache_ttl_s", "cache_size"
-    )
-    classifier = Classifier(
-        base_url=c.get("base_url", str, "http://127.0.0.1:30000/v1").rstrip("/"),
-        model=c.get("model", str, "openai/gpt-oss-safeguard-20b"),
-        reasoning_effort=c.get("reasoning_effort", str, "low", ("low", "medium", "high")),
-        timeout_s=c.get("timeout_s", float, 20.0),
-        api_key=c.get("api_key", str, ""),
-        cache_ttl_s=c.get("cache_ttl_s", float, 3600.0),
-        cache_size=c.get("cache_size", int, 10_000),
-    )
-
-    routes: dict[str, Route] = {}
-    rs = root.child("routes")
-    if not rs.data:
-        raise ConfigError("routes", "at least one route is required")
-    for name in rs.data:
-        r = rs.child(name)
-        r.only("upstream", "input", "output", "fail")
-        upstream = r.get("upstream", str)
-        if upstream not in upstreams:
-            raise ConfigError(
-                r._path("upstream"), f"names no upstream (have {', '.join(upstreams)})"
-            )
-        routes[name] = Route(
-            name=name,
-            upstream=upstream,
-            input=_side(r.child("input"), output=False),
-            output=_side(r.child("output"), output=True),
-            fail=r.get("fail", str, "closed", ("closed", "open")),
-        )
-
-    tenants: dict[str, Tenant] = {}
-    ts = root.child("tenants")
-    if not ts.data:
-        raise ConfigError("tenants", "at least one tenant is required")
-    seen_keys: dict[bytes, str] = {}
-    for name in ts.data:
-        t = ts.child(name)
-        t.only("keys", "route", "routes")
-        keys = tuple(k for k in t.strings("keys") if k)
-        if not keys:
-            raise ConfigError(t._path("keys"), "needs at least one non-empty key")
-        _check_keys(t._path("keys"), keys)
-        for key in keys:
-            digest = key_digest(key)
-            if digest in seen_keys:
-                raise ConfigError(
-                    t._path("keys"), f"a key is shared with tenant {seen_keys[digest]!r}"
-                )
-            seen_keys[digest] = name
-        route = t.get("route", str, None)
-        if route is not None and route not in routes:
-            raise ConfigError(t._path("route"), f"names no route {route!r}")
-        by_model_raw = t.data.get("routes") or {}
-        if not isinstance(by_model_raw, dict):
-            raise ConfigError(t._path("routes"), "must map model globs to route names")
-        by_model = tuple((str(g), str(rn)) for g, rn in by_model_raw.items())
-        if route is None and not by_model:
-            raise ConfigError(t._path("route"), "a tenant needs `route` or `routes`")
-        for glob, route_name in by_model:
-            if route_name not in routes:
-                raise ConfigError(
-                    t._path("routes"),
-                    f"names no route {route_name!r} (glob {glob!r})",
-                )
-        tenants[name] = Tenant(name=name, keys=keys, route=route, routes=by_model)
-
-    a = root.child("admin")
-    a.only("keys")
-    admin_keys = tuple(k for k in a.strings("keys") if k)
-    _check_keys("admin.keys", admin_keys)
-
-    au = root.child("audit")
-    au.only(
-        "path", "content", "enabled", "queue_size", "batch_size", "flush_interval_s", "spill_path"
-    )
-    audit = Audit(
-        path=au.get("path", str, "data/audit.db"),
-        content=au.get("content", str, "redacted", ("full", "redacted", "hash", "none")),
-        enabled=au.get("enabled", bool, True),
-        queue_size=au.get("queue_size", int, 10_000),
-        batch_size=au.get("batch_size", int, 256),
-        flush_interval_s=au.get("flush_interval_s", float, 0.2),
-        spill_path=au.get("spill_path", str, None),
-    )
-
-    te = root.child("telemetry")
-    te.only("traces", "metrics", "service_name", "sample_ratio")
-    telemetry = Telemetry(
-        traces=te.get("traces", str, "none", ("none", "console", "otlp")),
-        metrics=te.get("metrics", str, "prometheus", ("none", "prometheus", "otlp")),
-        service_name=te.get("service_name", str, "safeguard-gateway"),
-        sample_ratio=te.get("sample_ratio", float, 1.0),
-    )
-
-    if not 0.0 <= telemetry.sample_ratio <= 1.0:
-        raise ConfigError("telemetry.sample_ratio", "must be between 0 and 1")
-
-    return Config(
-        server=server,
-        upstreams=upstreams,
-        classifier=classifier,
-        policies_dir=root.get("policies_dir", str, "policies"),
-        tenants=tenants,
-        routes=routes,
-        admin_keys=admin_keys,
-        audit=audit,
-        telemetry=telemetry,
-        source=source,
-    )
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's own message on one line, each part with the line it is about."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return str(exc).replace("\n", " ")
+    parts = []
+    for text, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark)):
+        if text:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            parts.append(f"{text}{where}")
+    return "; ".join(parts)
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -481,5 +576,5 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError("", f"{path}: not valid YAML{where}") from None
+        raise ConfigError("", f"{path}: not valid YAML{where}: {yaml_problem(exc)}") from None
     return parse_config(data, source=str(path))

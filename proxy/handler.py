@@ -19,7 +19,7 @@ import orjson
 
 from proxy import anthropic_api
 from proxy.anthropic_api import COUNT_TOKENS, MESSAGES
-from proxy.config import Side, host_port
+from proxy.config import OutputSide, host_port
 from proxy.exchange import Exchange, json_or_none, since
 from proxy.gateway import Gateway
 from proxy.guard.engine import Outcome, SideResult, worse
@@ -52,7 +52,7 @@ from proxy.upstream import UpstreamError, UpstreamResponse
 
 log = logging.getLogger("proxy")
 
-WATCH_ONLY = Side(stream="passthrough")
+WATCH_ONLY = OutputSide(stream="passthrough")
 # Request ids: a random per-process prefix and a counter (unique across workers, no
 # syscall per request).
 _ID_PREFIX = os.urandom(10).hex()

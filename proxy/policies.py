@@ -101,7 +101,8 @@ def load_policies(directory: str | Path) -> dict[str, Policy]:
     """Load every `*.md` in a directory; any broken file fails the whole load."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise PolicyError(f"{directory}: policies_dir is not a directory")
+        where = "" if directory.is_absolute() else f" (resolved from {Path.cwd()})"
+        raise PolicyError(f"{directory.absolute()}: policies_dir is not a directory{where}")
     policies: dict[str, Policy] = {}
     for path in sorted(directory.glob("*.md")):
         policy = load_policy(path)

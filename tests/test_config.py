@@ -131,7 +131,35 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     path.write_text("server:\n  host: 127.0.0.1\n  port: 8080\nupstreams:\n  main: url: x\n")
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
-    assert str(info.value) == f"{path}: not valid YAML (line 5)"
+    assert str(info.value) == (
+        f"{path}: not valid YAML (line 5): mapping values are not allowed here (line 5, column 12)"
+    )
+
+
+def test_invalid_yaml_names_where_an_unclosed_bracket_opened(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text("server: {host: 127.0.0.1\n\nupstreams:\n  main: {base_url: x}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    message = str(info.value)
+    assert "\n" not in message
+    assert "while parsing a flow mapping (line 1, column 9)" in message
+    assert "expected ',' or '}'" in message
+
+
+@pytest.mark.parametrize(
+    ("side", "key", "known"),
+    [
+        ("input", "stream", "policies, shadow, mode"),
+        ("input", "window_chars", "policies, shadow, mode"),
+        ("output", "mode", "policies, shadow, stream, window_chars"),
+    ],
+)
+def test_each_side_refuses_the_other_sides_settings(side: str, key: str, known: str) -> None:
+    path = f"routes.open.{side}.{key}"
+    error = refused(config_with(path, "window" if key == "stream" else 100))
+    assert error.key == path
+    assert f"unknown key (expected one of {known}" in str(error)
 
 
 def test_missing_file_is_one_clear_line(tmp_path: Path) -> None:
@@ -235,7 +263,7 @@ def test_unknown_keys_are_refused_at_every_level(path: str, value: Any, key: str
             "routes.open.output.shadow[0]",
             "must be a policy id",
         ),
-        ("routes.open.input.window_chars", "big", "routes.open.input.window_chars", "int"),
+        ("routes.open.output.window_chars", "big", "routes.open.output.window_chars", "int"),
         ("tenants.acme.keys", "sk-acme", "tenants.acme.keys", "list of strings"),
         ("tenants.acme.routes", ["open"], "tenants.acme.routes", "must map model globs"),
         ("admin.keys", [1], "admin.keys", "list of strings"),
@@ -358,3 +386,16 @@ def test_references_work_unquoted_inside_flow_mappings(tmp_path):
     assert config.upstreams["default"].api_key == "sk-a#b: c"
     assert config.tenants["t"].keys == ("dev-key",)
     assert load_config(path, env={"PORT": "9000"}).server.port == 9000
+
+
+def test_a_missing_relative_policies_dir_names_the_resolved_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy.policies import PolicyError, load_policies
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PolicyError) as info:
+        load_policies("policies")
+    assert str(info.value) == (
+        f"{tmp_path / 'policies'}: policies_dir is not a directory (resolved from {tmp_path})"
+    )

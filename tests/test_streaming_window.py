@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.config import Side
+from proxy.config import OutputSide
 from proxy.guard.detectors import MAX_SPAN_CHARS, find_spans, redact
 from proxy.guard.streaming import (
     Sealed,
@@ -297,7 +297,7 @@ def test_seal_early_releases_what_the_hold_allows() -> None:
 
 
 def test_a_responses_done_event_in_the_redacting_window_carries_the_redacted_text() -> None:
-    guard = StreamGuard(None, Side(), {}, RESPONSES, "open")  # type: ignore[arg-type]
+    guard = StreamGuard(None, OutputSide(), {}, RESPONSES, "open")  # type: ignore[arg-type]
     delta = {"type": "response.output_text.delta", "output_index": 0, "delta": "mail jo@x.com"}
     done = {"type": "response.output_text.done", "output_index": 0, "text": "mail jo@x.com"}
     events = [
