@@ -104,7 +104,8 @@ def build_app(config: Config, **gateway_options: Any) -> Any:
             if not ok:
                 log.warning(
                     "classifier (gpt-oss-safeguard) at %s is not ready: %s; guarded routes "
-                    "answer per their fail mode until it is (see /readyz)",
+                    "answer per their fail mode until it is (see /readyz; diagnose with "
+                    "`safeguard-gateway classifier check --config PATH`)",
                     config.classifier.base_url,
                     detail,
                 )

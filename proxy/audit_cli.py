@@ -26,15 +26,22 @@ from proxy.audit_store import (
     connect_readonly,
     select,
 )
-from proxy.config import ConfigError, load_config
+from proxy.config import Config, ConfigError, load_config
+from proxy.policies import PolicyError, load_policies
 
+DEFAULT_CONFIG = "config/gateway.yaml"
 COLUMNS = ("time", "request id", "tenant", "route", "model", "decision", "status", "flagged")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `audit` command tree to the CLI's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", required=True, metavar="PATH", help="gateway config file")
+    common.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        metavar="PATH",
+        help=f"gateway config file (default {DEFAULT_CONFIG})",
+    )
     common.add_argument("--json", action="store_true", help="JSON output instead of a table")
     common.add_argument("--tenant", help="tenant name (comma-separated for several)")
     common.add_argument("--route", help="route name")
@@ -123,6 +130,13 @@ def _export(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     def run(conn: sqlite3.Connection, filters: Filters) -> int:
         report = compute_stats(conn, filters, limit=args.limit)
+        targets = shadow_targets(args.loaded_config)
+        report["agreement"] = [
+            a
+            for a in report["agreement"]
+            if (key := (a["shadow_policy"], a["side"] or "")) not in targets
+            or a["enforced_policy"] in targets[key]
+        ]
         if args.json:
             sys.stdout.write(orjson.dumps(report).decode() + "\n")
         else:
@@ -130,6 +144,25 @@ def _stats(args: argparse.Namespace) -> int:
         return 0
 
     return _with_store(args, run)
+
+
+def shadow_targets(config: Config) -> dict[tuple[str, str], set[str]]:
+    """(shadow policy, side) -> the enforced policies `audit stats` compares it with: the
+    one its front matter names (`shadows: spam`), else the enforced policy at its position
+    on the route side (`policies: [a, b]`, `shadow: [a-v2, b-v2]`)."""
+    try:
+        policies = load_policies(config.policies_dir)
+    except PolicyError:
+        policies = {}  # stats still work from the routes alone
+    targets: dict[tuple[str, str], set[str]] = {}
+    for route in config.routes.values():
+        for side_name, side in (("input", route.input), ("output", route.output)):
+            for i, ref in enumerate(side.shadow):
+                found = targets.setdefault((ref.id, side_name), set())
+                declared = policies[ref.id].shadows if ref.id in policies else None
+                if declared or i < len(side.policies):
+                    found.add(declared or side.policies[i].id)
+    return targets
 
 
 def follow(
@@ -164,7 +197,7 @@ def _with_store(args: argparse.Namespace, run: Callable[..., int]) -> int:
     """Resolve the store from --config, parse the filters, run; usage errors -> exit 2."""
     try:
         cfg = load_config(args.config)
-        args.db_path = cfg.audit.path
+        args.db_path, args.loaded_config = cfg.audit.path, cfg
         filters = Filters.build(**_filter_args(args))
         with closing(connect_readonly(cfg.audit.path)) as conn:
             return run(conn, filters)

@@ -65,8 +65,18 @@ def _config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("safeguard-gateway")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from proxy import audit_cli
+    from proxy.workbench import check as classifier_check
     from proxy.workbench import cli as workbench_cli
 
     parser = argparse.ArgumentParser(
@@ -74,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="OpenAI-compatible guardrail gateway enforcing natural-language policies "
         "with gpt-oss-safeguard.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gateway")
@@ -100,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=_config_schema)
 
     workbench_cli.register(commands)
+    classifier_check.register(commands)
     audit_cli.register(commands)
     return parser
 
@@ -110,12 +122,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return code
     except (ConfigError, PolicyError) as exc:
         print(f"safeguard-gateway: config error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `... | head` stopped reading: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # quiet exit flush
+        return 0
 
 
 if __name__ == "__main__":

@@ -224,6 +224,10 @@ class Classifier(_Keyed):
     api_key: str = ""
     cache_ttl_s: Float = 3600.0
     cache_size: Int = 10_000
+    # Where the model runs: sets the request's defaults (proxy.guard.safeguard).
+    runtime: Literal["sglang", "vllm", "ollama", "openai-compatible"] = "sglang"
+    temperature: Float | None = None  # None: the runtime's default (0, or the model's own)
+    extra_body: Mapping[str, Any] = Field(default_factory=dict)  # more request fields
 
 
 Action = Literal["block", "redact", "annotate", "log"]
@@ -491,11 +495,30 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
 def config_schema() -> dict[str, Any]:
     """The JSON Schema of a config file, as `safeguard-gateway config schema` prints it."""
     schema = _env_refs_allowed(_ADAPTER.json_schema())
+    for name, definition in schema.get("$defs", {}).items():
+        notes = _field_comments(globals()[name]) if name in globals() else {}
+        for field_name, note in notes.items():
+            if field_name in definition.get("properties", {}):
+                definition["properties"][field_name]["description"] = note
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "Safeguard Gateway config",
         **{k: v for k, v in schema.items() if k != "title"},
     }
+
+
+_FIELD_COMMENT = re.compile(r"^    (\w+): .*?  # (.+)$", re.M)
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """A section's settings' trailing comments (`port: Int = 8080  # ...`): the schema's
+    descriptions, which editors show beside the completion."""
+    import inspect
+
+    try:
+        return dict(_FIELD_COMMENT.findall(inspect.getsource(cls)))
+    except (OSError, TypeError):  # no source (frozen app): no descriptions
+        return {}
 
 
 def _env_refs_allowed(node: Any) -> Any:

@@ -58,13 +58,7 @@ class Gateway:
         check_policies(config, self.policies)
         self.upstreams = UpstreamPool(config.upstreams)
         c = config.classifier
-        self.classifier = classifier or SafeguardClient(
-            c.base_url,
-            c.model,
-            reasoning_effort=c.reasoning_effort,
-            timeout_s=c.timeout_s,
-            api_key=c.api_key or None,
-        )
+        self.classifier = classifier or SafeguardClient.from_config(c)
         # Audit writes and span export run in a recorder process, off the event loop's GIL.
         audit_on = config.audit.enabled
         spans_out = span_exporter is None and config.telemetry.traces == "otlp"
@@ -83,8 +77,16 @@ class Gateway:
         self.metrics.watch_audit(self.audit.stats)
         if spans_out:
             self.metrics.watch_spans(self.recorder.span_stats)
-        self.uses_classifier = any(
-            route.input.guarded or route.output.guarded for route in config.routes.values()
+
+    @property
+    def uses_classifier(self) -> bool:
+        """Any routed policy that asks the model (detectors-only policies never do)."""
+        return any(
+            not self.policies[ref.id].detectors_only
+            for route in self.config.routes.values()
+            for side in (route.input, route.output)
+            for ref in (*side.policies, *side.shadow)
+            if ref.id in self.policies
         )
 
     def reload_policies(self) -> tuple[bool, str]:
@@ -118,7 +120,10 @@ class Gateway:
             classifier_ok, detail = await self.classifier.ready()
             where = self.config.classifier.base_url
             checks["classifier"] = (
-                detail if classifier_ok else f"{detail}: gpt-oss-safeguard not reachable at {where}"
+                detail
+                if classifier_ok
+                else f"{detail}: gpt-oss-safeguard not reachable at {where}; diagnose with "
+                f"`safeguard-gateway classifier check --config {self.config.source or 'PATH'}`"
             )
             ok = ok and classifier_ok
         audit_ok, audit_detail = self.audit.health()

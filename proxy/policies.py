@@ -36,6 +36,8 @@ class Policy:
     detectors: tuple[str, ...] = ()
     category: str | None = None  # label used in Azure-style filter results
     path: str | None = None
+    shadows: str | None = None  # as a shadow, the enforced policy it is a candidate for
+    detectors_only: bool = False  # the detectors decide alone: never a model call
 
 
 def split_front_matter(source: str) -> tuple[dict, str]:
@@ -72,6 +74,14 @@ def parse_policy(source: bytes, *, name: str, path: str | None = None) -> Policy
         raise PolicyError(f"{where}: detectors must be a list drawn from {', '.join(DETECTORS)}")
     if not body.strip():
         raise PolicyError(f"{where}: the policy text is empty")
+    shadows = meta.get("shadows")
+    if shadows is not None and not isinstance(shadows, str):
+        raise PolicyError(f"{where}: shadows must be a policy id")
+    detectors_only = meta.get("detectors_only", False)
+    if not isinstance(detectors_only, bool):
+        raise PolicyError(f"{where}: detectors_only must be true or false")
+    if detectors_only and not detectors:
+        raise PolicyError(f"{where}: detectors_only needs a detectors list")
     effort = meta.get("reasoning_effort")
     if effort is not None and effort not in ("low", "medium", "high"):
         raise PolicyError(f"{where}: reasoning_effort must be low, medium or high")
@@ -85,6 +95,8 @@ def parse_policy(source: bytes, *, name: str, path: str | None = None) -> Policy
         detectors=tuple(detectors),
         category=str(meta["category"]) if "category" in meta else None,
         path=path,
+        shadows=shadows,
+        detectors_only=detectors_only,
     )
 
 
@@ -107,7 +119,11 @@ def load_policies(directory: str | Path) -> dict[str, Policy]:
     for path in sorted(directory.glob("*.md")):
         policy = load_policy(path)
         if policy.id in policies:
-            raise PolicyError(f"{path}: duplicate policy id {policy.id!r}")
+            raise PolicyError(
+                f"{path}: duplicate policy id {policy.id!r}, already used by "
+                f"{policies[policy.id].path}; give the copy its own `id:` (e.g. "
+                f"id: {path.stem}) in its front matter"
+            )
         policies[policy.id] = policy
     return policies
 

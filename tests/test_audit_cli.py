@@ -243,7 +243,7 @@ def test_missing_store_is_one_line_exit_2(tmp_path, capsys):
     assert not (tmp_path / "nowhere").exists()  # reading never creates the store
 
 
-def test_usage_errors_exit_2(config, tmp_path, capsys):
+def test_usage_errors_exit_2(config, tmp_path, capsys, monkeypatch):
     assert run("query", "--config", str(tmp_path / "missing.yaml")) == 2
     assert capsys.readouterr().err.startswith("error: config: cannot read config")
     assert run("query", "--config", str(config), "--since", "last tuesday") == 2
@@ -252,9 +252,75 @@ def test_usage_errors_exit_2(config, tmp_path, capsys):
     garbage.write_bytes(b"this is not sqlite" * 100)
     assert run("query", "--config", str(write_config(tmp_path, garbage))) == 2
     assert "cannot read audit store" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        run("query")  # --config is required
-    assert exc.value.code == 2
+    monkeypatch.chdir(tmp_path)
+    assert run("query") == 2  # --config defaults to config/gateway.yaml, like serve's
+    assert "cannot read config config/gateway.yaml" in capsys.readouterr().err
+
+
+def test_config_defaults_to_the_one_serve_uses(config, tmp_path, capsys, monkeypatch):
+    (tmp_path / "config").mkdir()
+    config.rename(tmp_path / "config" / "gateway.yaml")
+    monkeypatch.chdir(tmp_path)
+    for command in ("tail", "query", "export", "stats"):
+        assert run(command) == 0, command
+    assert "shadow vs enforced agreement" in capsys.readouterr().out
+
+
+def stats_pairs(config: Path, routes: str, capsys) -> list[tuple[str, str, str]]:
+    """`audit stats --json` agreement pairs with the config's routes replaced."""
+    text = config.read_text().replace("routes: {default: {upstream: default}}", routes)
+    config.write_text(text + f"policies_dir: '{config.parent / 'policies'}'\n")
+    assert run("stats", "--config", str(config), "--json") == 0
+    report = orjson.loads(capsys.readouterr().out)
+    return [(a["shadow_policy"], a["enforced_policy"], a["side"]) for a in report["agreement"]]
+
+
+SHADOWED = [
+    record(
+        n,
+        verdicts=[
+            verdict("pii", "safe"),
+            verdict("spam", "violation"),
+            verdict("pii-v2", "safe", shadow=True),
+            verdict("spam-v2", "violation", shadow=True),
+        ],
+    )
+    for n in (50, 60)
+]
+
+
+@pytest.fixture
+def shadowed(tmp_path) -> Path:
+    db = tmp_path / "data" / "audit.db"
+    with closing(open_store(db)) as conn:
+        insert_rows(conn, [audit_row(r) for r in SHADOWED])
+    (tmp_path / "policies").mkdir()
+    for pid in ("pii", "spam", "pii-v2", "spam-v2"):
+        (tmp_path / "policies" / f"{pid}.md").write_text(f"---\nid: {pid}\n---\nFlag it.\n")
+    return write_config(tmp_path, db)
+
+
+def test_stats_pair_a_shadow_with_the_policy_at_its_position(shadowed, capsys):
+    routes = (
+        "routes: {default: {upstream: default, input: "
+        "{policies: [pii, spam], shadow: [pii-v2, spam-v2]}}}"
+    )
+    assert sorted(stats_pairs(shadowed, routes, capsys)) == [
+        ("pii-v2", "pii", "input"),
+        ("spam-v2", "spam", "input"),
+    ]
+
+
+def test_stats_pair_a_shadow_with_the_policy_it_declares(shadowed, capsys):
+    spam_v2 = shadowed.parent / "policies" / "spam-v2.md"
+    spam_v2.write_text("---\nid: spam-v2\nshadows: spam\n---\nFlag it.\n")
+    routes = (
+        "routes: {default: {upstream: default, input: {policies: [pii, spam], shadow: [spam-v2]}}}"
+    )
+    pairs = stats_pairs(shadowed, routes, capsys)
+    assert [p for p in pairs if p[0] == "spam-v2"] == [("spam-v2", "spam", "input")]
+    # pii-v2 is on no route any more: its old records keep every pairing, as before
+    assert sorted(p[1] for p in pairs if p[0] == "pii-v2") == ["pii", "spam"]
 
 
 def test_reading_while_the_writer_holds_the_store(config):

@@ -399,3 +399,38 @@ def test_a_missing_relative_policies_dir_names_the_resolved_path(
     assert str(info.value) == (
         f"{tmp_path / 'policies'}: policies_dir is not a directory (resolved from {tmp_path})"
     )
+
+
+def test_the_classifier_and_policies_dir_come_from_the_environment() -> None:
+    env = {
+        "SAFEGUARD_RUNTIME": "ollama",
+        "SAFEGUARD_BASE_URL": "http://127.0.0.1:11434/v1",
+        "SAFEGUARD_MODEL": "gpt-oss-safeguard:20b",
+        "SAFEGUARD_API_KEY": "sk-hosted",
+        "SAFEGUARD_TIMEOUT_S": "60",
+        "SAFEGUARD_POLICIES_DIR": "/etc/safeguard/policies",
+    }
+    config = load_config(REPO / "config" / "gateway.yaml", env=env)
+    c = config.classifier
+    assert (c.runtime, c.base_url, c.model, c.api_key, c.timeout_s) == (
+        "ollama",
+        "http://127.0.0.1:11434/v1",
+        "gpt-oss-safeguard:20b",
+        "sk-hosted",
+        60.0,
+    )
+    assert config.policies_dir == "/etc/safeguard/policies"
+    defaults = load_config(REPO / "config" / "gateway.yaml", env={})
+    assert (defaults.classifier.runtime, defaults.classifier.model) == (
+        "sglang",
+        "openai/gpt-oss-safeguard-20b",
+    )
+    assert defaults.policies_dir == "policies"
+
+
+def test_an_unknown_runtime_lists_the_runtimes() -> None:
+    error = refused(config_with("classifier.runtime", "llamafile"))
+    assert str(error) == (
+        "classifier.runtime: must be one of sglang, vllm, ollama, openai-compatible "
+        "(got 'llamafile')"
+    )

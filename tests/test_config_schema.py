@@ -98,3 +98,13 @@ def test_env_references_are_accepted_where_numbers_and_choices_go(
         "audit": {"enabled": "${AUDIT:-true}"},
     }
     jsonschema.validate(data, printed_schema(capsys))
+
+
+def test_settings_comments_become_descriptions_for_editors(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    definitions = printed_schema(capsys)["$defs"]
+    window_ms = definitions["OutputSide"]["properties"]["window_ms"]
+    assert window_ms["description"] == "the longest text waits in a window before it is checked"
+    fail = definitions["Route"]["properties"]["fail"]
+    assert fail["description"] == "classifier unusable: closed | open"

@@ -138,19 +138,23 @@ class Guard:
 
     async def _classify(self, job: _Job) -> Outcome | None:
         policy, labels = job.policy, job.labels
-        if labels and not job.redacted:
-            # Triage: a pattern hit is a violation without spending a model call.
+        if (labels and not job.redacted) or policy.detectors_only:
+            # Triage: a pattern hit is a violation without spending a model call; a
+            # detectors-only policy never calls the model (no hit: safe).
             found = ", ".join(sorted(set(labels)))
+            verb = "redacted" if job.redacted else "matched"
             verdict = Verdict(
                 policy.id,
                 policy.version,
-                True,
-                category=labels[0],
-                rationale=f"pattern detectors matched: {found}",
+                bool(labels),
+                category=labels[0] if labels else None,
+                rationale=f"pattern detectors {verb}: {found}" if labels else None,
                 source="detector",
                 shadow=job.shadow,
             )
-            return Outcome(policy, job.action, job.side, verdict, choice=job.choice)
+            return Outcome(
+                policy, job.action, job.side, verdict, redacted=job.redacted, choice=job.choice
+            )
         content = render(job.slots, job.scope)
         if not content:
             return None

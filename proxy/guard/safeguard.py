@@ -1,30 +1,31 @@
-"""gpt-oss-safeguard classifier: the wire call and the verdict parser.
+"""gpt-oss-safeguard classifier: the wire call, per runtime, and the Verdict it yields.
 
 One chat call per (policy, content): the policy is the system message, byte-identical
 across requests so SGLang's radix cache keeps its prefix; the content is the user
-message. The verdict is the final channel (`message.content`); the analysis channel
-(`message.reasoning_content`) is kept for audit only.
+message. Reading the answer (any runtime's shape) lives in proxy.guard.answer.
 """
 
 from __future__ import annotations
 
-import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
 
+from proxy.guard.answer import Answer, ClassifierError, parse_verdict, read_answer
 from proxy.policies import Policy
 
-
-class ClassifierError(Exception):
-    """The classifier could not give a usable verdict (down, timeout, garbage)."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind  # timeout | unreachable | http_error | unparseable
-        self.detail = detail
+__all__ = [
+    "Answer",
+    "ClassifierError",
+    "SafeguardClient",
+    "Verdict",
+    "parse_verdict",
+    "read_answer",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,56 +64,19 @@ class Verdict:
         }
 
 
-_HARMONY_FINAL = re.compile(r"(?:assistantfinal|<\|channel\|>final<\|message\|>)(.*)$", re.S)
-_JSON_OBJECT = re.compile(r"\{.*\}", re.S)
+Runtime = str  # sglang | vllm | ollama | openai-compatible
 
-
-def parse_verdict(content: str | None) -> tuple[bool, str | None, str | None]:
-    """(violation, category, rationale) from the model's final text.
-
-    Accepts the forms the gpt-oss-safeguard guide documents: a bare 0/1, or a JSON
-    object with `violation` (and optional `policy_category`, `rationale`). Raw harmony
-    text (server started without `--reasoning-parser`) is cut to its final channel.
-    Anything else raises ClassifierError: an unreadable answer is never an allow.
-    """
-    text = (content or "").strip()
-    final = _HARMONY_FINAL.search(text)
-    if final:
-        text = final.group(1).replace("<|return|>", "").replace("<|end|>", "").strip()
-    elif text.startswith(("analysis", "<|channel|>analysis", "<|start|>")):
-        # Raw harmony cut off before its final channel: whatever it mentions is no verdict.
-        raise ClassifierError("unparseable", "classifier output ended before a final answer")
-    if text.startswith("```"):
-        text = text.strip("`").removeprefix("json").strip()
-    if text in ("0", "1"):
-        return text == "1", None, None
-    match = _JSON_OBJECT.search(text)
-    if match:
-        try:
-            data = orjson.loads(match.group(0))
-        except orjson.JSONDecodeError:
-            data = None
-        label = _label(data.get("violation")) if isinstance(data, dict) else None
-        if label is not None:
-            category = data.get("policy_category")
-            rationale = data.get("rationale")
-            return (
-                label,
-                str(category) if category not in (None, "") else None,
-                str(rationale) if rationale else None,
-            )
-    raise ClassifierError("unparseable", f"no verdict in classifier output {text[:120]!r}")
-
-
-def _label(value: object) -> bool | None:
-    """0/1 as the guide writes it (int, float, bool or string); anything else is no label."""
-    if isinstance(value, str):
-        value = value.strip()
-    if value in (1, "1", True):
-        return True
-    if value in (0, "0", False):
-        return False
-    return None
+# What each runtime gets besides the messages. gpt-oss-safeguard reads the effort from its
+# harmony system header, which every runtime fills from `reasoning_effort` (Ollama maps it
+# to its own `think` level). Local runtimes get temperature 0 (LM Studio and some builds
+# default to 0.8); hosted providers keep the model's default, since some refuse a
+# temperature on reasoning models.
+RUNTIME_TEMPERATURE: dict[str, float | None] = {
+    "sglang": 0.0,
+    "vllm": 0.0,
+    "ollama": 0.0,
+    "openai-compatible": None,
+}
 
 
 class SafeguardClient:
@@ -127,17 +91,37 @@ class SafeguardClient:
         timeout_s: float = 20.0,
         api_key: str | None = None,
         max_connections: int = 256,
+        runtime: Runtime = "sglang",
+        temperature: float | None = None,
+        extra_body: Mapping[str, Any] | None = None,
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.reasoning_effort = reasoning_effort
         self.timeout_s = timeout_s
+        self.runtime = runtime
+        self.temperature = RUNTIME_TEMPERATURE[runtime] if temperature is None else temperature
+        self.extra_body = dict(extra_body or {})
         self._headers = {"content-type": "application/json"}
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_config(cls, settings: Any) -> SafeguardClient:
+        """Built from a `classifier:` config section (proxy.config.Classifier)."""
+        return cls(
+            settings.base_url,
+            settings.model,
+            reasoning_effort=settings.reasoning_effort,
+            timeout_s=settings.timeout_s,
+            api_key=settings.api_key or None,
+            runtime=settings.runtime,
+            temperature=settings.temperature,
+            extra_body=settings.extra_body,
+        )
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -149,21 +133,22 @@ class SafeguardClient:
         return self._session
 
     def request_body(self, policy: Policy, content: str) -> bytes:
-        return orjson.dumps(
-            {
-                "model": self.model,
-                "messages": [
-                    {"role": "system", "content": policy.text},
-                    {"role": "user", "content": content},
-                ],
-                "reasoning_effort": policy.reasoning_effort or self.reasoning_effort,
-                "temperature": 0,
-                "stream": False,
-            }
-        )
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [
+                {"role": "system", "content": policy.text},
+                {"role": "user", "content": content},
+            ],
+            "reasoning_effort": policy.reasoning_effort or self.reasoning_effort,
+        }
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        body.update(self.extra_body)
+        body["stream"] = False
+        return orjson.dumps(body)
 
-    async def classify(self, policy: Policy, content: str) -> Verdict:
-        started = time.perf_counter()
+    async def ask(self, policy: Policy, content: str) -> Answer:
+        """One classifier call, read into an Answer (ClassifierError when unusable)."""
         try:
             async with self._client().post(
                 self.url, data=self.request_body(policy, content), headers=self._headers
@@ -175,18 +160,18 @@ class SafeguardClient:
             raise ClassifierError("timeout", f"no answer within {self.timeout_s}s") from None
         except aiohttp.ClientError as exc:
             raise ClassifierError("unreachable", f"{type(exc).__name__}: {exc}") from None
-        try:
-            message = orjson.loads(raw)["choices"][0]["message"]
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-            raise ClassifierError("unparseable", f"not a chat completion: {raw[:120]!r}") from None
-        violation, category, rationale = parse_verdict(message.get("content"))
+        return read_answer(raw)
+
+    async def classify(self, policy: Policy, content: str) -> Verdict:
+        started = time.perf_counter()
+        answer = await self.ask(policy, content)
         return Verdict(
             policy_id=policy.id,
             policy_version=policy.version,
-            violation=violation,
-            category=category,
-            rationale=rationale,
-            reasoning=message.get("reasoning_content"),
+            violation=answer.violation,
+            category=answer.category,
+            rationale=answer.rationale,
+            reasoning=answer.reasoning,
             latency_ms=(time.perf_counter() - started) * 1000,
         )
 
@@ -194,7 +179,9 @@ class SafeguardClient:
         """Whether the model server answers its model list (SGLang: 503 while loading)."""
         try:
             async with self._client().get(
-                self.base_url + "/models", timeout=aiohttp.ClientTimeout(total=2)
+                self.base_url + "/models",
+                headers=self._headers,  # hosted providers list models only for a key
+                timeout=aiohttp.ClientTimeout(total=2),
             ) as response:
                 if response.status == 200:
                     return True, "ok"

@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import json
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -157,6 +157,7 @@ class Setup:
     reasoning_effort: str
     timeout_s: float
     api_key: str | None
+    classifier: Classifier = field(default_factory=Classifier)  # runtime, temperature, ...
 
 
 def _config(args: argparse.Namespace) -> Config | None:
@@ -221,6 +222,12 @@ def prepare(args: argparse.Namespace) -> Setup:
     policies_dir = config.policies_dir if config else "policies"
     refs = [args.policy] + ([args.compare] if args.compare else [])
     policies = [resolve_policy(ref, policies_dir) for ref in refs]
+    for policy in policies:
+        if policy.detectors_only:
+            raise UsageError(
+                f"{policy.id} is detectors-only: its patterns decide without the model, "
+                "so there is nothing for `policy test` to score"
+            )
     if args.reasoning_effort:
         policies = [replace(p, reasoning_effort=args.reasoning_effort) for p in policies]
     return Setup(
@@ -231,6 +238,7 @@ def prepare(args: argparse.Namespace) -> Setup:
         reasoning_effort=args.reasoning_effort or settings.reasoning_effort,
         timeout_s=args.timeout or settings.timeout_s,
         api_key=api_key or None,
+        classifier=settings,
     )
 
 
@@ -242,6 +250,9 @@ async def _evaluate(setup: Setup, concurrency: int, progress: ProgressBar | None
         timeout_s=setup.timeout_s,
         api_key=setup.api_key,
         max_connections=concurrency,
+        runtime=setup.classifier.runtime,
+        temperature=setup.classifier.temperature,
+        extra_body=setup.classifier.extra_body,
     )
     try:
         return await evaluate(
@@ -266,6 +277,13 @@ def cmd_test(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.close()
+    if down := _unreachable(runs):
+        print(
+            f"error: the classifier at {setup.base_url} is unreachable ({down}); start it "
+            "(README: Where the model runs) or pass --classifier URL",
+            file=sys.stderr,
+        )
+        return 2
     ctx = Context(
         cases_path=str(args.cases),
         base_url=setup.base_url,
@@ -278,6 +296,14 @@ def cmd_test(args: argparse.Namespace) -> int:
     else:
         print(render_test(runs, setup.cases, ctx))
     return _exit_code(runs, args.min_f1)
+
+
+def _unreachable(runs: list[Run]) -> str | None:
+    """The first error when no case reached the classifier at all (down, wrong URL)."""
+    errors = [o.verdict.error or "" for run in runs for o in run.outcomes]
+    if errors and all(e.startswith(("unreachable:", "timeout:")) for e in errors):
+        return errors[0]
+    return None
 
 
 def _exit_code(runs: list[Run], min_f1: float | None) -> int:

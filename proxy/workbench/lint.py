@@ -229,6 +229,35 @@ def _prose_lines(lines: list[str], skip: range) -> list[tuple[int, str]]:
     return out
 
 
+_CONTENT = re.compile(
+    r"^\s*[-*]?\s*\**(?:content|input|text|example|user|prompt)\**\s*:\s*(.*)$", re.I
+)
+
+
+def labeled_examples(policy_text: str) -> list[tuple[str, int]]:
+    """(content, label) pairs of the EXAMPLES section: `Content: ...` lines (or `Input:`,
+    `Text:`...) each closed by the next labeled line (`Answer: {"violation": 1}`, `-> 0`)."""
+    body = _structure(policy_text, offset=0)
+    found: list[tuple[str, int]] = []
+    pending: list[str] = []
+    for i in body.examples:
+        line = body.lines[i]
+        label = next((m for p in _EXAMPLE_LABEL if (m := p.search(line))), None)
+        content = _CONTENT.match(line)
+        if content:
+            pending = [content.group(1)]
+        elif pending and not label and line.strip():
+            pending.append(line.strip())
+        if label:
+            text = " ".join(pending).strip()
+            if content:  # `Content: ... -> 1` on one line
+                text = line[content.start(1) : label.start()].strip().rstrip("-=→>").strip()
+            if text:
+                found.append((text.strip('"'), int(label.group(1))))
+            pending = []
+    return found
+
+
 def lint_source(source: bytes, *, name: str, path: str | None = None) -> LintReport:
     """Lint a policy file's bytes; `name` is its stem (the default policy id)."""
     where = path or name
@@ -238,8 +267,19 @@ def lint_source(source: bytes, *, name: str, path: str | None = None) -> LintRep
         line = source[: exc.start].count(b"\n") + 1
         return LintReport(where, 0, (_error(line, "encoding", "not UTF-8: save it as UTF-8"),))
     findings: list[Finding] = []
+    policy = None
     try:
-        parse_policy(source, name=name, path=path)
+        policy = parse_policy(source, name=name, path=path)
+        if policy.id != name:
+            findings.append(
+                _error(
+                    _front_matter_line(text, "id"),
+                    "id-file-name",
+                    f"id {policy.id!r} differs from the file name {name}.md: the gateway "
+                    f"loads it as {policy.id!r} (a copy of {policy.id}.md collides with it as "
+                    f"a duplicate id); set `id: {name}` or rename the file to {policy.id}.md",
+                )
+            )
     except PolicyError as exc:
         problem = str(exc).removeprefix(f"{where}: ")
         fix = "fix the front matter (---, id, action, scope, reasoning_effort, detectors, ---)"
@@ -255,7 +295,7 @@ def lint_source(source: bytes, *, name: str, path: str | None = None) -> LintRep
         fix = f"start the file with ---, id: {name}, action: ..., ---"
         findings.append(_warning(1, "front-matter", f"{problem}; {fix}"))
     tokens = estimate_tokens(body_text)
-    if body_text.strip():
+    if body_text.strip() and not (policy and policy.detectors_only):  # else no model reads it
         body = _structure(body_text, offset=text[: len(text) - len(body_text)].count("\n"))
         for check in (_sections, _output_format, _examples, _vague_words):
             findings += check(body)
@@ -296,7 +336,7 @@ def _structure(text: str, *, offset: int) -> _Body:
 
 
 def _front_matter_line(text: str, problem: str) -> int:
-    for key in ("reasoning_effort", "detectors", "action", "scope"):
+    for key in ("reasoning_effort", "detectors", "action", "scope", "id"):
         if problem.startswith(key) and (match := re.search(rf"^{key}\s*:", text, re.M)):
             return text.count("\n", 0, match.start()) + 1
     return text.count("\n") + 1 if "empty" in problem else 1

@@ -250,9 +250,10 @@ def test_vague_words_in_examples_quotes_comments_and_dates_are_not_flagged() -> 
 
 
 def test_lint_cli_exit_codes_and_json(cli, tmp_path: Path) -> None:
-    good = tmp_path / "good.md"
+    (tmp_path / "good").mkdir()
+    good = tmp_path / "good" / "gambling-ads.md"  # the file name is the policy's id
     good.write_text(GOOD)
-    bad = tmp_path / "bad.md"
+    bad = tmp_path / "gambling-ads.md"
     bad.write_text(GOOD.replace("## VIOLATES (1)\n", ""))
     ok = cli("policy", "lint", good)
     assert ok.code == 0 and f"{good}: ok, ~" in ok.out
@@ -285,3 +286,17 @@ def test_every_shipped_policy_lints_without_errors() -> None:
         if (report := lint_source(path.read_bytes(), name=path.stem, path=str(path))).errors
     }
     assert failures == {}
+
+
+def test_an_id_that_differs_from_the_file_name_is_flagged_naming_both(cli, tmp_path) -> None:
+    copy = tmp_path / "gambling-ads-v2.md"
+    copy.write_text(GOOD)  # a copy that keeps `id: gambling-ads`
+    result = cli("policy", "lint", copy)
+    assert result.code == 1
+    assert (
+        f"{copy}:2: error: id 'gambling-ads' differs from the file name gambling-ads-v2.md"
+        in result.out
+    )
+    assert "set `id: gambling-ads-v2` or rename the file to gambling-ads.md" in result.out
+    copy.write_text(GOOD.replace("id: gambling-ads", "id: gambling-ads-v2"))
+    assert cli("policy", "lint", copy).code == 0
