@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from proxy.audit_backends import store_errors
 from proxy.audit_store import audit_page
 from proxy.config import DEV_KEY, Config, load_config
 from proxy.gateway import Gateway
@@ -68,12 +69,13 @@ def build_app(config: Config, **gateway_options: Any) -> Any:
     async def reload(request: Request) -> Response:
         if denied := admin.check(request):
             return denied
-        ok, detail = gateway.reload_policies()
+        ok, detail = await gateway.reload()
         return JSONResponse(
             {
                 "reloaded": ok,
                 "detail": detail,
                 "policies": {p.id: p.version for p in gateway.policies.values()},
+                "set": gateway.set_id,
             },
             status_code=200 if ok else 422,
         )
@@ -82,9 +84,19 @@ def build_app(config: Config, **gateway_options: Any) -> Any:
         if denied := admin.check(request):
             return denied
         try:
-            page = await audit_page(config.audit.path, dict(request.query_params))
+            page = await audit_page(config.audit, dict(request.query_params))
         except ValueError as exc:
             return _error(OpenAIError(400, str(exc), code="invalid_query"))
+        except store_errors(config.audit) as exc:
+            log.warning("audit store unreadable: %s", type(exc).__name__)
+            return _error(
+                OpenAIError(
+                    503,
+                    "The audit store is unavailable.",
+                    type="server_error",
+                    code="audit_unavailable",
+                )
+            )
         except FileNotFoundError:
             page = {"object": "list", "data": [], "has_more": False, "next_offset": None}
         return JSONResponse(page)
@@ -110,7 +122,9 @@ def build_app(config: Config, **gateway_options: Any) -> Any:
                     detail,
                 )
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not main thread
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reload_policies)
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: gateway.in_background(gateway.reload())
+            )
         # What exists now lives as long as the process: keep the collector from
         # traversing it on every full collection (fewer, shorter pauses under load).
         gc.collect()

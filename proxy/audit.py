@@ -3,10 +3,13 @@
 `AuditLog.submit` applies the retention setting, makes the record a row
 (proxy.audit_store.audit_row) and appends it to a deque (microseconds, never raises, no
 lock or thread wake-up per record: deque appends and pops are atomic); `submit_rows` takes
-rows the gateway has already made. A dedicated thread owns the SQLite connection and,
-every flush interval, takes what is pending and writes it in batches, one transaction
-each. When the queue is full or the store fails, records are appended as JSON lines to
-the spill file instead, and `health()` reports degraded until writes succeed again.
+rows the gateway has already made. A dedicated thread owns the store's connection (SQLite,
+or PostgreSQL for `audit.url`: proxy.audit_store.open_writer) and, every flush interval,
+takes what is pending and writes it in batches, one transaction each. When the queue is
+full or the store fails, records are appended as JSON lines to the spill file instead, and
+`health()` reports degraded until writes succeed again. Between batches a healthy writer
+replays the spill file into the store (whichever process spilled there; at least once)
+and deletes records older than `audit.retention_days`.
 The gateway runs it in its recorder process (proxy.recorder), out of the event loop's way;
 when audit is off it is the gateway's no-op stand-in. Reading the store (CLI, admin API)
 lives in proxy.audit_store.
@@ -16,23 +19,30 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
+import fcntl
 import hashlib
 import logging
-import sqlite3
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from proxy.audit_store import RECORD, Row, audit_row, encode, insert_rows, open_store
+import orjson
+
+from proxy.audit_backends import describe_store, open_writer, store_errors
+from proxy.audit_spill import SpillFile, same_file, spill_path
+from proxy.audit_store import Row, audit_row, encode
 from proxy.config import Audit
 
 log = logging.getLogger("proxy.audit")
 
 RETENTION_MODES = ("full", "redacted", "hash", "none")
 _LOG_EVERY_S = 30.0
+REPLAY_EVERY_S = 1.0  # how often a healthy writer looks for spilled records to replay
+PURGE_EVERY_S = 600.0  # how often `retention_days` deletes old records
 
 
 def apply_retention(record: Mapping[str, Any], mode: str) -> dict:
@@ -89,38 +99,6 @@ def _redacted(content: Mapping[str, Any], side: str, redacted: str) -> Any:
     return content.get(side) if text is None else text
 
 
-def spill_path(cfg: Audit) -> str:
-    return cfg.spill_path or f"{cfg.path}.spill.jsonl"
-
-
-class SpillFile:
-    """Rows' records as JSON lines appended to the spill file (kept open; any thread).
-    `write` raises OSError when they cannot be kept."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._file: IO[bytes] | None = None
-
-    def write(self, rows: list[Row]) -> None:
-        with self._lock:
-            try:
-                if self._file is None:
-                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                    self._file = open(self.path, "ab")  # noqa: SIM115 (kept open)
-                self._file.write("".join([f"{row[RECORD]}\n" for row in rows]).encode())
-                self._file.flush()
-            except OSError:
-                self._file = None  # reopened next time (a freed disk, a replaced file)
-                raise
-
-    def close(self) -> None:
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-
-
 def _digest(text: Any) -> str | None:
     if text is None:
         return None
@@ -131,7 +109,7 @@ def _digest(text: Any) -> str | None:
 class AuditLog:
     """Queue + background SQLite writer with a JSON-lines spill file."""
 
-    def __init__(self, cfg: Audit, *, reopen_after_s: float = 5.0) -> None:
+    def __init__(self, cfg: Audit, *, reopen_after_s: float = 2.0) -> None:
         if cfg.content not in RETENTION_MODES:
             raise ValueError(f"audit.content: unknown retention mode {cfg.content!r}")
         self.cfg = cfg
@@ -145,8 +123,13 @@ class AuditLog:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._closed = False
-        self._conn: sqlite3.Connection | None = None  # touched only by the writer thread
+        self._store: Any = None  # SqliteWriter or PgWriter, touched only by the writer thread
+        self._store_errors = store_errors(cfg)
+        self._where = describe_store(cfg)
         self._reopen_at = 0.0
+        self._replay_at = 0.0
+        self._purge_at = 0.0
+        self._replayed = self._purged = 0
         self._spill_file = SpillFile(self.spill_path)
         self._degraded: str | None = None
         self._logged: tuple[str, float] = ("", 0.0)
@@ -216,6 +199,8 @@ class AuditLog:
             "errors": self._errors,
             "dropped": self._dropped,  # spill file unwritable too: truly lost
             "rejected": self._rejected,  # not a record at all
+            "replayed": self._replayed,  # spilled records stored since (any process's)
+            "purged": self._purged,  # deleted by retention_days
             "degraded": self._degraded is not None,
         }
 
@@ -245,37 +230,49 @@ class AuditLog:
                     self._spill(chunk, f"audit writer error ({type(exc).__name__})")
             if stopping and not self._pending:
                 break
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+            try:
+                self._upkeep()
+            except Exception:  # a bug here must not stop the writer
+                log.exception("audit store upkeep failed")
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def _take(self) -> list[Row]:
         """Everything submitted so far; what arrives meanwhile waits for the next round."""
         pending = self._pending
         return [pending.popleft() for _ in range(len(pending))]
 
-    def _open(self) -> sqlite3.Connection | None:
-        if self._conn is None and time.monotonic() >= self._reopen_at:
+    def _open(self) -> Any:
+        if self._store is None and time.monotonic() >= self._reopen_at:
             try:
-                self._conn = open_store(self.path)
-            except (sqlite3.Error, OSError) as exc:
+                self._store = open_writer(self.cfg)
+            except self._store_errors as exc:
                 self._errors += 1
                 self._reopen_at = time.monotonic() + self._reopen_after_s
-                self._degrade(f"cannot open audit store {self.path} ({_describe(exc)})")
-        return self._conn
+                self._degrade(f"cannot open audit store {self._where} ({_describe(exc)})")
+        return self._store
+
+    def _insert(self, rows: list[Row]) -> bool:
+        """Store rows in one transaction; False (the store closed, to be reopened) on failure."""
+        store = self._open()
+        if store is None:
+            return False
+        try:
+            store.insert(rows)
+        except self._store_errors as exc:
+            self._errors += 1
+            self._store = None  # reopened for the next batch (a replaced file, a freed disk)
+            self._reopen_at = time.monotonic() + self._reopen_after_s
+            with contextlib.suppress(Exception):
+                store.close()
+            self._degrade(f"audit store write failed ({_describe(exc)})")
+            return False
+        return True
 
     def _write(self, batch: list[Row]) -> None:
-        conn = self._open()
-        if conn is None:
+        if not self._insert(batch):
             self._spill(batch, self._degraded or "audit store unavailable")
-            return
-        try:
-            insert_rows(conn, batch)
-        except (sqlite3.Error, OSError) as exc:
-            self._errors += 1
-            self._conn = None  # reopened for the next batch (a replaced file, a freed disk)
-            conn.close()
-            self._spill(batch, f"audit store write failed ({_describe(exc)})")
             return
         self._written += len(batch)
         self._batches += 1
@@ -284,6 +281,63 @@ class AuditLog:
             log.warning(
                 "audit store healthy again (%d written, %d spilled)", self._written, self._spilled
             )
+
+    def _upkeep(self) -> None:
+        """Between batches: replay spilled records once the store takes writes again, and
+        delete records older than `retention_days`."""
+        now = time.monotonic()
+        if now >= self._replay_at:
+            self._replay_at = now + REPLAY_EVERY_S
+            if self._spill_file.pending() and self._open() is not None:
+                self._replay()
+        if self.cfg.retention_days and now >= self._purge_at and self._open() is not None:
+            self._purge_at = now + PURGE_EVERY_S
+            before = time.time() - self.cfg.retention_days * 86400
+            try:
+                self._purged += self._store.purge(before)
+            except self._store_errors as exc:
+                self._purge_at = now + self._reopen_after_s
+                log.warning("audit retention purge failed (%s)", _describe(exc))
+
+    def _replay(self) -> None:
+        """Store what was spilled (by this process or any other sharing the spill file),
+        batch by batch; what cannot be stored yet goes back to the spill file."""
+        for path in self._spill_file.take():
+            with contextlib.suppress(FileNotFoundError), open(path, "rb") as file:
+                try:
+                    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # another recorder is replaying it
+                    continue
+                if not same_file(file, path):  # replayed and removed meanwhile
+                    continue
+                lines = file.read().decode(errors="replace").splitlines()
+                done = self._replay_lines([line for line in lines if line.strip()])
+                if done < len(lines):
+                    self._spill_file.write_lines(lines[done:])
+                os.unlink(path)
+            if self._store is None:
+                return
+
+    def _replay_lines(self, lines: list[str]) -> int:
+        """How many of `lines` are stored (the rest wait for the next replay)."""
+        done = 0
+        while done < len(lines):
+            chunk = lines[done : done + self._batch_size]
+            rows = []
+            for line in chunk:
+                try:
+                    rows.append(audit_row(orjson.loads(line)))
+                except (orjson.JSONDecodeError, TypeError, AttributeError):
+                    self._errors += 1  # a torn line (a crash mid-write): not a record
+            if rows and not self._insert(rows):
+                return done
+            done += len(chunk)
+            self._replayed += len(rows)
+        if done:
+            log.warning("replayed %d spilled audit records into %s", done, self._where)
+        if self._degraded and not self._pending:
+            self._degraded = None
+        return done
 
     # -- spill (either thread) -------------------------------------------------------------
 

@@ -18,12 +18,13 @@ from typing import IO, Any
 
 import orjson
 
+from proxy.audit_backends import describe_store, store_errors
 from proxy.audit_store import (
     AuditQueryError,
     Filters,
     StoreMissing,
     compute_stats,
-    connect_readonly,
+    open_reader,
     select,
 )
 from proxy.config import Config, ConfigError, load_config
@@ -195,11 +196,13 @@ def _filter_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def _with_store(args: argparse.Namespace, run: Callable[..., int]) -> int:
     """Resolve the store from --config, parse the filters, run; usage errors -> exit 2."""
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
     try:
         cfg = load_config(args.config)
-        args.db_path, args.loaded_config = cfg.audit.path, cfg
+        args.db_path, args.loaded_config = describe_store(cfg.audit), cfg
+        errors = store_errors(cfg.audit)
         filters = Filters.build(**_filter_args(args))
-        with closing(connect_readonly(cfg.audit.path)) as conn:
+        with closing(open_reader(cfg.audit)) as conn:
             return run(conn, filters)
     except ConfigError as exc:
         return _fail(f"config: {exc}")
@@ -210,7 +213,7 @@ def _with_store(args: argparse.Namespace, run: Callable[..., int]) -> int:
         )
     except AuditQueryError as exc:
         return _fail(str(exc))
-    except sqlite3.Error as exc:
+    except errors as exc:
         return _fail(f"cannot read audit store {args.db_path}: {exc}")
     except KeyboardInterrupt:
         return 0

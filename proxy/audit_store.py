@@ -1,9 +1,14 @@
-"""The SQLite audit store: schema, batch insert, filtered reads and summaries.
+"""The audit store: schema, batch insert, filtered reads and summaries.
 
 One row per request in `requests` (the full record as JSON text plus indexed columns) and
 one row per verdict in `verdicts` (the columns policy filters and stats need). The gateway's
 writer (proxy.audit) owns the only read-write connection; readers (CLI, admin API) open the
 file read-only, which WAL lets them do while the gateway writes.
+
+SQLite lives here; PostgreSQL (`audit.url`) in proxy.audit_pg, with the same tables. The
+seam is small: `open_writer` (insert, purge, close) and `open_reader` (an `execute` in
+sqlite3's shape), so the filters, queries and stats below are written once, in SQL both
+engines run (`1=1`, no `IS` between columns, a large number for "no limit").
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from typing import Any
 
 import orjson
 
+from proxy.config import Audit
+
 MAX_PAGE = 1000
+NO_LIMIT = 2**62  # "all rows" in both SQLite and PostgreSQL
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -148,6 +156,7 @@ def _column(value: Any) -> str | float | None:
 _PLAIN = frozenset({str, int, float, type(None)})
 
 
+
 # -- filters ---------------------------------------------------------------------------------
 
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
@@ -207,7 +216,7 @@ class Filters:
 
     def where(self) -> tuple[str, list[Any]]:
         """SQL condition on `requests r` and its parameters."""
-        clauses, params = ["1"], []
+        clauses, params = ["1=1"], []
         for template, value in (
             ("r.tenant IN ({})", self.tenant),
             ("r.route IN ({})", self.route),
@@ -240,8 +249,23 @@ def connect_readonly(db_path: str | Path) -> sqlite3.Connection:
     return conn
 
 
+Store = str | Path | Audit  # a SQLite file, or the config's store (either backend)
+
+
+def open_reader(store: Store) -> Any:
+    """A read-only connection to the store, with the sqlite3 calls `select` and
+    `compute_stats` make. Raises StoreMissing for a SQLite file not created yet."""
+    if isinstance(store, Audit):
+        if store.url:
+            from proxy.audit_pg import PgReader
+
+            return PgReader(store.url)
+        store = store.path
+    return connect_readonly(store)
+
+
 def select(
-    conn: sqlite3.Connection,
+    conn: Any,
     filters: Filters,
     *,
     limit: int | None = 100,
@@ -258,14 +282,14 @@ def select(
     cur = conn.execute(
         f"SELECT r.id, r.record FROM requests r WHERE {where} "
         f"ORDER BY r.time {order}, r.id {order} LIMIT ? OFFSET ?",
-        [*params, -1 if limit is None else limit, offset],
+        [*params, NO_LIMIT if limit is None else limit, offset],
     )
     for row_id, text in cur:
         yield row_id, orjson.loads(text)
 
 
 def query(
-    db_path: str | Path,
+    db_path: Store,
     *,
     limit: int | None = 100,
     offset: int = 0,
@@ -277,7 +301,7 @@ def query(
     Filters: tenant, route, policy, decision, request_id (each may be a comma-separated
     list), since, until (unix seconds, ISO-8601, or a time ago like `15m`); see `Filters`.
     """
-    with closing(connect_readonly(db_path)) as conn:
+    with closing(open_reader(db_path)) as conn:
         rows = select(
             conn, Filters.build(**filters), limit=limit, offset=offset, newest_first=newest_first
         )
@@ -308,7 +332,7 @@ _PAIR_COUNTS = (
 
 
 def stats(
-    db_path: str | Path,
+    db_path: Store,
     *,
     limit: int | None = None,
     **filters: str | float | None,
@@ -318,13 +342,13 @@ def stats(
     `limit` restricts the summary to the most recent matching requests. Policy label counts
     are per check (request and side), with streamed windows folded into one label.
     """
-    with closing(connect_readonly(db_path)) as conn:
+    with closing(open_reader(db_path)) as conn:
         return compute_stats(conn, Filters.build(**filters), limit=limit)
 
 
-def compute_stats(conn: sqlite3.Connection, filters: Filters, *, limit: int | None = None) -> dict:
+def compute_stats(conn: Any, filters: Filters, *, limit: int | None = None) -> dict:
     where, params = filters.where()
-    params = [*params, -1 if limit is None else limit]
+    params = [*params, NO_LIMIT if limit is None else limit]
     sel = _FOLD.format(where=where)
     per_tenant = conn.execute(
         f"{sel} SELECT COALESCE(r.tenant, '?'), COALESCE(r.decision, '?'), COUNT(*),"
@@ -342,7 +366,8 @@ def compute_stats(conn: sqlite3.Connection, filters: Filters, *, limit: int | No
     ).fetchall()
     pairs = conn.execute(
         f"{sel} SELECT s.policy, e.policy, s.side, s.lab, e.lab, COUNT(*)"
-        " FROM checks s JOIN checks e ON e.request = s.request AND e.side IS s.side"
+        " FROM checks s JOIN checks e ON e.request = s.request"
+        " AND COALESCE(e.side, '') = COALESCE(s.side, '')"
         " AND e.shadow = 0 WHERE s.shadow = 1 GROUP BY 1, 2, 3, 4, 5",
         params,
     ).fetchall()
@@ -413,7 +438,7 @@ def summarise(per_tenant: list, per_policy: list, labels: list, pairs: list) -> 
 # -- admin API -------------------------------------------------------------------------------
 
 
-async def audit_page(db_path: str | Path, params: Mapping[str, str]) -> dict:
+async def audit_page(db_path: Store, params: Mapping[str, str]) -> dict:
     """One page for `GET /admin/audit`, newest first (`order=asc` for oldest first).
 
     Accepts tenant, route, policy, decision, request_id, since, until, limit (<= 1000),
@@ -429,7 +454,7 @@ async def audit_page(db_path: str | Path, params: Mapping[str, str]) -> dict:
 
     def run() -> list[dict]:
         try:
-            with closing(connect_readonly(db_path)) as conn:
+            with closing(open_reader(db_path)) as conn:
                 rows = select(
                     conn, filters, limit=limit + 1, offset=offset, newest_first=order == "desc"
                 )

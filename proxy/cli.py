@@ -34,9 +34,11 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=30,
         lifespan="on",
     )
-    if workers > 1:
+    if workers > 1:  # one supervisor, N workers: one /metrics, reload and /readyz for all
+        from proxy.fleet.supervisor import serve_fleet
+
         os.environ[CONFIG_ENV] = os.path.abspath(args.config)
-        uvicorn.run("proxy.app:app_from_env", factory=True, workers=workers, **options)
+        return serve_fleet(args.config, workers, options)
     else:
         uvicorn.run(build_app(config), **options)
     return 0

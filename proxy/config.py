@@ -99,6 +99,32 @@ def _strings(value: Any) -> tuple[str, ...]:
 
 
 Keys = Annotated[tuple[str, ...], BeforeValidator(_strings)]
+
+
+def _unset_is_none(value: Any) -> Any:
+    """An empty value (an unset `${VAR:-}`) means the setting is off."""
+    return None if value == "" else value
+
+
+def _service_url(*schemes: str) -> Any:
+    def check(value: Any) -> str | None:
+        if value in (None, ""):
+            return None
+        text = _str(value)
+        if urlsplit(text).scheme not in schemes:
+            raise _refuse(f"must be a {' or '.join(s + '://' for s in schemes)} URL")
+        return text
+
+    return Annotated[
+        str | None,
+        PlainValidator(check),
+        WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "null"}]}),
+    ]
+
+
+PostgresUrl = _service_url("postgresql", "postgres")
+CacheUrl = _service_url("redis", "rediss", "valkey", "valkeys", "unix")
+OptionalFloat = Annotated[Float | None, BeforeValidator(_unset_is_none)]
 Name = SkipJsonSchema[str]  # filled from the mapping key the entry sits under
 
 _STRICT = ConfigDict(extra="forbid")
@@ -224,6 +250,7 @@ class Classifier(_Keyed):
     api_key: str = ""
     cache_ttl_s: Float = 3600.0
     cache_size: Int = 10_000
+    cache_url: CacheUrl = None  # redis:// or valkey:// shared verdict cache (optional)
     # Where the model runs: sets the request's defaults (proxy.guard.safeguard).
     runtime: Literal["sglang", "vllm", "ollama", "openai-compatible"] = "sglang"
     temperature: Float | None = None  # None: the runtime's default (0, or the model's own)
@@ -359,6 +386,12 @@ class Audit(_Keyed):
     batch_size: Int = 256
     flush_interval_s: Float = 0.2
     spill_path: str | None = None  # default: <path>.spill.jsonl
+    url: PostgresUrl = None  # postgresql://... : the store is PostgreSQL, not SQLite at `path`
+    retention_days: OptionalFloat = None  # records older than this are deleted (both stores)
+
+    def __post_init__(self) -> None:
+        if self.retention_days is not None and self.retention_days <= 0:
+            raise _refuse("must be a positive number of days", "retention_days")
 
 
 @_section

@@ -22,6 +22,7 @@ from proxy.config import Config, parse_config
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.classifier import FakeSafeguard
 from tests.fakes.collector import Collector
+from tests.fakes.engines import postgres_server, redis_server  # noqa: F401 (fixtures)
 from tests.fakes.serve import ServerHandle, free_socket, serve
 from tests.fakes.upstream import FakeOpenAI
 

@@ -134,27 +134,34 @@ def test_admin_audit_endpoint_pages_records(make_gateway):
 
 def test_sigterm_drains_in_flight_requests_into_the_audit_log(upstream, classifier, tmp_path):
     """200 requests in flight, SIGTERM: every response a client got has its audit record."""
+    ids = sigterm_with_in_flight(upstream, classifier, tmp_path, 200)
+    from proxy.audit_store import query
+
+    stored = {r["request_id"] for r in query(str(tmp_path / "audit.db"), limit=None)}
+    assert ids <= stored
+
+
+def sigterm_with_in_flight(upstream, classifier, tmp_path, n: int, **changes) -> set[str]:
+    """A gateway process with `n` requests in flight gets SIGTERM; every request must have
+    been answered 200 (the drain). Returns their request ids."""
     path = write_config_file(
         tmp_path,
         upstream,
         classifier,
-        **{"upstreams.main.timeout_s": 30, "audit.content": "none"},
+        **{"upstreams.main.timeout_s": 30, "audit.content": "none", **changes},
     )
     proc, base = start_gateway_process(path)
     try:
         upstream[0].first_token_delay_s = 1.0
-        responses = asyncio.run(_fire_and_terminate(base, proc, upstream[0], 200))
+        responses = asyncio.run(_fire_and_terminate(base, proc, upstream[0], n))
         # uvicorn re-raises SIGTERM once it has drained, so the exit status says SIGTERM
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
     finally:
         if proc.poll() is None:
             proc.kill()
     ok = [r for r in responses if isinstance(r, httpx.Response)]
-    assert len(ok) == 200 and all(r.status_code == 200 for r in ok)
-    from proxy.audit_store import query
-
-    stored = {r["request_id"] for r in query(str(tmp_path / "audit.db"), limit=None)}
-    assert {r.headers["x-request-id"] for r in ok} <= stored
+    assert len(ok) == n and all(r.status_code == 200 for r in ok)
+    return {r.headers["x-request-id"] for r in ok}
 
 
 async def _fire_and_terminate(base, proc, fake_upstream, n):

@@ -341,7 +341,7 @@ def test_kustomization_lists_files_that_exist_and_every_policy() -> None:
 
 
 def test_gateway_deployment_probes_security_and_lifecycle() -> None:
-    deployment = find(all_k8s_docs(), "Deployment", "safeguard-gateway")
+    deployment = find(all_k8s_docs(), "StatefulSet", "safeguard-gateway")
     pod = deployment["spec"]["template"]["spec"]
     gw = container(pod, "gateway")
     assert gw["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -358,7 +358,7 @@ def test_gateway_deployment_probes_security_and_lifecycle() -> None:
 
 
 def test_gateway_deployment_runs_the_cli_on_the_mounted_config() -> None:
-    pod = find(all_k8s_docs(), "Deployment", "safeguard-gateway")["spec"]["template"]["spec"]
+    pod = find(all_k8s_docs(), "StatefulSet", "safeguard-gateway")["spec"]["template"]["spec"]
     gw = container(pod, "gateway")
     args = parse_cli(gw["args"])
     port = next(p["containerPort"] for p in gw["ports"] if p["name"] == "http")
@@ -380,7 +380,7 @@ def test_k8s_gateway_config_loads_and_points_at_the_router() -> None:
     assert_policies_exist(config)
     docs = all_k8s_docs()
     gw = container(
-        find(docs, "Deployment", "safeguard-gateway")["spec"]["template"]["spec"], "gateway"
+        find(docs, "StatefulSet", "safeguard-gateway")["spec"]["template"]["spec"], "gateway"
     )
     url = env_value(gw, "SAFEGUARD_BASE_URL")
     host, port = re.match(r"http://([\w-]+):(\d+)/v1$", url).groups()
@@ -388,15 +388,66 @@ def test_k8s_gateway_config_loads_and_points_at_the_router() -> None:
     assert int(port) in [p["port"] for p in service["spec"]["ports"]]
 
 
+def test_k8s_audit_goes_to_postgres_from_the_secret_and_nothing_audit_is_on_emptydir() -> None:
+    url = "postgresql://u:p@db:5432/safeguard"
+    config = load_config(
+        K8S / "gateway.yaml",
+        env={
+            "ACME_KEY": "k",
+            "AUDIT_DATABASE_URL": url,
+            "VERDICT_CACHE_URL": "redis://valkey:6379/0",
+        },
+    )
+    assert config.audit.url == url and config.audit.retention_days
+    docs = all_k8s_docs()
+    gateway = find(docs, "StatefulSet", "safeguard-gateway")
+    pod = gateway["spec"]["template"]["spec"]
+    gw = container(pod, "gateway")
+    secret_env = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+        for e in gw["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert secret_env["AUDIT_DATABASE_URL"] == "safeguard-gateway-secrets"
+    # the spill file is on the pod's own claim, not on an emptyDir
+    mounts = {m["mountPath"]: m["name"] for m in gw["volumeMounts"]}
+    spill_dir = config.audit.spill_path.rsplit("/", 1)[0]
+    claims = {t["metadata"]["name"] for t in gateway["spec"]["volumeClaimTemplates"]}
+    assert mounts[spill_dir] in claims
+    empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    assert not {name for path, name in mounts.items() if name in empty} - {"tmp"}
+    # the shared verdict cache points at the Valkey Service
+    assert config.classifier.cache_url == env_value(gw, "VERDICT_CACHE_URL")
+    host, port = re.match(r"redis://([\w-]+):(\d+)/0$", env_value(gw, "VERDICT_CACHE_URL")).groups()
+    assert int(port) in [p["port"] for p in find(docs, "Service", host)["spec"]["ports"]]
+    find(docs, "Deployment", host)
+
+
+def test_compose_runs_postgres_and_valkey_for_the_gateway() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"postgres", "valkey"} <= set(services)
+    gateway = services["gateway"]
+    assert gateway["depends_on"]["postgres"]["condition"] == "service_healthy"
+    env = env_example()
+    for name in ("AUDIT_DATABASE_URL", "VERDICT_CACHE_URL"):  # as compose interpolates them
+        env[name] = gateway["environment"][name].replace(
+            "${POSTGRES_PASSWORD:-safeguard}", env["POSTGRES_PASSWORD"]
+        )
+    config = load_config(DEPLOY / "gateway.compose.yaml", env=env)
+    assert config.audit.url and "@postgres:5432/" in config.audit.url
+    assert config.classifier.cache_url == "redis://valkey:6379/0"
+
+
 def test_service_hpa_and_pdb_target_the_gateway() -> None:
     docs = all_k8s_docs()
-    deployment = find(docs, "Deployment", "safeguard-gateway")
+    deployment = find(docs, "StatefulSet", "safeguard-gateway")
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     service = find(docs, "Service", "safeguard-gateway")
     assert service["spec"]["selector"].items() <= labels.items()
     hpa = find(docs, "HorizontalPodAutoscaler", "safeguard-gateway")
     target = hpa["spec"]["scaleTargetRef"]
-    assert (target["kind"], target["name"]) == ("Deployment", "safeguard-gateway")
+    assert (target["kind"], target["name"]) == ("StatefulSet", "safeguard-gateway")
     assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
     assert hpa["spec"]["minReplicas"] >= 2
     pdb = find(docs, "PodDisruptionBudget", "safeguard-gateway")
@@ -460,7 +511,7 @@ def test_kustomize_build_wires_generated_configmaps_into_the_gateway() -> None:
     maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
     policies = next(m for n, m in maps.items() if n.startswith("safeguard-policies-"))
     assert set(policies["data"]) == {p.name for p in POLICIES.glob("*.md")}
-    pod = find(docs, "Deployment", "safeguard-gateway")["spec"]["template"]["spec"]
+    pod = find(docs, "StatefulSet", "safeguard-gateway")["spec"]["template"]["spec"]
     used = {v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v}
     assert policies["metadata"]["name"] in used
     assert any(n.startswith("safeguard-gateway-config-") for n in used)
@@ -473,7 +524,7 @@ def test_policy_reloader_component_adds_the_sidecar(tmp_path: Path) -> None:
     kust = tmp_path / "deploy" / "k8s" / "kustomization.yaml"
     kust.write_text(kust.read_text() + "\ncomponents:\n  - components/policy-reloader\n")
     docs = _kustomize(kust.parent)
-    pod = find(docs, "Deployment", "safeguard-gateway")["spec"]["template"]["spec"]
+    pod = find(docs, "StatefulSet", "safeguard-gateway")["spec"]["template"]["spec"]
     sidecar = container(pod, "policy-reloader")
     assert sidecar["image"] == container(pod, "gateway")["image"]
     assert {"name": "policies", "mountPath": "/app/policies", "readOnly": True} in sidecar[

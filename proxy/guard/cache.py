@@ -1,7 +1,9 @@
 """Verdict cache: (policy version, content digest) -> Verdict, with in-flight coalescing.
 
 Only real verdicts are cached; a classifier error is retried by the next request. Two
-requests classifying the same content under the same policy version share one call.
+requests classifying the same content under the same policy version share one call. With
+a shared cache (proxy.guard.shared_cache) a local miss looks there before the classifier
+is called, and new verdicts are written there in the background.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import replace
 from cachetools import TTLCache
 
 from proxy.guard.safeguard import Verdict
+from proxy.guard.shared_cache import SharedCache
 from proxy.policies import Policy
 
 Key = tuple[str, str, bytes]
@@ -24,7 +27,8 @@ def cache_key(policy: Policy, content: str) -> Key:
 
 
 class VerdictCache:
-    def __init__(self, *, ttl_s: float, size: int) -> None:
+    def __init__(self, *, ttl_s: float, size: int, shared: SharedCache | None = None) -> None:
+        self.shared = shared
         self._verdicts: TTLCache[Key, Verdict] = TTLCache(maxsize=max(size, 1), ttl=ttl_s)
         self._enabled = size > 0 and ttl_s > 0
         self._in_flight: dict[Key, asyncio.Future[Verdict]] = {}
@@ -52,7 +56,7 @@ class VerdictCache:
         future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future
         try:
-            verdict = await classify()
+            verdict = await self._classify(key, classify)
         except asyncio.CancelledError:
             future.cancel()
             raise
@@ -66,6 +70,18 @@ class VerdictCache:
         future.set_result(verdict)
         if self._enabled:
             self._verdicts[key] = verdict
+        return verdict
+
+    async def _classify(self, key: Key, classify: Callable[[], Awaitable[Verdict]]) -> Verdict:
+        shared = self.shared
+        if shared is None:
+            return await classify()
+        _, version, digest = key
+        if (found := await shared.get(key[0], version, digest)) is not None:
+            return found
+        verdict = await classify()
+        if not verdict.error:
+            shared.put(version, digest, verdict)
         return verdict
 
     def clear(self) -> None:

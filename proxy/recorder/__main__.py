@@ -1,4 +1,5 @@
-"""The recorder process: `python -m proxy.recorder SETTINGS STATUS_FD`, started by the gateway.
+"""The recorder process: `python -m proxy.recorder SETTINGS_VAR STATUS_FD`, started by the
+gateway with its settings (JSON) in the environment variable SETTINGS_VAR.
 
 Reads frames from stdin until it closes; audit rows go to an `AuditLog` (SQLite batch
 writer, spill file), spans are encoded to OTLP and handed to a `BatchExport`. A status
@@ -31,7 +32,9 @@ STATUS_S = 0.25
 
 
 def main(argv: list[str]) -> int:
-    settings, status_fd = orjson.loads(argv[0]), int(argv[1])
+    # argv[0] names the environment variable holding the settings (or is them, inline)
+    raw = os.environ.get(argv[0], argv[0])
+    settings, status_fd = orjson.loads(raw), int(argv[1])
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -32,6 +32,7 @@ RESTART_AFTER_S = 5.0
 SILENT_AFTER_S = 10.0  # no status line for this long: the recorder is stuck
 MAX_BACKLOG = 64 << 20  # bytes waiting for the recorder before records spill here
 _F_SETPIPE_SZ = 1031
+SETTINGS_ENV = "SAFEGUARD_RECORDER_SETTINGS"
 
 
 class Recorder(SpanExport):
@@ -102,7 +103,10 @@ class Recorder(SpanExport):
             return
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy.recorder", self._settings, str(status_write)],
+                [sys.executable, "-m", "proxy.recorder", SETTINGS_ENV, str(status_write)],
+                # in the environment, not argv: an audit.url may carry a password, and any
+                # local user can read a process's arguments
+                env={**os.environ, SETTINGS_ENV: self._settings},
                 stdin=subprocess.PIPE,
                 pass_fds=(status_write,),
                 start_new_session=True,  # a terminal's Ctrl-C is the gateway's to handle

@@ -1,0 +1,70 @@
+"""The audit store's seam: which engine the config names, opened for the writer thread.
+
+SQLite at `audit.path` is the default; `audit.url: postgresql://...` selects PostgreSQL
+(proxy.audit_pg, imported only then). A writer has `insert(rows)`, `purge(before)` and
+`close()`; `store_errors` is what it raises when the store fails (the batch is then
+spilled and the store reopened). Readers: proxy.audit_store.open_reader.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from proxy.audit_store import Row, insert_rows, open_store
+from proxy.config import Audit
+
+
+class SqliteWriter:
+    """The writer thread's read-write store (proxy.audit_pg.PgWriter is the other one)."""
+
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
+
+    def __init__(self, path: str | Path) -> None:
+        self.where = str(path)
+        self.conn = open_store(path)
+
+    def insert(self, rows: Sequence[Row]) -> None:
+        insert_rows(self.conn, rows)
+
+    def purge(self, before: float) -> int:
+        """Delete records that started before `before` (unix seconds), verdicts first."""
+        with self.conn:
+            self.conn.execute(
+                "DELETE FROM verdicts WHERE request IN (SELECT id FROM requests WHERE time < ?)",
+                (before,),
+            )
+            return self.conn.execute("DELETE FROM requests WHERE time < ?", (before,)).rowcount
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def open_writer(cfg: Audit) -> Any:
+    """The store named by the config, read-write, its schema created or migrated:
+    PostgreSQL for `audit.url`, else SQLite at `audit.path`."""
+    if cfg.url:
+        from proxy.audit_pg import PgWriter
+
+        return PgWriter(cfg.url)
+    return SqliteWriter(cfg.path)
+
+
+def store_errors(cfg: Audit) -> tuple[type[BaseException], ...]:
+    """What a failing store raises (a write is spilled and the store reopened on these)."""
+    if cfg.url:
+        from proxy.audit_pg import ERRORS
+
+        return ERRORS
+    return SqliteWriter.errors
+
+
+def describe_store(cfg: Audit) -> str:
+    """The store's name for messages: the path, or the URL without its password."""
+    if cfg.url:
+        from proxy.audit_pg import redact_url
+
+        return redact_url(cfg.url)
+    return cfg.path

@@ -1,0 +1,98 @@
+"""The shared verdict cache against a real Redis or Valkey server (tests.fakes.engines)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+import redis
+
+from proxy.guard.safeguard import Verdict
+from proxy.guard.shared_cache import decode_verdict, encode_verdict, redis_url
+from tests.fakes.serve import free_socket
+from tests.test_guard import chat
+
+ROUTE = {"upstream": "main", "input": {"policies": ["cheating", "spam"]}}
+
+
+def shared(url: str) -> dict:
+    return {"classifier": {"cache_url": url}}
+
+
+def wait_for_keys(url: str, count: int, timeout: float = 5.0) -> None:
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + timeout
+    while len(client.keys("safeguard:verdict:*")) < count:
+        assert time.monotonic() < deadline, "the verdicts never reached the shared cache"
+        time.sleep(0.02)
+    client.close()
+
+
+@pytest.fixture
+def cache_url(redis_server) -> str:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+def test_two_gateways_sharing_the_cache_classify_a_repeated_text_once(
+    make_gateway, classifier, cache_url
+):
+    one = make_gateway(guarded=ROUTE, raw=shared(cache_url))
+    two = make_gateway(guarded=ROUTE, raw=shared(cache_url.replace("redis://", "valkey://")))
+    text = "a repeated question about the weather"
+    assert chat(one, "guarded-1", text).status_code == 200
+    wait_for_keys(cache_url, 2)  # written in the background, after the answer
+    for gw in (two, one, two):
+        assert chat(gw, "guarded-1", text).status_code == 200
+    assert len(classifier[0].calls_for("cheating")) == 1
+    assert len(classifier[0].calls_for("spam")) == 1
+    # a violation found by one gateway is enforced by the other without a call
+    with pytest.raises(openai.BadRequestError):
+        chat(one, "guarded-1", "where do I get an aimbot")
+    wait_for_keys(cache_url, 4)
+    with pytest.raises(openai.BadRequestError):
+        chat(two, "guarded-1", "where do I get an aimbot")
+    assert len(classifier[0].calls_for("cheating")) == 2
+    metrics = httpx.get(two.url + "/metrics").text
+    assert 'safeguard_shared_cache_total{result="hit"} 4' in metrics
+
+
+def test_keys_are_policy_version_and_content_digest_only(make_gateway, cache_url):
+    gw = make_gateway(guarded=ROUTE, raw=shared(cache_url))
+    chat(gw, "guarded-1", "SECRET-TEXT-31337 hello")
+    wait_for_keys(cache_url, 2)
+    client = redis.Redis.from_url(cache_url)
+    keys = client.keys("*")
+    versions = {p.version for p in gw.gateway.policies.values()}
+    assert {k.decode().split(":")[2] for k in keys} <= versions
+    assert all(b"SECRET-TEXT" not in k and b"acme" not in k for k in keys)
+    assert all(b"SECRET-TEXT" not in client.get(k) for k in keys)
+    client.close()
+
+
+def test_a_cache_outage_degrades_to_the_local_cache_never_to_an_error(make_gateway, classifier):
+    sock = free_socket()  # bound, never listening: connections are refused
+    port = sock.getsockname()[1]
+    gw = make_gateway(guarded=ROUTE, raw=shared(f"redis://127.0.0.1:{port}/0"))
+    try:
+        assert chat(gw, "guarded-1", "hello during an outage").status_code == 200
+        assert chat(gw, "guarded-1", "hello during an outage").status_code == 200
+        with pytest.raises(openai.BadRequestError):
+            chat(gw, "guarded-1", "an aimbot during an outage")
+    finally:
+        sock.close()
+    assert len(classifier[0].calls_for("cheating")) == 2  # the local cache still works
+    metrics = httpx.get(gw.url + "/metrics").text
+    assert "safeguard_shared_cache_up 0" in metrics
+    assert 'safeguard_shared_cache_total{result="error"} 0' not in metrics
+
+
+def test_a_verdict_round_trips_without_the_request_fields():
+    verdict = Verdict("p", "v1", True, "C1", "because", "thinking", latency_ms=120.0)
+    back = decode_verdict(encode_verdict(verdict), "p", "v1")
+    assert back == Verdict("p", "v1", True, "C1", "because", "thinking", cache_hit=True)
+    assert redis_url("valkeys://h:1/0") == "rediss://h:1/0"
