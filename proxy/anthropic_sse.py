@@ -10,6 +10,7 @@ choice index plays for Chat Completions: each block's text is windowed on its ow
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -41,9 +42,26 @@ def texts(data: dict[str, Any], thinking: bool = False) -> dict[int, str]:
     return {index: delta[key]} if delta[key] else {}
 
 
-def with_texts(data: dict[str, Any], texts: dict[int, str], thinking: bool = False) -> None:
+def read(data: dict[str, Any], event: Any, thinking: bool = False) -> None:
+    """Fill a parsed `sse.Event` from a Messages API event: its text per block, a tool
+    call's name (its block's `content_block_start`), and whether the stream ends here."""
+    kind = data.get("type")
+    if kind == "content_block_delta":
+        found = texts(data, thinking)
+        if found:
+            event.texts = found
+    elif kind == "content_block_start":
+        block = data.get("content_block")
+        name = block.get("name") if isinstance(block, dict) else None
+        if isinstance(name, str) and block.get("type") == "tool_use":  # type: ignore[union-attr]
+            event.names = {int(data.get("index") or 0): name}
+    elif kind in ("message_stop", "error"):
+        event.terminal = True
+
+
+def with_texts(data: dict[str, Any], texts: Mapping[Any, str]) -> None:
     """Rewrite a (copied) delta event's text in place: a redacted window's text."""
-    found = _field(data, thinking)
+    found = _field(data, thinking=True)
     if found is not None and found[0] in texts:
         index, delta, key = found
         delta[key] = texts[index]

@@ -156,7 +156,6 @@ def _column(value: Any) -> str | float | None:
 _PLAIN = frozenset({str, int, float, type(None)})
 
 
-
 # -- filters ---------------------------------------------------------------------------------
 
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)

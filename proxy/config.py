@@ -327,11 +327,14 @@ class OutputSide(Side):
     window_chars: Int = 400
     overlap_chars: Int = 120
     window_ms: Int = 1000  # the longest text waits in a window before it is checked
+    first_window_chars: Int = 24  # the first window; each next one doubles up to window_chars
     thinking: Bool = False  # Anthropic answers: guard `thinking` blocks too
 
     def __post_init__(self) -> None:
         if self.window_ms < 10:
             raise _refuse("must be at least 10", "window_ms")
+        if self.first_window_chars < 1:  # above window_chars: windows do not grow
+            raise _refuse("must be at least 1", "first_window_chars")
         if self.window_chars < 16:
             raise _refuse("must be at least 16", "window_chars")
         if not 0 <= self.overlap_chars < self.window_chars:

@@ -11,7 +11,7 @@ import orjson
 
 from proxy.config import Route, Tenant
 from proxy.guard.engine import Outcome, SideResult
-from proxy.guard.streaming import StreamGuard
+from proxy.stream_watch import StreamWatch
 
 
 @dataclass(slots=True)
@@ -46,7 +46,7 @@ class Exchange:
         usage = body.get("usage") if body else None
         self.usage = usage if isinstance(usage, dict) else None
 
-    def take_stream(self, watched: StreamGuard) -> None:
+    def take_stream(self, watched: StreamWatch) -> None:
         self.answer = watched.last
         self.usage = watched.usage
         self.finish_reasons = watched.finish_reasons

@@ -19,11 +19,11 @@ import orjson
 
 from proxy import anthropic_api
 from proxy.anthropic_api import COUNT_TOKENS, MESSAGES
-from proxy.config import OutputSide, host_port
+from proxy.config import host_port
 from proxy.exchange import Exchange, json_or_none, since
 from proxy.gateway import Gateway
 from proxy.guard.engine import Outcome, SideResult, worse
-from proxy.guard.streaming import StreamGuard
+from proxy.guard.streaming import Relay, StreamGuard
 from proxy.openai_api import (
     EMBEDDINGS,
     GENERATION_ENDPOINTS,
@@ -47,12 +47,12 @@ from proxy.shaping import (
     too_large,
     withhold,
 )
+from proxy.stream_watch import StreamWatch
 from proxy.tenancy import bearer_token
 from proxy.upstream import UpstreamError, UpstreamResponse
 
 log = logging.getLogger("proxy")
 
-WATCH_ONLY = OutputSide(stream="passthrough")
 # Request ids: a random per-process prefix and a counter (unique across workers, no
 # syscall per request).
 _ID_PREFIX = os.urandom(10).hex()
@@ -234,29 +234,27 @@ class ProxyHandler:
                 ex.take_answer(json_or_none(body))
             await send.whole(response.status, response.headers + ex.headers(), body)
             return
-        await self._pipe(ex, response, send, self._watcher(ex))
+        await self._pipe(ex, response, send, Relay(ex.endpoint, self._watcher(ex)))
 
     async def _pipe(
-        self, ex: Exchange, response: UpstreamResponse, send: Sender, guard: StreamGuard | None
+        self, ex: Exchange, response: UpstreamResponse, send: Sender, stream: StreamGuard | Relay
     ) -> None:
-        """Stream the answer to the client through `guard` (or as it comes), then note
-        what the guard saw."""
+        """Stream the answer to the client through `stream` (a guard, or a plain relay
+        that still ends a broken stream with an error frame), then note what it saw."""
         await send.start(response.status, response.headers + ex.headers())
         ex.status = response.status
         try:
-            await self._pump(ex, guard.run(response.chunks()) if guard else response.chunks(), send)
+            await self._pump(ex, stream.run(response.chunks()), send)
         finally:
             response.close()
             ex.upstream_ms = since(ex.upstream_started)
-            if guard is not None:
-                ex.take_stream(guard)
+            ex.error = ex.error or stream.failure
+            if stream.watch is not None:
+                ex.take_stream(stream.watch)
 
-    def _watcher(self, ex: Exchange) -> StreamGuard | None:
-        """A policy-less stream guard that notes usage and finish reasons as the stream
-        passes, when something will use them."""
-        if not self._reads_usage(ex):
-            return None
-        return StreamGuard(self.gw.guard, WATCH_ONLY, {}, ex.endpoint, "open")
+    def _watcher(self, ex: Exchange) -> StreamWatch | None:
+        """Notes usage and finish reasons as the stream passes, when something will use them."""
+        return StreamWatch(ex.endpoint) if self._reads_usage(ex) else None
 
     def _reads_usage(self, ex: Exchange) -> bool:
         """A relayed answer's usage, model and finish reasons feed the token metrics and
@@ -412,9 +410,11 @@ class ProxyHandler:
         assert route is not None
         side = route.output
         if not side.guarded:
-            await self._pipe(ex, response, send, self._watcher(ex))
+            await self._pipe(ex, response, send, Relay(ex.endpoint, self._watcher(ex)))
             return
-        guard = StreamGuard(self.gw.guard, side, policies, ex.endpoint, route.fail)
+        guard = StreamGuard(
+            self.gw.guard, side, policies, ex.endpoint, route.fail, self._watcher(ex)
+        )
         try:
             await self._pipe(ex, response, send, guard)
         finally:
@@ -428,8 +428,8 @@ class ProxyHandler:
         ex.outcomes += guard.outcomes
         ex.decision = worse(ex.decision, guard.decision)
         if self.keep_content:
-            ex.content["output"] = "\n\n".join(guard.full_text.values())
-            ex.content["output_redacted"] = "\n\n".join(guard.released.values())
+            ex.content["output"] = _joined(guard, guard.full_text)
+            ex.content["output_redacted"] = _joined(guard, guard.released)
 
     async def _judge_passthrough(self, ex: Exchange, guard: StreamGuard) -> None:
         """Everything was sent already: classify the whole answer for the record only."""
@@ -524,3 +524,10 @@ class ProxyHandler:
         ex.outcomes += [o for o in results if isinstance(o, Outcome)]
         if self.auditing:
             self.gw.audit.submit(ex.record(total_s))
+
+
+def _joined(guard: StreamGuard, texts: Mapping[Any, str]) -> str:
+    """A stream's texts for the audit: each channel (choice, tool call) under its name."""
+    return "\n\n".join(
+        f"[{label}] {text}" if (label := guard.label(key)) else text for key, text in texts.items()
+    )

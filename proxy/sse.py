@@ -2,13 +2,19 @@
 
 Events keep their raw bytes so anything forwarded unchanged is byte-identical to what
 the upstream sent; only an event whose text is redacted is re-serialized.
+
+Guardable text is keyed per channel: a choice's (or Responses output item's) content is
+its plain index; tool-call arguments, legacy `function_call` arguments and refusals of
+choice `i` are `(i, "tool", k)`, `(i, "function", 0)` and `(i, "refusal", 0)`. A Responses
+`function_call` item is an output item of its own, so its arguments are keyed by its index.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Union
 
 import orjson
 
@@ -16,7 +22,16 @@ from proxy import anthropic_sse
 from proxy.anthropic_api import MESSAGES
 from proxy.openai_api import COMPLETIONS, RESPONSES
 
+Key = Union[int, tuple[int, str, int]]  # noqa: UP007 (a runtime alias)
+
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+# Responses events that end a stream (`error` included: the upstream said why it stopped)
+RESPONSES_TERMINAL = frozenset(
+    ("response.completed", "response.incomplete", "response.failed", "error")
+)
+_RESPONSES_DELTAS = frozenset(
+    ("response.output_text.delta", "response.function_call_arguments.delta")
+)
 
 
 class EventSplitter:
@@ -27,6 +42,14 @@ class EventSplitter:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         data = self._pending + chunk if self._pending else chunk
+        if (
+            data.endswith(b"\n\n")
+            and data.count(b"\n\n") == 1
+            and data[-3:-2] != b"\n"
+            and (b"\r" not in data)
+        ):
+            self._pending = b""  # the common case: one whole LF-framed event per chunk
+            return [data]
         events, start = [], 0
         for match in _BOUNDARY.finditer(data):
             events.append(data[start : match.end()])
@@ -40,62 +63,230 @@ class EventSplitter:
         return rest
 
 
-@dataclass(slots=True)
+NOTHING: Mapping[Any, str] = MappingProxyType({})  # the shared empty (read-only) mapping
+
+
 class Event:
-    raw: bytes
-    name: str | None = None  # the `event:` field (the Responses API names its events)
-    data: dict[str, Any] | None = None
-    done: bool = False  # `data: [DONE]`
-    texts: dict[int, str] = field(default_factory=dict)  # choice/output index -> text delta
+    """One event; most carry one text delta and nothing else, so the mappings default to
+    one shared read-only empty mapping (parsing assigns new dicts, never mutates them)."""
+
+    __slots__ = (
+        "data",
+        "done",
+        "finals",
+        "finishing",
+        "garbled",
+        "name",
+        "names",
+        "raw",
+        "terminal",
+        "texts",
+    )
+
+    def __init__(self, raw: bytes, name: str | None = None) -> None:
+        self.raw = raw
+        self.name = name  # the `event:` field (the Responses API names its events)
+        self.data: dict[str, Any] | None = None
+        self.done = False  # `data: [DONE]`
+        self.texts: Mapping[Key, str] = NOTHING  # channel -> text delta
+        self.finals: Mapping[Key, str] = NOTHING  # channel -> whole text restated
+        self.names: Mapping[Key, str] = NOTHING  # channel -> tool name
+        self.terminal = False  # the stream's end marker (or an upstream error event)
+        self.finishing = False  # closes a choice (a finish_reason) or the response
+        self.garbled = False  # data that is not JSON (never sent on a guarded stream)
+
+    def with_texts(self, texts: Mapping[Key, str]) -> Event:
+        """A copy carrying other text deltas."""
+        copy = Event(self.raw, self.name)
+        for slot in self.__slots__:
+            setattr(copy, slot, getattr(self, slot))
+        copy.texts = texts
+        return copy
+
+    def __repr__(self) -> str:
+        return f"Event({self.raw!r})"
 
     @property
     def type(self) -> str | None:
         return self.data.get("type") if self.data else None
 
 
+def choice_of(key: Key) -> int:
+    return key if isinstance(key, int) else key[0]
+
+
+def _index(value: Any) -> int:
+    return value if type(value) is int else 0
+
+
 def parse_event(raw: bytes, endpoint: str, thinking: bool = False) -> Event:
+    """`thinking`: a Messages API stream's thinking deltas are guardable text too."""
     name = None
-    data_lines = []
-    for line in raw.splitlines():
-        if line.startswith(b"data:"):
-            data_lines.append(line[5:].removeprefix(b" "))
-        elif line.startswith(b"event:"):
-            name = line[6:].strip().decode("utf-8", "replace")
-    event = Event(raw, name)
-    if not data_lines:
+    if raw[:7] == b"data: {" and raw.find(b"\n") == len(raw) - 2:
+        # The common case, one line of JSON: parse it straight away.
+        event = Event(raw)
+        try:
+            data = orjson.loads(raw[6:])
+        except orjson.JSONDecodeError:
+            event.garbled = True
+            return event
+        if type(data) is dict:
+            event.data = data
+            if endpoint == RESPONSES:
+                _responses(data, event)
+            elif not _plain_delta(data, event):
+                _choices(data, event, endpoint == COMPLETIONS)
+                event.terminal = "error" in data
         return event
-    payload = b"\n".join(data_lines)
-    if payload.strip() == b"[DONE]":
-        event.done = True
+    else:
+        data_lines = []
+        for line in raw.splitlines():
+            if line.startswith(b"data:"):
+                data_lines.append(line[5:].removeprefix(b" "))
+            elif line.startswith(b"event:"):
+                name = line[6:].strip().decode("utf-8", "replace")
+        if not data_lines:
+            return Event(raw, name)
+        payload = b"\n".join(data_lines)
+    event = Event(raw, name)
+    if payload[:1] != b"{":
+        if payload.strip() == b"[DONE]":
+            event.done = event.terminal = True
         return event
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
+        event.garbled = True
         return event
     if isinstance(data, dict):
         event.data = data
-        event.texts = (
-            anthropic_sse.texts(data, thinking) if endpoint == MESSAGES else _texts(data, endpoint)
-        )
+        if endpoint == MESSAGES:
+            anthropic_sse.read(data, event, thinking)
+        elif endpoint == RESPONSES:
+            _responses(data, event)
+        else:
+            _choices(data, event, endpoint == COMPLETIONS)
+            event.terminal = "error" in data
     return event
 
 
-def _texts(data: dict[str, Any], endpoint: str) -> dict[int, str]:
-    if endpoint == RESPONSES:
-        if data.get("type") == "response.output_text.delta" and isinstance(data.get("delta"), str):
-            return {int(data.get("output_index") or 0): data["delta"]}
-        return {}
-    texts: dict[int, str] = {}
-    for choice in data.get("choices") or ():
-        if not isinstance(choice, dict):
+def _plain_delta(data: dict[str, Any], event: Event) -> bool:
+    """The bulk of a chat stream, one choice's content delta and nothing else: read it
+    without the general walk (False: not that shape, walk it)."""
+    choices = data.get("choices")
+    if type(choices) is not list or len(choices) != 1 or "error" in data:
+        return False
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("finish_reason"):
+        return False
+    delta = choice.get("delta")
+    if type(delta) is not dict or len(delta) != 1:
+        return False
+    text = delta.get("content")
+    if type(text) is not str:
+        return False
+    if text:
+        i = choice.get("index")
+        event.texts = {i if type(i) is int else 0: text}
+    return True
+
+
+def _choices(data: dict[str, Any], event: Event, completions: bool) -> None:
+    """Chat Completions and Completions chunks: every choice's text, tool calls, refusal."""
+    choices = data.get("choices")
+    if not choices or type(choices) is not list:
+        return
+    texts: dict[Key, str] = {}
+    for choice in choices:
+        if type(choice) is not dict:
             continue
-        if endpoint == COMPLETIONS:
+        i = choice.get("index")
+        if type(i) is not int:
+            i = 0
+        if choice.get("finish_reason"):
+            event.finishing = True
+        if completions:
             text = choice.get("text")
-        else:
-            text = (choice.get("delta") or {}).get("content")
-        if isinstance(text, str) and text:
-            texts[int(choice.get("index") or 0)] = text
-    return texts
+            if text and type(text) is str:
+                texts[i] = text
+            continue
+        delta = choice.get("delta")
+        if type(delta) is not dict:
+            continue
+        text = delta.get("content")
+        if text and type(text) is str:
+            texts[i] = text
+        if len(delta) == 1 and text is not None:
+            continue  # a plain content delta: nothing else to look at
+        refusal = delta.get("refusal")
+        if refusal and isinstance(refusal, str):
+            texts[(i, "refusal", 0)] = refusal
+        call = delta.get("function_call")
+        if isinstance(call, dict):
+            _call_piece(event, (i, "function", 0), call, texts)
+        for tool in delta.get("tool_calls") or ():
+            if isinstance(tool, dict) and isinstance(tool.get("function"), dict):
+                key = (i, "tool", _index(tool.get("index")))
+                _call_piece(event, key, tool["function"], texts)
+    if texts:
+        event.texts = texts
+
+
+def _call_piece(event: Event, key: Key, function: dict[str, Any], texts: dict[Key, str]) -> None:
+    if isinstance(function.get("name"), str) and function["name"]:
+        event.names = {**event.names, key: function["name"]}
+    arguments = function.get("arguments")
+    if arguments and isinstance(arguments, str):
+        texts[key] = arguments
+
+
+def _responses(data: dict[str, Any], event: Event) -> None:
+    kind = data.get("type")
+    event.terminal = kind in RESPONSES_TERMINAL or event.name == "error"
+    event.finishing = kind == "response.completed"
+    i = _index(data.get("output_index"))
+    if kind in _RESPONSES_DELTAS:
+        if isinstance(data.get("delta"), str) and data["delta"]:
+            event.texts = {i: data["delta"]}
+    elif kind == "response.refusal.delta":
+        if isinstance(data.get("delta"), str) and data["delta"]:
+            event.texts = {(i, "refusal", 0): data["delta"]}
+    elif kind == "response.output_item.added":
+        item = data.get("item")
+        if isinstance(item, dict) and item.get("type") == "function_call":
+            _item_finals(item | {"arguments": None}, i, event)  # its name; no text yet
+    elif kind in ("response.output_text.done", "response.function_call_arguments.done"):
+        text = data.get("text" if kind == "response.output_text.done" else "arguments")
+        if isinstance(text, str):
+            event.finals = {i: text}
+    elif kind == "response.refusal.done" and isinstance(data.get("refusal"), str):
+        event.finals = {(i, "refusal", 0): data["refusal"]}
+    elif kind == "response.output_item.done" and isinstance(data.get("item"), dict):
+        _item_finals(data["item"], i, event)
+    elif kind in RESPONSES_TERMINAL and isinstance(data.get("response"), dict):
+        for j, item in enumerate(data["response"].get("output") or ()):
+            if isinstance(item, dict):
+                _item_finals(item, j, event)
+
+
+def _item_finals(item: dict[str, Any], i: int, event: Event) -> None:
+    if item.get("type") == "function_call":
+        if isinstance(item.get("arguments"), str):
+            event.finals = {**event.finals, i: item["arguments"]}
+        if isinstance(item.get("name"), str):
+            event.names = {**event.names, i: item["name"]}
+        return
+    texts, refusals = [], []
+    for part in item.get("content") or ():
+        if isinstance(part, dict):
+            if part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
+                refusals.append(part["refusal"])
+    if texts:
+        event.finals = {**event.finals, i: "".join(texts)}
+    if refusals:
+        event.finals = {**event.finals, (i, "refusal", 0): "".join(refusals)}
 
 
 def serialize(data: dict[str, Any], name: str | None = None) -> bytes:
@@ -103,50 +294,80 @@ def serialize(data: dict[str, Any], name: str | None = None) -> bytes:
     return head + b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-def with_texts(event: Event, endpoint: str, texts: dict[int, str]) -> bytes:
+def _copy(event: Event) -> dict[str, Any]:
+    assert event.data is not None
+    return orjson.loads(orjson.dumps(event.data))  # deep copy; the original stays intact
+
+
+def with_texts(event: Event, endpoint: str, texts: dict[Key, str]) -> bytes:
     """The event re-serialized with its text deltas replaced."""
-    assert event.data is not None
-    data = orjson.loads(orjson.dumps(event.data))  # deep copy; the original stays intact
+    data = _copy(event)
     if endpoint == MESSAGES:
-        anthropic_sse.with_texts(data, texts, thinking=True)
-    elif endpoint == RESPONSES:
-        data["delta"] = texts.get(int(data.get("output_index") or 0), "")
-    else:
-        for choice in data.get("choices") or ():
-            index = int(choice.get("index") or 0)
-            if index in texts:
-                if endpoint == COMPLETIONS:
-                    choice["text"] = texts[index]
-                else:
-                    choice["delta"]["content"] = texts[index]
+        anthropic_sse.with_texts(data, texts)
+        return serialize(data, event.name)
+    if endpoint == RESPONSES:
+        key = next(iter(event.texts), 0)
+        data["delta"] = texts.get(key, "")
+        return serialize(data, event.name)
+    for choice in data.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        i = _index(choice.get("index"))
+        if endpoint == COMPLETIONS:
+            if i in texts:
+                choice["text"] = texts[i]
+            continue
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            continue
+        if i in texts:
+            delta["content"] = texts[i]
+        if (i, "refusal", 0) in texts:
+            delta["refusal"] = texts[(i, "refusal", 0)]
+        if (i, "function", 0) in texts:
+            delta["function_call"]["arguments"] = texts[(i, "function", 0)]
+        for tool in delta.get("tool_calls") or ():
+            key = (i, "tool", _index(tool.get("index")))
+            if key in texts:
+                tool["function"]["arguments"] = texts[key]
     return serialize(data, event.name)
 
 
-def with_final_text(event: Event, texts: dict[int, str]) -> bytes:
+def with_final_text(event: Event, texts: dict[Key, str]) -> bytes:
     """A Responses API `*.done`/`response.completed` event restated with the released text."""
-    assert event.data is not None
-    data = orjson.loads(orjson.dumps(event.data))
+    return serialize(restated(event, texts), event.name)
 
-    def fix_item(item: dict[str, Any], index: int) -> None:
+
+def restated(event: Event, texts: dict[Key, str]) -> dict[str, Any]:
+    """The data of a Responses API `*.done`/`response.completed` event, restating `texts`."""
+    data = _copy(event)
+
+    def fix_item(item: dict[str, Any], i: int) -> None:
+        if item.get("type") == "function_call" and i in texts:
+            item["arguments"] = texts[i]
         for part in item.get("content") or ():
-            if part.get("type") == "output_text" and index in texts:
-                part["text"] = texts[index]
+            if part.get("type") == "output_text" and i in texts:
+                part["text"] = texts[i]
+            elif part.get("type") == "refusal" and (i, "refusal", 0) in texts:
+                part["refusal"] = texts[(i, "refusal", 0)]
 
-    index = int(data.get("output_index") or 0)
+    i = _index(data.get("output_index"))
     kind = data.get("type")
-    if kind == "response.output_text.done" and index in texts:
-        data["text"] = texts[index]
+    if kind == "response.output_text.done" and i in texts:
+        data["text"] = texts[i]
+    elif kind == "response.function_call_arguments.done" and i in texts:
+        data["arguments"] = texts[i]
+    elif kind == "response.refusal.done" and (i, "refusal", 0) in texts:
+        data["refusal"] = texts[(i, "refusal", 0)]
     elif kind == "response.content_part.done" and isinstance(data.get("part"), dict):
-        fix_item({"content": [data["part"]]}, index)
+        fix_item({"content": [data["part"]]}, i)
     elif kind == "response.output_item.done" and isinstance(data.get("item"), dict):
-        fix_item(data["item"], index)
-    elif kind in ("response.completed", "response.incomplete") and isinstance(
-        data.get("response"), dict
-    ):
-        for i, item in enumerate(data["response"].get("output") or ()):
+        fix_item(data["item"], i)
+    elif kind in RESPONSES_TERMINAL and isinstance(data.get("response"), dict):
+        for j, item in enumerate(data["response"].get("output") or ()):
             if isinstance(item, dict):
-                fix_item(item, i)
-    return serialize(data, event.name)
+                fix_item(item, j)
+    return data
 
 
 def usage_of(event: Event) -> dict[str, Any] | None:

@@ -170,3 +170,21 @@ def test_passthrough_streams_flow_and_are_judged_for_the_record(make_gateway, me
     assert found[-2][1]["delta"]["stop_reason"] == "end_turn"
     record = audit_records(gw)[0]
     assert record["decision"] == "annotate" and record["content"]["output"] == "we kill them all"
+
+
+def test_a_broken_upstream_stream_ends_in_an_error_event_the_sdk_raises(
+    make_gateway, messages_upstream
+):
+    gw = claude_gateway(make_gateway, messages_upstream, claude=VIOLENCE, relay={})
+    for model in ("claude-drop", "relay-drop"):  # guarded, and relayed as it comes
+        with (
+            pytest.raises(anthropic.APIStatusError, match="upstream"),
+            sdk(gw).messages.stream(
+                model=model, max_tokens=64, messages=user("say: a b c d e f")
+            ) as stream,
+        ):
+            "".join(stream.text_stream)
+        found = events(gw, model, "say: a b c d e f")
+        assert found[-1][0] == "error" and found[-1][1]["error"]["type"] == "api_error"
+    records = audit_records(gw, 4)
+    assert [r["error"] for r in records] == ["upstream_dropped"] * 4

@@ -311,8 +311,8 @@ def test_answers_are_read_for_usage_only_when_metrics_or_a_span_will_use_it(
 ):
     parsed, watched = [], []
     monkeypatch.setattr(handler, "json_or_none", lambda raw: parsed.append(raw) or None)
-    real_guard = handler.StreamGuard
-    monkeypatch.setattr(handler, "StreamGuard", lambda *a: watched.append(a) or real_guard(*a))
+    real_watch = handler.StreamWatch
+    monkeypatch.setattr(handler, "StreamWatch", lambda *a: watched.append(a) or real_watch(*a))
     for metrics, reads in (("prometheus", True), ("none", False)):  # traces: none in both
         gw = make_gateway(raw={"telemetry": {"metrics": metrics}})
         sdk = openai.OpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0)

@@ -33,6 +33,7 @@ class Outcome:
     verdict: Verdict
     redacted: bool = False
     choice: int | None = None
+    tool: str | None = None  # output: the tool whose call arguments this verdict is on
 
     @property
     def effect(self) -> str:
@@ -58,11 +59,14 @@ class Outcome:
         return result
 
     def record(self) -> dict[str, Any]:
-        return self.verdict.as_record() | {
+        record = self.verdict.as_record() | {
             "side": self.side,
             "action": self.action,
             "choice": self.choice,
         }
+        if self.tool is not None:
+            record["tool"] = self.tool
+        return record
 
 
 def worse(a: str, b: str) -> str:

@@ -12,6 +12,7 @@ from tests.bench.harness import (
     OUTPUT_POLICY,
     Scenario,
     Settings,
+    _cpu_us,
     closed,
     cluster,
     fmt,
@@ -112,6 +113,20 @@ def guard(settings: Settings) -> Scenario:
         "guarded (cache hit)/forwarder req/s at c=32", spread(hit), ">= 0.35", hit["median"] >= 0.35
     )
     sc.check("guarded (cache miss)/forwarder req/s at c=32", spread(miss), "(info)", None)
+    stream_cpu = [v for r in runs[("s_miss", 32)] if (v := _cpu_us(r, "server")) is not None]
+    sc.check(
+        "guarded window stream (100 tokens), gateway CPU per stream at c=32",
+        f"{statistics.median(stream_cpu):.0f} [{min(stream_cpu):.0f}, {max(stream_cpu):.0f}] us",
+        "<= 1500 us",
+        statistics.median(stream_cpu) <= 1500,
+    )
+    stream_calls = [r["classifier_calls_per_request"] for r in runs[("s_miss", 32)]]
+    sc.check(
+        "classifier calls per guarded streamed answer (1 input + output windows)",
+        fmt(statistics.median(stream_calls), 2),
+        "(info)",
+        None,
+    )
     for key, what in (("hit", "cache hit"), ("miss", "miss, 2 classifier calls")):
         added = paired(runs[(key, 1)], runs[("open", 1)], "p50_ms", "diff")
         sc.check(

@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: import `tests.bench.*` from th
     sys.path[:] = [p for p in sys.path if p not in ("", _here)]
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench import core, fleet, guard, messages
+from tests.bench import core, fleet, guard, messages, ttft
 from tests.bench.harness import Scenario, Settings
 from tests.bench.report import render
 
@@ -38,6 +38,7 @@ SCENARIOS = {
     "guard": guard.guard,
     "hiding": guard.hiding,
     "window": guard.window,
+    "ttft": ttft.ttft,
     "obs": core.observability,
     "fleet_audit": fleet.fleet_audit,
     "fleet_cache": fleet.fleet_cache,

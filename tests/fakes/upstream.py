@@ -5,6 +5,11 @@ The answer to a chat/completions/responses request is the last user text prefixe
 script failures: "fail-<status>" answers that status with an OpenAI error body, "tools"
 answers with a tool call, "drop" breaks the connection mid-answer, "hang" never answers;
 chat models ending in "plain-text" answer text/plain, in "always-stream" always stream.
+Streamed answers of models ending in "tool-args" carry the answer as the streamed arguments
+of a `lookup` tool call (`{"query": answer}`; Chat and Responses), in "function-call" as
+legacy `function_call` arguments, in "refusal" as `delta.refusal`; "-cut" ends the stream
+cleanly without its terminator, "-stall" stops sending after a few events and holds the
+connection, "-drop" (like "drop") breaks it.
 """
 
 from __future__ import annotations
@@ -138,11 +143,15 @@ class FakeOpenAI:
             await asyncio.sleep(self.first_token_delay_s)
         return body, None
 
-    async def _stream(self, frames: list[bytes], *, drop: bool) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, frames: list[bytes], *, drop: bool, stall: bool = False
+    ) -> AsyncIterator[bytes]:
         try:
             for i, frame in enumerate(frames):
                 if drop and i == 3:
                     raise ConnectionResetError("scripted drop mid-stream")
+                if stall and i == 3:
+                    await asyncio.sleep(3600)
                 if self.chunk_delay_s and i:
                     await asyncio.sleep(self.chunk_delay_s)
                 yield frame
@@ -151,8 +160,16 @@ class FakeOpenAI:
             raise
 
     def _sse_response(self, frames: list[bytes], body: dict) -> StreamingResponse:
+        model = str(body.get("model"))
+        if model.endswith("-cut"):  # ends cleanly, without [DONE] / response.completed
+            frames = frames[: len(frames) // 2]
         return StreamingResponse(
-            self._stream(frames, drop=body.get("model") == "drop"), media_type="text/event-stream"
+            self._stream(
+                frames,
+                drop=model == "drop" or model.endswith("-drop"),
+                stall=model.endswith("-stall"),
+            ),
+            media_type="text/event-stream",
         )
 
     @staticmethod
@@ -220,7 +237,9 @@ class FakeOpenAI:
                 }
             )
         ]
-        if tools:
+        if body.get("stream") and model.endswith(("tool-args", "function-call", "refusal")):
+            frames += _streamed_calls(chunk, model, text, n)
+        elif tools:
             frames.append(
                 sse(
                     {
@@ -256,7 +275,7 @@ class FakeOpenAI:
                         {
                             "index": i,
                             "delta": {},
-                            "finish_reason": "tool_calls" if tools else "stop",
+                            "finish_reason": _finish(model, tools),
                         }
                     ],
                 }
@@ -362,6 +381,8 @@ class FakeOpenAI:
         }
         if not body.get("stream"):
             return JSONResponse(response)
+        if str(model).endswith("tool-args"):
+            return self._sse_response(_responses_call_events(response, text), body)
         started = {**response, "status": "in_progress", "output": [], "usage": None}
         events: list[tuple[str, dict]] = [
             ("response.created", {"response": started}),
@@ -416,3 +437,76 @@ class FakeOpenAI:
                 ],
             }
         )
+
+
+def _finish(model: str, tools: bool) -> str:
+    if model.endswith("tool-args"):
+        return "tool_calls"
+    if model.endswith("function-call"):
+        return "function_call"
+    return "tool_calls" if tools else "stop"
+
+
+def _streamed_calls(chunk: dict, model: str, text: str, n: int) -> list[bytes]:
+    """Deltas carrying the answer as tool-call / function-call arguments or a refusal."""
+
+    def delta(i: int, piece: str, first: bool) -> dict:
+        if model.endswith("refusal"):
+            return {"refusal": piece}
+        function = {"name": "lookup", "arguments": piece} if first else {"arguments": piece}
+        if model.endswith("function-call"):
+            return {"function_call": function}
+        call = {"index": 0, "function": function}
+        if first:
+            call |= {"id": f"call_{i}", "type": "function"}
+        return {"tool_calls": [call]}
+
+    arguments = text if model.endswith("refusal") else orjson.dumps({"query": text}).decode()
+    frames = []
+    for j, piece in enumerate(["", *pieces(arguments)]):
+        for i in range(n):
+            choice = {"index": i, "delta": delta(i, piece, j == 0), "finish_reason": None}
+            frames.append(sse({**chunk, "choices": [choice]}))
+    return frames
+
+
+def _responses_call_events(response: dict, text: str) -> list[bytes]:
+    """A Responses stream whose one output item is a `lookup` function call."""
+    arguments = orjson.dumps({"query": text}).decode()
+    item = {
+        "type": "function_call",
+        "id": "fc_fake",
+        "call_id": "call_1",
+        "name": "lookup",
+        "arguments": arguments,
+        "status": "completed",
+    }
+    done = {**response, "output": [item]}
+    started = {**response, "status": "in_progress", "output": [], "usage": None}
+    events: list[tuple[str, dict]] = [
+        ("response.created", {"response": started}),
+        ("response.in_progress", {"response": started}),
+        (
+            "response.output_item.added",
+            {"output_index": 0, "item": {**item, "arguments": "", "status": "in_progress"}},
+        ),
+    ]
+    events += [
+        (
+            "response.function_call_arguments.delta",
+            {"output_index": 0, "item_id": "fc_fake", "delta": p},
+        )
+        for p in pieces(arguments)
+    ]
+    events += [
+        (
+            "response.function_call_arguments.done",
+            {"output_index": 0, "item_id": "fc_fake", "arguments": arguments},
+        ),
+        ("response.output_item.done", {"output_index": 0, "item": item}),
+        ("response.completed", {"response": done}),
+    ]
+    return [
+        sse({"type": name, "sequence_number": i, **data}, event=name)
+        for i, (name, data) in enumerate(events)
+    ]
