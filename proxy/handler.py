@@ -20,7 +20,7 @@ import orjson
 from proxy import anthropic_api
 from proxy.anthropic_api import COUNT_TOKENS, MESSAGES
 from proxy.config import host_port
-from proxy.exchange import Exchange, json_or_none, since
+from proxy.exchange import Exchange, json_or_none, since, trace_id_of
 from proxy.gateway import Gateway
 from proxy.guard.engine import Outcome, SideResult, worse
 from proxy.guard.streaming import Relay, StreamGuard
@@ -121,6 +121,7 @@ class ProxyHandler:
                 )
             finally:
                 self.gw.metrics.in_flight.add(-1)
+                ex.trace_id = trace_id_of(span)
                 self._finish(ex, span)
 
     # -- the request -------------------------------------------------------------------
