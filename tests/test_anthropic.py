@@ -289,3 +289,13 @@ def test_span_and_metrics_name_the_messages_api(make_gateway, messages_upstream)
     assert attrs["gen_ai.response.finish_reasons"] == ("end_turn",)
     metrics = httpx.get(gw.url + "/metrics").text
     assert 'endpoint="/v1/messages",status="200"' in metrics
+
+
+def test_the_endpoint_table_serves_exactly_the_messages_paths(make_gateway, messages_upstream):
+    gw = claude_gateway(make_gateway, messages_upstream, claude={})
+    key = {"x-api-key": KEY}
+    assert httpx.get(gw.url + "/v1/messages", headers=key).status_code == 405
+    for path in ("/v1/messages/", "/v1/messages/batches", "/v1/%6Dessages", "/v1/complete"):
+        reply = httpx.post(gw.url + path, headers=key, json={"model": "claude-1"})
+        assert reply.status_code == 404, path
+    assert messages_upstream[0].requests == []
