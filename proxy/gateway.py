@@ -21,6 +21,7 @@ from proxy.audit import AuditLog
 from proxy.config import Config, ConfigError, load_config
 from proxy.guard.cache import VerdictCache
 from proxy.guard.engine import Guard
+from proxy.guard.observers import GuardObserver, MetricsObserver, SpanObserver
 from proxy.guard.safeguard import SafeguardClient
 from proxy.guard.shared_cache import SharedCache
 from proxy.metrics import Metrics
@@ -130,7 +131,10 @@ class Gateway:
         self.cache = VerdictCache(ttl_s=c.cache_ttl_s, size=c.cache_size, shared=self.shared_cache)
         if self.shared_cache is not None:
             self.metrics.watch_shared_cache(self.shared_cache)
-        self.guard = Guard(self.classifier, self.cache, self.telemetry, self.metrics)
+        observers: list[GuardObserver] = [MetricsObserver(self.metrics)]
+        if self.telemetry.enabled:
+            observers.append(SpanObserver(self.telemetry))
+        self.guard = Guard(self.classifier, self.cache, observers)
         self.audit: AuditLog | Recorder = self.recorder if audit_on else AuditLog(config.audit)
         self._background: set[asyncio.Task[Any]] = set()
         self.metrics.watch_audit(self.audit.stats)

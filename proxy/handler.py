@@ -15,12 +15,11 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import orjson
-
 from proxy import anthropic_api
 from proxy.anthropic_api import MESSAGES
 from proxy.bodies import GZIP, IDENTITY, content_coding, gunzip
 from proxy.config import host_port
+from proxy.decision import Refuse, on_request, on_response
 from proxy.endpoints import FORWARD, MODELS_KIND, OTHER, Table, Target
 from proxy.exchange import Exchange, json_or_none, since, trace_id_of
 from proxy.gateway import Gateway
@@ -31,24 +30,19 @@ from proxy.openai_api import (
     GENERATION_ENDPOINTS,
     OPERATION,
     OpenAIError,
-    input_slots,
-    output_slots,
     parse_json_body,
-    render,
 )
 from proxy.policies import Policy
 from proxy.shaping import (
     JSON,
     ClientDisconnected,
     Sender,
-    annotate,
-    content_filter_error,
     error_from_upstream,
-    guard_unavailable,
     too_large,
-    withhold,
 )
 from proxy.stream_watch import StreamWatch
+from proxy.surfaces import surface_for
+from proxy.surfaces.text import render
 from proxy.tenancy import bearer_token
 from proxy.upstream import UpstreamError, UpstreamResponse
 
@@ -316,10 +310,10 @@ class ProxyHandler:
         if not (side.guarded or route.output.guarded):
             await self._forward_raw(ex, scope, raw, send)
             return
+        surface = surface_for(ex.endpoint)
+        pieces = surface.input_pieces(body) if side.guarded or self.keep_content else ()
         if self.keep_content:
-            ex.content["input"] = render(
-                input_slots(body, "conversation", ex.endpoint), "conversation"
-            )
+            ex.content["input"] = render(pieces, True)
         pending: asyncio.Future[UpstreamResponse] | None = None
         if side.mode == "parallel":
             pending = asyncio.ensure_future(self._upstream_call(ex, scope, raw))
@@ -327,20 +321,16 @@ class ProxyHandler:
         try:
             if side.guarded:
                 started = time.perf_counter()
-                inputs = await self.gw.guard.check_request(side, policies, body, ex.endpoint)
+                inputs = await self.gw.guard.check_request(side, policies, pieces)
                 ex.add(inputs, (time.perf_counter() - started) * 1000)
-            decision = inputs.decision(route.fail)
-            ex.decision = decision
-            if decision == "block":
-                raise content_filter_error(ex.endpoint, inputs.blocked(), inputs.filter_results())
-            if decision == "error":
-                raise guard_unavailable()
-            if decision == "redact":
-                raw = orjson.dumps(body)
+            action = on_request(surface, route.fail, body, inputs)
+            ex.decision = action.decision
+            if isinstance(action, Refuse):
+                raise action.error
+            if action.body is not None:
+                raw = action.body
                 if self.keep_content:
-                    ex.content["input_redacted"] = render(
-                        input_slots(body, "conversation", ex.endpoint), "conversation"
-                    )
+                    ex.content["input_redacted"] = render(pieces, True, inputs.edits)
             response = await (
                 pending if pending is not None else self._upstream_call(ex, scope, raw)
             )
@@ -383,33 +373,26 @@ class ProxyHandler:
             await send.whole(response.status, response.headers + ex.headers(), raw)
             ex.status = response.status
             return
-        anthropic = ex.endpoint == MESSAGES
-        if anthropic:
-            choices = anthropic_api.output_slots(body, route.output.thinking)
+        surface = surface_for(ex.endpoint)
+        if ex.endpoint == MESSAGES:  # thinking blocks are guarded when the route says so
+            pieces = surface.output_pieces(body, route.output.thinking)
         else:
-            choices = output_slots(ex.endpoint, body)
+            pieces = surface.output_pieces(body)
         if self.keep_content:
-            ex.content["output"] = "\n\n".join(render(c, "last_user") for c in choices)
+            ex.content["output"] = render(pieces, False)
         outputs = SideResult()
         if route.output.guarded:
             started = time.perf_counter()
-            outputs = await self.gw.guard.check_completion(route.output, policies, choices)
+            outputs = await self.gw.guard.check_response(route.output, policies, pieces)
             ex.add(outputs, (time.perf_counter() - started) * 1000)
-        decision = outputs.decision(route.fail)
-        ex.decision = worse(ex.decision, decision)
-        if decision == "error":
-            raise guard_unavailable()
-        blocked = {o.choice for o in outputs.blocked()}
-        if anthropic:
-            anthropic_api.withhold(body, blocked)
-        else:
-            withhold(ex.endpoint, body, blocked)
-        if decision == "redact" and self.keep_content:
-            ex.content["output_redacted"] = "\n\n".join(render(c, "last_user") for c in choices)
-        if not anthropic:  # the Messages API's answers carry the decision in headers only
-            annotate(ex.endpoint, body, inputs, outputs)
+        action = on_response(surface, route.fail, body, inputs, outputs)
+        ex.decision = worse(ex.decision, action.decision)
+        if isinstance(action, Refuse):
+            raise action.error
+        if outputs.edits and self.keep_content:
+            ex.content["output_redacted"] = render(pieces, False, outputs.edits)
         ex.status = response.status
-        await send.whole(response.status, response.headers + ex.headers(), orjson.dumps(body))
+        await send.whole(response.status, response.headers + ex.headers(), action.body)
 
     async def _stream(
         self,

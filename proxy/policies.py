@@ -15,10 +15,12 @@ from typing import Literal
 import yaml
 
 Action = Literal["block", "redact", "annotate", "log"]
-Scope = Literal["last_user", "conversation", "assistant"]
+# per_message (the default): every message, field and tool definition on its own, so moving
+# text to another field is never a bypass; last_user is an explicit opt-in.
+Scope = Literal["per_message", "last_user", "conversation", "assistant"]
 
 ACTIONS: tuple[str, ...] = ("block", "redact", "annotate", "log")
-SCOPES: tuple[str, ...] = ("last_user", "conversation", "assistant")
+SCOPES: tuple[str, ...] = ("per_message", "last_user", "conversation", "assistant")
 
 
 class PolicyError(ValueError):
@@ -31,7 +33,7 @@ class Policy:
     text: str  # the Markdown body, sent as the classifier's system message
     version: str  # short sha256 of the file
     action: Action = "block"
-    scope: Scope = "last_user"
+    scope: Scope = "per_message"
     reasoning_effort: str | None = None
     detectors: tuple[str, ...] = ()
     category: str | None = None  # label used in Azure-style filter results
@@ -64,7 +66,7 @@ def parse_policy(source: bytes, *, name: str, path: str | None = None) -> Policy
         raise PolicyError(f"{where}: {exc}") from None
     policy_id = str(meta.get("id", name))
     action = meta.get("action", "block")
-    scope = meta.get("scope", "last_user")
+    scope = meta.get("scope", "per_message")
     detectors = meta.get("detectors") or []
     if action not in ACTIONS:
         raise PolicyError(f"{where}: action must be one of {', '.join(ACTIONS)}, got {action!r}")

@@ -1,12 +1,13 @@
-"""What the client sees when the gateway intervenes: OpenAI/Azure error and filter shapes,
-withheld completions, and the ASGI sender that knows whether headers went out."""
+"""What the client sees when the gateway intervenes: OpenAI/Azure error shapes (withheld
+answers and annotations are per surface: proxy/surfaces/), and the ASGI sender that
+knows whether headers went out."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from proxy.guard.engine import Outcome, SideResult
-from proxy.openai_api import CHAT, COMPLETIONS, RESPONSES, OpenAIError
+from proxy.guard.engine import Outcome
+from proxy.openai_api import OpenAIError
 from proxy.upstream import UpstreamError
 
 JSON = b"application/json"
@@ -24,15 +25,12 @@ def too_large(limit: int) -> OpenAIError:
     )
 
 
-PROMPT_PARAM = {CHAT: "messages", COMPLETIONS: "prompt", RESPONSES: "input"}
-
-
 class ClientDisconnected(Exception):
     pass
 
 
 def content_filter_error(
-    endpoint: str, blocked: list[Outcome], results: dict[str, Any]
+    param: str, blocked: list[Outcome], results: dict[str, Any]
 ) -> OpenAIError:
     names = ", ".join(f"'{o.policy.id}'" for o in blocked)
     return OpenAIError(
@@ -40,7 +38,7 @@ def content_filter_error(
         f"The prompt was blocked by the gateway's content policy {names}. "
         "Please modify your prompt and retry.",
         code="content_filter",
-        param=PROMPT_PARAM.get(endpoint, "messages"),
+        param=param,
         extra={
             "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": results}
         },
@@ -55,38 +53,6 @@ def guard_unavailable() -> OpenAIError:
         type="server_error",
         code="guard_unavailable",
     )
-
-
-def withhold(endpoint: str, body: dict, choices: set[int | None]) -> None:
-    """Blocked output: the text is removed and the choice finishes with content_filter."""
-    if not choices:
-        return
-    if endpoint == RESPONSES:
-        body["output"] = [i for i in body.get("output") or () if i.get("type") != "message"]
-        body["status"] = "incomplete"
-        body["incomplete_details"] = {"reason": "content_filter"}
-        return
-    for index, choice in enumerate(body.get("choices") or ()):
-        if index in choices:
-            choice["finish_reason"] = "content_filter"
-            if endpoint == COMPLETIONS:
-                choice["text"] = ""
-            elif isinstance(choice.get("message"), dict):
-                choice["message"]["content"] = None
-                choice["message"].pop("tool_calls", None)
-
-
-def annotate(endpoint: str, body: dict, inputs: SideResult, outputs: SideResult) -> None:
-    """Azure-style filter results: prompt_filter_results and per-choice content_filter_results."""
-    if inputs.outcomes:
-        body["prompt_filter_results"] = [
-            {"prompt_index": 0, "content_filter_results": inputs.filter_results()}
-        ]
-    if not outputs.outcomes or endpoint == RESPONSES:
-        return
-    for index, choice in enumerate(body.get("choices") or ()):
-        mine = SideResult([o for o in outputs.outcomes if o.choice == index])
-        choice["content_filter_results"] = mine.filter_results()
 
 
 class Sender:

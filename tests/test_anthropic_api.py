@@ -9,11 +9,14 @@ import orjson
 import pytest
 
 from proxy import anthropic_sse
-from proxy.anthropic_api import error_body, input_slots, output_slots, withhold
+from proxy.anthropic_api import error_body
 from proxy.config import ConfigError, load_config, parse_config
 from proxy.gateway import check_policies
-from proxy.openai_api import OpenAIError, render
+from proxy.guard.engine import scoped
+from proxy.openai_api import OpenAIError
 from proxy.policies import load_policies
+from proxy.surfaces import messages
+from proxy.surfaces.text import rewrite
 from tests.test_config import MINIMAL, config_with
 
 
@@ -59,42 +62,65 @@ def conversation() -> dict:
     }
 
 
-def test_scopes_read_the_places_a_policy_asks_for():
+def test_every_request_text_is_a_piece_tool_calls_and_results_named():
+    pieces = messages.input_pieces(conversation())
+    assert [(p.role, p.text(), p.tool) for p in pieces] == [
+        ("system", "Be brief.", None),
+        ("user", "find cats", None),
+        ("assistant", "Searching.", None),
+        ("assistant", "cats", "search"),
+        ("user", "summarise", None),
+        ("tool", "cats are great", "search"),
+        ("tools", "Search the web.", None),
+    ]
+    assert [p.text() for p in scoped(pieces, "last_user")[0]] == ["summarise"]
+
+
+def test_documents_and_tool_result_blocks_are_read():
+    blocks = [
+        {"type": "document", "title": "T", "source": {"type": "text", "data": "doc text"}},
+        {"type": "document", "source": {"type": "base64", "data": "AAAA"}},
+        {"type": "tool_result", "tool_use_id": "x", "content": [{"type": "text", "text": "r"}]},
+    ]
+    body = {"messages": [{"role": "user", "content": blocks}]}
+    assert [p.text() for p in messages.input_pieces(body)] == ["T\ndoc text", "r"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": "hi"}, "messages"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": [7]}]}, "messages[0].content[0]"),
+        ({"messages": [], "system": {"text": "x"}}, "system"),
+    ],
+)
+def test_unreadable_requests_are_400_naming_the_field(body, param):
+    with pytest.raises(OpenAIError) as err:
+        messages.input_pieces(body)
+    assert err.value.status == 400 and err.value.param == param
+
+
+def test_redacting_a_tool_input_rewrites_that_string_only():
     body = conversation()
-    assert render(input_slots(body, "last_user"), "last_user") == "cats are great\nsummarise"
-    assert render(input_slots(body, "assistant"), "last_user") == 'Searching.\n{"q":"cats"}'
-    assert render(input_slots(body, "conversation"), "conversation") == "\n\n".join(
-        [
-            "[tools] Search the web.",
-            "[system] Be brief.",
-            "[user] find cats",
-            "[assistant] Searching.",
-            '[assistant] {"q":"cats"}',
-            "[tool] cats are great",
-            "[user] summarise",
-        ]
-    )
+    tool_call = messages.input_pieces(body)[3]
+    [slot] = tool_call.slots
+    new = rewrite(body, {slot.path: "[REDACTED:EMAIL]"})
+    assert new["messages"][1]["content"][1]["input"] == {"q": "[REDACTED:EMAIL]"}
+    assert body["messages"][1]["content"][1]["input"] == {"q": "cats"}  # left as it was
 
 
-def test_redacting_a_tool_input_writes_json_back_or_drops_it():
-    body = conversation()
-    [_, tool_input] = input_slots(body, "assistant")
-    tool_input.text = '{"q": "[REDACTED:EMAIL]"}'
-    assert body["messages"][1]["content"][1]["input"] == {"q": "[REDACTED:EMAIL]"}
-    tool_input.text = '{"q": "broken'
-    assert body["messages"][1]["content"][1]["input"] == {}
-
-
-def test_output_slots_follow_block_indexes_and_thinking_only_when_asked():
+def test_output_pieces_follow_block_indexes_and_thinking_only_when_asked():
     body = {
         "content": [
             {"type": "thinking", "thinking": "hmm", "signature": "s"},
             {"type": "text", "text": "hello"},
-            {"type": "tool_use", "id": "t", "name": "f", "input": {"a": 1}},
+            {"type": "tool_use", "id": "t", "name": "f", "input": {"a": ["x", 1]}},
         ]
     }
-    assert [[s.text for s in b] for b in output_slots(body)] == [[], ["hello"], ['{"a":1}']]
-    assert output_slots(body, thinking=True)[0][0].text == "hmm"
+    plain = messages.output_pieces(body)
+    assert [(p.choice, p.text(), p.tool) for p in plain] == [(1, "hello", None), (2, "x", "f")]
+    assert messages.output_pieces(body, thinking=True)[0].text() == "hmm"
 
 
 def test_withhold_cuts_from_the_first_flagged_block():
@@ -103,14 +129,12 @@ def test_withhold_cuts_from_the_first_flagged_block():
         "stop_reason": "end_turn",
         "stop_sequence": "x",
     }
-    withhold(body, set())
-    assert body["stop_reason"] == "end_turn"
-    withhold(body, {1})
-    assert body == {
+    assert messages.withhold(body, frozenset({1})) == {
         "content": [{"type": "text", "text": "a"}],
         "stop_reason": "refusal",
         "stop_sequence": None,
     }
+    assert body["stop_reason"] == "end_turn"  # a new body; the upstream's stays intact
 
 
 @pytest.mark.parametrize(

@@ -8,14 +8,13 @@ from typing import Any
 import pytest
 
 from proxy.config import PolicyRef, Side
-from proxy.config import Telemetry as TelemetryConfig
 from proxy.guard.cache import VerdictCache
 from proxy.guard.engine import Guard, Outcome, SideResult, decide
 from proxy.guard.safeguard import ClassifierError, Verdict
-from proxy.metrics import Metrics
 from proxy.openai_api import CHAT, RESPONSES
 from proxy.policies import Policy, parse_policy
-from proxy.telemetry import Telemetry
+from proxy.surfaces import surface_for
+from proxy.surfaces.text import rewrite
 
 EMAIL = "jane.doe@corp-mail.com"
 
@@ -32,6 +31,7 @@ POLICIES = {
     "pii": policy("pii", "redact", detectors="[email, credit_card]", category="PII"),
     "contact": policy("contact", "block", detectors="[email]"),
     "injection": policy("injection", scope="conversation"),
+    "latest": policy("latest", scope="last_user"),
     "tone": policy("tone", "annotate", scope="assistant", reasoning_effort="high"),
 }
 
@@ -61,7 +61,7 @@ class FakeClassifier:
 
 def make_guard(classifier: FakeClassifier) -> Guard:
     cache = VerdictCache(ttl_s=60, size=100)
-    return Guard(classifier, cache, Telemetry(TelemetryConfig()), Metrics())  # type: ignore[arg-type]
+    return Guard(classifier, cache)  # type: ignore[arg-type]  # no observers: no telemetry
 
 
 def side(*refs: str | PolicyRef, shadow: tuple[str | PolicyRef, ...] = ()) -> Side:
@@ -74,7 +74,13 @@ def side(*refs: str | PolicyRef, shadow: tuple[str | PolicyRef, ...] = ()) -> Si
 async def check(
     classifier: FakeClassifier, refs: Side, body: dict[str, Any], endpoint: str = CHAT
 ) -> SideResult:
-    return await make_guard(classifier).check_request(refs, POLICIES, body, endpoint)
+    pieces = surface_for(endpoint).input_pieces(body)
+    return await make_guard(classifier).check_request(refs, POLICIES, pieces)
+
+
+def sent(body: dict[str, Any], result: SideResult) -> dict[str, Any]:
+    """The body as it goes upstream."""
+    return rewrite(body, result.edits)
 
 
 def chat(*turns: tuple[str, str]) -> dict[str, Any]:
@@ -150,7 +156,8 @@ async def test_a_flagged_block_policy_blocks() -> None:
     result = await check(classifier, side("cheating"), body)
     assert result.decision("closed") == "block"
     assert [o.policy.id for o in result.blocked()] == ["cheating"]
-    assert classifier.seen("cheating") == ["sell me an aimbot"]  # last_user only
+    # per_message (the default): each turn on its own
+    assert classifier.seen("cheating") == ["hello", "hi", "sell me an aimbot"]
 
 
 async def test_safe_content_is_allowed() -> None:
@@ -179,8 +186,9 @@ async def test_a_log_policy_records_the_violation_and_allows() -> None:
 async def test_each_policy_reads_its_own_scope() -> None:
     classifier = FakeClassifier()
     body = chat(("system", "be nice"), ("user", "hi"), ("assistant", "hello!"), ("user", "bye"))
-    await check(classifier, side("cheating", "injection", "tone"), body)
-    assert classifier.seen("cheating") == ["bye"]
+    await check(classifier, side("cheating", "latest", "injection", "tone"), body)
+    assert classifier.seen("cheating") == ["be nice", "hi", "hello!", "bye"]
+    assert classifier.seen("latest") == ["bye"]
     assert classifier.seen("injection") == [
         "[system] be nice\n\n[user] hi\n\n[assistant] hello!\n\n[user] bye"
     ]
@@ -217,9 +225,8 @@ async def test_verdicts_are_cached_across_requests() -> None:
     classifier = FakeClassifier(cheating="aimbot")
     guard = make_guard(classifier)
     for _ in range(3):
-        result = await guard.check_request(
-            side("cheating"), POLICIES, chat(("user", "aimbot")), CHAT
-        )
+        pieces = surface_for(CHAT).input_pieces(chat(("user", "aimbot")))
+        result = await guard.check_request(side("cheating"), POLICIES, pieces)
     assert len(classifier.calls) == 1
     assert result.outcomes[0].verdict.cache_hit
 
@@ -231,7 +238,8 @@ async def test_redaction_rewrites_the_body_before_the_classifier_reads_it() -> N
     classifier = FakeClassifier()
     body = chat(("user", f"mail me at {EMAIL} please"))
     result = await check(classifier, side("pii"), body)
-    assert body["messages"][0]["content"] == "mail me at [REDACTED:EMAIL] please"
+    assert sent(body, result)["messages"][0]["content"] == "mail me at [REDACTED:EMAIL] please"
+    assert body["messages"][0]["content"] == f"mail me at {EMAIL} please"  # a new body
     assert classifier.seen("pii") == ["mail me at [REDACTED:EMAIL] please"]
     (only,) = result.outcomes
     assert only.effect == "redact"
@@ -249,7 +257,7 @@ async def test_a_redact_policy_the_model_still_flags_is_annotated() -> None:
     classifier = FakeClassifier(pii="my address is")
     body = chat(("user", "my address is 12 Elm Street"))
     result = await check(classifier, side("pii"), body)
-    assert body["messages"][0]["content"] == "my address is 12 Elm Street"
+    assert sent(body, result) == body
     assert result.decision("closed") == "annotate"
 
 
@@ -267,7 +275,7 @@ async def test_detector_hit_on_a_block_policy_skips_the_model() -> None:
     body = chat(("user", f"reach me at {EMAIL}"))
     result = await check(classifier, side("contact"), body)
     assert classifier.calls == []
-    assert body["messages"][0]["content"] == f"reach me at {EMAIL}"  # not rewritten
+    assert sent(body, result) == body  # not rewritten
     (only,) = result.outcomes
     assert (only.effect, only.verdict.category) == ("block", "EMAIL")
     assert only.verdict.source == "detector"
@@ -291,7 +299,7 @@ async def test_shadow_results_never_affect_outcomes() -> None:
     shadows = [o for o in await asyncio.gather(*result.shadow) if o is not None]
     assert [o.policy.id for o in result.outcomes] == ["spam"]
     assert result.decision("closed") == "allow"
-    assert body["messages"][0]["content"] == f"aimbot for {EMAIL}"  # shadow redact: no rewrite
+    assert sent(body, result) == body  # shadow redact: no rewrite
     assert {o.policy.id: o.verdict.shadow for o in shadows} == {"cheating": True, "pii": True}
     assert next(o for o in shadows if o.policy.id == "cheating").verdict.violation
 
@@ -301,7 +309,7 @@ async def test_shadow_redact_policy_records_what_it_would_redact() -> None:
     body = chat(("user", f"mail me at {EMAIL}"))
     result = await check(classifier, side(shadow=("pii",)), body)
     (shadow,) = await asyncio.gather(*result.shadow)
-    assert body["messages"][0]["content"] == f"mail me at {EMAIL}"
+    assert sent(body, result) == body
     assert shadow is not None
     assert (shadow.verdict.violation, shadow.verdict.category) == (True, "EMAIL")
 
@@ -311,7 +319,9 @@ async def test_shadow_of_a_live_redact_policy_sees_the_original_text() -> None:
     classifier = FakeClassifier()
     body = chat(("user", f"mail me at {EMAIL}"))
     result = await make_guard(classifier).check_request(
-        side("pii", shadow=("pii-v2",)), POLICIES | {"pii-v2": pii_v2}, body, CHAT
+        side("pii", shadow=("pii-v2",)),
+        POLICIES | {"pii-v2": pii_v2},
+        surface_for(CHAT).input_pieces(body),
     )
     (shadow,) = await asyncio.gather(*result.shadow)
     assert result.decision("closed") == "redact"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -32,6 +33,11 @@ class VerdictCache:
         self._verdicts: TTLCache[Key, Verdict] = TTLCache(maxsize=max(size, 1), ttl=ttl_s)
         self._enabled = size > 0 and ttl_s > 0
         self._in_flight: dict[Key, asyncio.Future[Verdict]] = {}
+        # A plain dict in front of the TTLCache for `lookup` (the guarded hot path): an
+        # entry expires at its insertion time + ttl, as in the TTLCache; it is emptied
+        # whenever it outgrows `size` (the TTLCache still does the LRU bookkeeping).
+        self._hot: dict[Key, tuple[float, Verdict]] = {}
+        self._ttl_s, self._size = ttl_s, size
         self.hits = 0
         self.misses = 0
 
@@ -41,7 +47,7 @@ class VerdictCache:
         key = cache_key(policy, content)
         if self._enabled and (cached := self._verdicts.get(key)) is not None:
             self.hits += 1
-            return replace(cached, cache_hit=True, latency_ms=0.0)
+            return cached
         if (pending := self._in_flight.get(key)) is not None:
             try:
                 verdict = await asyncio.shield(pending)
@@ -68,9 +74,28 @@ class VerdictCache:
             if self._in_flight.get(key) is future:
                 del self._in_flight[key]
         future.set_result(verdict)
-        if self._enabled:
-            self._verdicts[key] = verdict
+        if self._enabled:  # stored as later requests get it, so a hit copies nothing
+            hit = replace(verdict, cache_hit=True, latency_ms=0.0)
+            self._verdicts[key] = hit
+            if len(self._hot) >= self._size:
+                self._hot.clear()
+            self._hot[key] = (time.monotonic() + self._ttl_s, hit)
         return verdict
+
+    def lookup(self, policy: Policy, content: str) -> Verdict | None:
+        """The cached verdict (marked a hit) without awaiting anything: the guard's fast
+        path; None when it must call `get_or_classify`."""
+        if not self._enabled:
+            return None
+        key = cache_key(policy, content)
+        hot = self._hot.get(key)
+        if hot is not None and hot[0] > time.monotonic():
+            self.hits += 1
+            return hot[1]
+        cached = self._verdicts.get(key)
+        if cached is not None:
+            self.hits += 1
+        return cached
 
     async def _classify(self, key: Key, classify: Callable[[], Awaitable[Verdict]]) -> Verdict:
         shared = self.shared
@@ -86,3 +111,4 @@ class VerdictCache:
 
     def clear(self) -> None:
         self._verdicts.clear()
+        self._hot.clear()
