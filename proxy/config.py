@@ -243,6 +243,7 @@ class Upstream(_Keyed):
     timeout_s: Float = 600.0
     connect_timeout_s: Float = 10.0
     headers: Headers = Field(default_factory=dict)
+    api: Literal["openai", "anthropic"] = "openai"  # its wire format (anthropic: Messages API)
 
 
 Effort = Literal["low", "medium", "high"]
@@ -335,6 +336,7 @@ class OutputSide(Side):
     overlap_chars: Int = 120
     window_ms: Int = 1000  # the longest text waits in a window before it is checked
     first_window_chars: Int = 24  # the first window; each next one doubles up to window_chars
+    thinking: Bool = False  # Anthropic answers: guard `thinking` blocks too
 
     def __post_init__(self) -> None:
         if self.window_ms < 10:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 from urllib.parse import quote
 
+from proxy.anthropic_api import COUNT_TOKENS, MESSAGES
 from proxy.openai_api import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, RESPONSES, OpenAIError
 
 # What the handler does with a request to an endpoint.
@@ -63,6 +64,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(EMBEDDINGS, "POST", FORWARD, "/embeddings"),
     Endpoint(MODELS, "GET", MODELS_KIND, "/models"),
     Endpoint(MODELS + "/" + ID, "GET", MODELS_KIND, "/models/" + ID),
+    # The Anthropic Messages API, for routes whose upstream has `api: anthropic`.
+    Endpoint(MESSAGES, "POST", GENERATE, "/messages"),
+    Endpoint(COUNT_TOKENS, "POST", FORWARD, "/messages/count_tokens"),
 )
 
 

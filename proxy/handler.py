@@ -15,6 +15,8 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from proxy import anthropic_api
+from proxy.anthropic_api import MESSAGES
 from proxy.bodies import GZIP, IDENTITY, content_coding, gunzip
 from proxy.config import host_port
 from proxy.decision import Refuse, on_request, on_response
@@ -122,9 +124,8 @@ class ProxyHandler:
     # -- the request -------------------------------------------------------------------
 
     def _authenticate(self, ex: Exchange, headers: dict) -> None:
-        tenant = self.gw.tenancy.authenticate(
-            bearer_token(headers.get(b"authorization"), headers.get(b"api-key"))
-        )
+        api_key = headers.get(b"api-key") or headers.get(b"x-api-key")  # Azure's, Anthropic's
+        tenant = self.gw.tenancy.authenticate(bearer_token(headers.get(b"authorization"), api_key))
         if tenant is None:
             raise OpenAIError(
                 401, "Incorrect API key provided. Use a gateway key.", code="invalid_api_key"
@@ -155,6 +156,15 @@ class ProxyHandler:
                 param="model",
             )
         ex.route = route
+        anthropic = ex.endpoint in anthropic_api.ENDPOINTS
+        if (self.gw.config.upstreams[route.upstream].api == "anthropic") != anthropic:
+            if anthropic:
+                raise anthropic_api.not_messages_route(route.name)
+            raise OpenAIError(
+                404,
+                f"Your route {route.name!r} leads to a Messages API upstream: use /v1/messages.",
+                code="unknown_url",
+            )
         if kind == FORWARD:
             await self.hang_ups.run(send, self._forward_raw(ex, scope, raw, send))
             return
@@ -198,7 +208,8 @@ class ProxyHandler:
         upstream = self.gw.config.upstreams[ex.route.upstream]
         host, port = self._addresses[upstream.name]
         operation = OPERATION.get(ex.endpoint, "chat")
-        span = self.gw.telemetry.start_upstream_span(operation, ex.model, host, port)
+        provider = upstream.api  # gen_ai.provider.name: openai | anthropic
+        span = self.gw.telemetry.start_upstream_span(operation, ex.model, host, port, provider)
         ex.upstream_span = span
         trace_headers: dict[str, str] = {}
         self.gw.telemetry.inject(trace_headers, span)
@@ -254,7 +265,7 @@ class ProxyHandler:
     def _reads_usage(self, ex: Exchange) -> bool:
         """A relayed answer's usage, model and finish reasons feed the token metrics and
         the upstream span: read a generation's only when either will use them."""
-        return ex.endpoint in GENERATION_ENDPOINTS and (
+        return (ex.endpoint in GENERATION_ENDPOINTS or ex.endpoint == MESSAGES) and (
             self.gw.metrics.exposed or ex.upstream_span.is_recording()
         )
 
@@ -363,7 +374,10 @@ class ProxyHandler:
             ex.status = response.status
             return
         surface = surface_for(ex.endpoint)
-        pieces = surface.output_pieces(body)
+        if ex.endpoint == MESSAGES:  # thinking blocks are guarded when the route says so
+            pieces = surface.output_pieces(body, route.output.thinking)
+        else:
+            pieces = surface.output_pieces(body)
         if self.keep_content:
             ex.content["output"] = render(pieces, False)
         outputs = SideResult()
@@ -427,7 +441,12 @@ class ProxyHandler:
         if send.started:
             log.warning("request %s failed after the response started: %s", ex.request_id, exc.code)
             return
-        await send.whole(exc.status, [(b"content-type", JSON), *ex.headers()], exc.body())
+        body = (
+            anthropic_api.error_body(exc, ex.request_id)
+            if ex.endpoint in anthropic_api.ENDPOINTS
+            else exc.body()
+        )
+        await send.whole(exc.status, [(b"content-type", JSON), *ex.headers()], body)
 
     def _finish(self, ex: Exchange, span: Any) -> None:
         total_s = time.perf_counter() - ex.started
@@ -479,6 +498,8 @@ class ProxyHandler:
             for c in answer.get("choices") or ()
             if isinstance(c, dict) and c.get("finish_reason")
         ]
+        if not reasons and isinstance(answer.get("stop_reason"), str):  # Messages API
+            reasons = [answer["stop_reason"]]
         self.gw.telemetry.set_response(
             span,
             response_model=answer.get("model"),

@@ -18,6 +18,8 @@ from typing import Any, Union
 
 import orjson
 
+from proxy import anthropic_sse
+from proxy.anthropic_api import MESSAGES
 from proxy.openai_api import COMPLETIONS, RESPONSES
 
 Key = Union[int, tuple[int, str, int]]  # noqa: UP007 (a runtime alias)
@@ -117,7 +119,8 @@ def _index(value: Any) -> int:
     return value if type(value) is int else 0
 
 
-def parse_event(raw: bytes, endpoint: str) -> Event:
+def parse_event(raw: bytes, endpoint: str, thinking: bool = False) -> Event:
+    """`thinking`: a Messages API stream's thinking deltas are guardable text too."""
     name = None
     if raw[:7] == b"data: {" and raw.find(b"\n") == len(raw) - 2:
         # The common case, one line of JSON: parse it straight away.
@@ -157,7 +160,9 @@ def parse_event(raw: bytes, endpoint: str) -> Event:
         return event
     if isinstance(data, dict):
         event.data = data
-        if endpoint == RESPONSES:
+        if endpoint == MESSAGES:
+            anthropic_sse.read(data, event, thinking)
+        elif endpoint == RESPONSES:
             _responses(data, event)
         else:
             _choices(data, event, endpoint == COMPLETIONS)
@@ -297,6 +302,9 @@ def _copy(event: Event) -> dict[str, Any]:
 def with_texts(event: Event, endpoint: str, texts: dict[Key, str]) -> bytes:
     """The event re-serialized with its text deltas replaced."""
     data = _copy(event)
+    if endpoint == MESSAGES:
+        anthropic_sse.with_texts(data, texts)
+        return serialize(data, event.name)
     if endpoint == RESPONSES:
         key = next(iter(event.texts), 0)
         data["delta"] = texts.get(key, "")

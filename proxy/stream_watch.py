@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from proxy import anthropic_sse
+from proxy.anthropic_api import MESSAGES
 from proxy.openai_api import RESPONSES
 from proxy.sse import Event, EventSplitter, parse_event, usage_of
 
@@ -21,6 +23,8 @@ _RESPONSES_ENDS = (
     b"event: error",
 )
 
+_ENDS = {RESPONSES: _RESPONSES_ENDS, MESSAGES: (b"event: message_stop", b"event: error")}
+
 
 class StreamWatch:
     """Usage, finish reasons and the last event of a stream, from its parsed events."""
@@ -35,6 +39,12 @@ class StreamWatch:
     def event(self, event: Event) -> None:
         data = event.data
         if data is None:
+            return
+        if self.endpoint == MESSAGES:
+            message, self.usage, reason = anthropic_sse.observe(data, self.usage)
+            self.last = message or self.last
+            if reason:
+                self.finish_reasons.append(reason)
             return
         if self.endpoint == RESPONSES:
             kind = data.get("type")
@@ -64,14 +74,15 @@ class Terminator:
     for the Responses API a final `response.*` event (or the upstream's `error`)."""
 
     def __init__(self, endpoint: str) -> None:
-        self.responses = endpoint == RESPONSES
+        self.responses = endpoint in _ENDS  # ends with a named event, not [DONE]
+        self._ends = _ENDS.get(endpoint, ())
         self.seen = False
         self._tail = b""
 
     def see(self, chunk: bytes) -> None:
         if self.responses and not self.seen:
             edge = self._tail + chunk[:24]  # a marker across the previous read's end
-            self.seen = any(m in chunk or m in edge for m in _RESPONSES_ENDS)
+            self.seen = any(m in chunk or m in edge for m in self._ends)
         self._tail = chunk[-24:] if len(chunk) >= 24 else (self._tail + chunk)[-24:]
 
     @property

@@ -199,7 +199,12 @@ class Telemetry:
         return self._enter(self.start_upstream_span(operation, model, server_address, server_port))
 
     def start_upstream_span(
-        self, operation: str, model: str | None, server_address: str, server_port: int
+        self,
+        operation: str,
+        model: str | None,
+        server_address: str,
+        server_port: int,
+        provider: str = "openai",
     ) -> Span:
         """The upstream CLIENT span, started but not made current: a streamed answer
         outlives the call that started it, so the caller ends it (`span.end()`) when the
@@ -209,7 +214,7 @@ class Telemetry:
             return parent
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
-            "gen_ai.provider.name": "openai",
+            "gen_ai.provider.name": provider,
             "server.address": server_address,
             "server.port": server_port,
         }

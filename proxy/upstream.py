@@ -15,6 +15,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from proxy import config
+from proxy.anthropic_api import DEFAULT_VERSION
 
 # The client headers sent upstream: what describes the body and the client, and trace
 # context. Everything else stays here: credentials (the gateway key in authorization,
@@ -111,6 +112,15 @@ def _mapped(exc: BaseException, name: str) -> BaseException:
     return exc
 
 
+def auth_headers(upstream: config.Upstream) -> dict[str, str]:
+    """The upstream's own credentials, in the header its API reads them from (and the
+    Messages API's required `anthropic-version`)."""
+    if upstream.api == "anthropic":
+        version = {"anthropic-version": DEFAULT_VERSION}
+        return {"x-api-key": upstream.api_key, **version} if upstream.api_key else version
+    return {"authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
+
+
 class UpstreamPool:
     def __init__(self, upstreams: Mapping[str, config.Upstream]) -> None:
         self._upstreams = upstreams
@@ -148,8 +158,9 @@ class UpstreamPool:
             headers[name] = value
         for name, value in extra.items():
             headers[name] = value
-        if upstream.api_key:
-            headers["authorization"] = f"Bearer {upstream.api_key}"
+        for name, value in auth_headers(upstream).items():
+            if name != "anthropic-version" or name not in headers:  # the client's version wins
+                headers[name] = value
         return headers
 
     async def send(
@@ -184,9 +195,7 @@ class UpstreamPool:
             try:
                 async with self._session(upstream).get(
                     upstream.base_url + "/models",
-                    headers={"authorization": f"Bearer {upstream.api_key}"}
-                    if upstream.api_key
-                    else {},
+                    headers=auth_headers(upstream),
                     timeout=aiohttp.ClientTimeout(total=2),
                 ):
                     return "ok"

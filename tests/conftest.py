@@ -20,6 +20,7 @@ import yaml
 from proxy.app import build_app
 from proxy.config import Config, parse_config
 from proxy.server import uvicorn_options
+from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.classifier import FakeSafeguard
 from tests.fakes.collector import Collector
 from tests.fakes.engines import postgres_server, redis_server  # noqa: F401 (fixtures)
@@ -80,6 +81,15 @@ def upstream() -> Iterator[tuple[FakeOpenAI, ServerHandle]]:
 
 
 @pytest.fixture(scope="session")
+def messages_upstream() -> Iterator[tuple[FakeAnthropic, ServerHandle]]:
+    """A loopback Anthropic Messages API upstream."""
+    fake = FakeAnthropic()
+    handle = serve(fake)
+    yield fake, handle
+    handle.stop()
+
+
+@pytest.fixture(scope="session")
 def classifier() -> Iterator[tuple[FakeSafeguard, ServerHandle]]:
     fake = FakeSafeguard()
     handle = serve(fake)
@@ -89,7 +99,7 @@ def classifier() -> Iterator[tuple[FakeSafeguard, ServerHandle]]:
 
 @pytest.fixture(autouse=True)
 def _reset_fakes(request: pytest.FixtureRequest) -> None:
-    for name in ("upstream", "classifier"):
+    for name in ("upstream", "classifier", "messages_upstream"):
         if name in request.fixturenames:
             request.getfixturevalue(name)[0].reset()
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Union
 
+from proxy import anthropic_sse
+from proxy.anthropic_api import MESSAGES
 from proxy.guard.engine import Outcome, decide, worse
 from proxy.guard.window import Sealed, Window
 from proxy.openai_api import COMPLETIONS, RESPONSES, OpenAIError
@@ -90,6 +92,8 @@ def end_frames(
     """What a client sees when forwarding stops: a final chunk per choice (those seen in
     `choices` and in `last`), then [DONE]."""
     last = last or {}
+    if endpoint == MESSAGES:
+        return anthropic_sse.end_frames()
     if endpoint == RESPONSES:
         response = dict(last.get("response") or {})
         response.update(status="incomplete", incomplete_details={"reason": reason}, output=[])
@@ -110,12 +114,19 @@ def end_frames(
 def error_frame(endpoint: str, message: str, code: str) -> bytes:
     """An error mid-stream, in a shape the official SDKs raise on (they raise on any event
     whose data has an `error` member): the Responses API's `error` event, else OpenAI's
-    error body."""
+    error body. A Messages API stream ends with it (no [DONE])."""
+    if endpoint == MESSAGES:
+        return anthropic_sse.error_frame(message, code)
     if endpoint == RESPONSES:
         error = {"message": message, "type": "server_error", "param": None, "code": code}
         body = {"type": "error", "code": code, "message": message, "param": None}
         return serialize(body | {"error": error}, "error")
     return b"data: " + OpenAIError(503, message, type="server_error", code=code).body() + b"\n\n"
+
+
+def closing(endpoint: str) -> bytes:
+    """What follows an error frame: [DONE], except on a Messages API stream."""
+    return b"" if endpoint == MESSAGES else DONE
 
 
 class StreamMachine:
@@ -320,7 +331,7 @@ class StreamMachine:
         return actions
 
     def _failed(self, code: str) -> bytes:
-        return error_frame(self.endpoint, ENDINGS[code], code) + DONE
+        return error_frame(self.endpoint, ENDINGS[code], code) + closing(self.endpoint)
 
     def _end(self, data: bytes, reason: str, actions: list[Action]) -> list[Action]:
         self.ended = End(data, reason)

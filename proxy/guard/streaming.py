@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from proxy.config import OutputSide
 from proxy.guard.engine import Guard, Outcome, SideResult, decide
 from proxy.guard.stream_machine import (
-    DONE,
     ENDINGS,
     Action,
     Classify,
@@ -24,6 +23,7 @@ from proxy.guard.stream_machine import (
     Release,
     StreamMachine,
     WakeAt,
+    closing,
     end_frames,
     error_frame,
 )
@@ -128,9 +128,10 @@ class StreamGuard:
 
         async def read() -> None:
             splitter, watch, endpoint = EventSplitter(), self.watch, self.endpoint
+            thinking = self.side.thinking
             try:
                 async for chunk in chunks:
-                    events = [parse_event(raw, endpoint) for raw in splitter.feed(chunk)]
+                    events = [parse_event(raw, endpoint, thinking) for raw in splitter.feed(chunk)]
                     if watch is not None:
                         for event in events:
                             watch.event(event)
@@ -138,7 +139,7 @@ class StreamGuard:
                     if machine.ended is not None:
                         return
                 if rest := splitter.rest():
-                    apply(machine.event(parse_event(rest, endpoint), loop.time()))
+                    apply(machine.event(parse_event(rest, endpoint, thinking), loop.time()))
                 apply(machine.upstream_end())
             except UpstreamError as exc:
                 apply(machine.upstream_error(exc.code))
@@ -245,4 +246,6 @@ class Relay:
             if ends.terminated:
                 return
             self.failure = "upstream_dropped"
-        yield error_frame(self.endpoint, ENDINGS[self.failure], self.failure) + DONE
+        yield error_frame(self.endpoint, ENDINGS[self.failure], self.failure) + closing(
+            self.endpoint
+        )

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from proxy.surfaces import chat, completions, responses
+from proxy.surfaces import chat, completions, messages, responses
 
-SURFACES: dict[str, ModuleType] = {s.ENDPOINT: s for s in (chat, completions, responses)}
+SURFACES: dict[str, ModuleType] = {s.ENDPOINT: s for s in (chat, completions, responses, messages)}
 
 
 def surface_for(endpoint: str) -> ModuleType:

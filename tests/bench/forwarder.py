@@ -24,7 +24,7 @@ PATH = "/v1/chat/completions"
 JSON_HEADERS = {"content-type": "application/json"}
 
 
-def aiohttp_handler(upstream: str) -> tuple[Any, Any]:
+def aiohttp_handler(upstream: str, path: str = PATH) -> tuple[Any, Any]:
     session: ClientSession | None = None
 
     async def forward(request: web.Request) -> web.StreamResponse:
@@ -34,7 +34,7 @@ def aiohttp_handler(upstream: str) -> tuple[Any, Any]:
                 connector=TCPConnector(limit=0), timeout=ClientTimeout(total=None)
             )
         body = await request.read()
-        async with session.post(upstream + PATH, data=body, headers=JSON_HEADERS) as answer:
+        async with session.post(upstream + path, data=body, headers=JSON_HEADERS) as answer:
             content_type = answer.headers.get("content-type", "application/json")
             if not content_type.startswith("text/event-stream"):
                 data = await answer.read()
@@ -87,10 +87,13 @@ def httpx_handler(upstream: str) -> tuple[Any, Any]:
     return forward, client.aclose
 
 
-async def serve(sock: Any, upstream: str, client: str) -> None:
-    forward, close = (httpx_handler if client == "httpx" else aiohttp_handler)(upstream)
+async def serve(sock: Any, upstream: str, client: str, path: str = PATH) -> None:
+    if client == "httpx":
+        forward, close = httpx_handler(upstream)
+    else:
+        forward, close = aiohttp_handler(upstream, path)
     app = web.Application()
-    app.router.add_post(PATH, forward)
+    app.router.add_post(path, forward)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.SockSite(runner, sock, backlog=4096)
@@ -109,9 +112,10 @@ def main() -> None:
     parser = server_args(__doc__.splitlines()[0])
     parser.add_argument("--upstream", required=True, help="upstream origin, without /v1")
     parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
+    parser.add_argument("--path", default=PATH, help="the one route (aiohttp client only)")
     args = parser.parse_args()
     sock = prepare(args)
-    uvloop.run(serve(sock, args.upstream.rstrip("/"), args.client))
+    uvloop.run(serve(sock, args.upstream.rstrip("/"), args.client, args.path))
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ def marker(name: str, **data: Any) -> None:
 class Bodies:
     """Request bodies: one shared body (`same`) or a unique prompt per request."""
 
-    def __init__(self, model: str, prompt: str, stream: bool) -> None:
+    def __init__(self, model: str, prompt: str, stream: bool, messages_api: bool = False) -> None:
         self.model, self.unique, self.stream = model, prompt == "unique", stream
+        self.messages_api = messages_api  # Anthropic's shape: `system` beside `messages`
         self.nonce = uuid.uuid4().hex[:10]  # a fresh gateway cache is not assumed
         self.fixed = self._encode(PROMPT)
 
@@ -55,6 +56,8 @@ class Bodies:
             ],
             "max_tokens": 64,
         }
+        if self.messages_api:
+            body["system"] = body["messages"].pop(0)["content"]
         if self.stream:
             body["stream"] = True
         return orjson.dumps(body)
@@ -95,7 +98,7 @@ def headers(args: argparse.Namespace) -> dict[str, str]:
 
 
 async def closed(args: argparse.Namespace) -> dict[str, Any]:
-    bodies = Bodies(args.model, args.prompt, args.stream)
+    bodies = Bodies(args.model, args.prompt, args.stream, args.messages_api)
     head = headers(args)
     loop_start = time.perf_counter()
     t_start = loop_start + args.warmup
@@ -275,6 +278,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="bench")
     parser.add_argument("--prompt", choices=("same", "unique"), default="same")
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--messages-api", action="store_true", help="Anthropic Messages bodies")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)

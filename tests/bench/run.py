@@ -6,7 +6,7 @@ reports. Prints a Markdown report and writes it with every raw number to
 tests/bench/results.json (and the report to tests/bench/results.md).
 
 Scenarios: core (issue 2), streams (issue 2, 1,000 open streams), guard, hiding, window
-(issue 3), obs (issue 4). A full run takes ~6-8 minutes, `--quick` ~1.5.
+(issue 3), obs (issue 4), messages (issue 14). A full run takes ~6-8 minutes, `--quick` ~1.5.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: import `tests.bench.*` from th
     sys.path[:] = [p for p in sys.path if p not in ("", _here)]
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench import console, core, fleet, guard, ttft, turns
+from tests.bench import console, core, fleet, guard, messages, ttft, turns
 from tests.bench.harness import Scenario, Settings
 from tests.bench.report import render
 
@@ -44,6 +44,7 @@ SCENARIOS = {
     "fleet_audit": fleet.fleet_audit,
     "fleet_cache": fleet.fleet_cache,
     "turns": turns.turns,
+    "messages": messages.messages,
 }
 
 

@@ -7,7 +7,7 @@ each ("t0001 ", "t0002 ", ...), a finish chunk and `[DONE]`. `--ttft-ms` delays 
 absolute schedule (token i at ttft + i*interval, no drift). `--echo` puts the last user
 message into a JSON answer, and a per-request tag into every streamed token ("t0001-2a "),
 so that unique prompts give unique completions (verdict-cache misses on the output side).
-`GET /stats` -> {"requests": n}.
+`POST /v1/messages` answers a fixed small Anthropic Message. `GET /stats` -> {"requests": n}.
 
     python -m tests.bench.upstream [--port 0] [--ttft-ms 0] [--chunks 16] [--interval-ms 0]
 """
@@ -72,6 +72,18 @@ def last_user(body: dict[str, Any]) -> str:
     return ""
 
 
+MESSAGE_BODY = orjson.dumps(  # what `POST /v1/messages` answers (the Anthropic Messages API)
+    {
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": "bench",
+        "content": [{"type": "text", "text": MESSAGE}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 14},
+    }
+)
 MODELS = orjson.dumps({"object": "list", "data": [{"id": "bench", "object": "model"}]})
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
@@ -108,6 +120,9 @@ class Upstream:
             return
         if self.ttft_s:
             await asyncio.sleep(self.ttft_s)
+        if path == "/v1/messages":
+            await send_bytes(send, MESSAGE_BODY)
+            return
         answer = completion(f"echo: {last_user(body)[:200]}") if self.echo else self.fixed
         await send_bytes(send, answer)
 
