@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from proxy.guard.answer import Answer, ClassifierError, parse_verdict, read_answer
+from proxy.guard.http1 import Origin
 from proxy.policies import Policy
 
 __all__ = [
@@ -103,11 +103,10 @@ class SafeguardClient:
         self.runtime = runtime
         self.temperature = RUNTIME_TEMPERATURE[runtime] if temperature is None else temperature
         self.extra_body = dict(extra_body or {})
-        self._headers = {"content-type": "application/json"}
-        if api_key:
-            self._headers["authorization"] = f"Bearer {api_key}"
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        headers = {"content-type": "application/json"}
+        if api_key:  # hosted providers list models only for a key, too
+            headers["authorization"] = f"Bearer {api_key}"
+        self._origin = Origin(self.base_url, headers, limit=max_connections)
 
     @classmethod
     def from_config(cls, settings: Any) -> SafeguardClient:
@@ -122,15 +121,6 @@ class SafeguardClient:
             temperature=settings.temperature,
             extra_body=settings.extra_body,
         )
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                json_serialize=lambda o: orjson.dumps(o).decode(),
-            )
-        return self._session
 
     def request_body(self, policy: Policy, content: str) -> bytes:
         body: dict[str, Any] = {
@@ -149,18 +139,20 @@ class SafeguardClient:
 
     async def ask(self, policy: Policy, content: str) -> Answer:
         """One classifier call, read into an Answer (ClassifierError when unusable)."""
-        try:
-            async with self._client().post(
-                self.url, data=self.request_body(policy, content), headers=self._headers
-            ) as response:
-                raw = await response.read()
-                if response.status != 200:
-                    raise ClassifierError("http_error", f"HTTP {response.status}: {raw[:200]!r}")
-        except TimeoutError:
-            raise ClassifierError("timeout", f"no answer within {self.timeout_s}s") from None
-        except aiohttp.ClientError as exc:
-            raise ClassifierError("unreachable", f"{type(exc).__name__}: {exc}") from None
+        body = self.request_body(policy, content)
+        status, raw = await self._call("POST", "/chat/completions", body, self.timeout_s)
+        if status != 200:
+            raise ClassifierError("http_error", f"HTTP {status}: {raw[:200]!r}")
         return read_answer(raw)
+
+    async def _call(self, method: str, path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+        """The one place wire errors become ClassifierError."""
+        try:
+            return await self._origin.request(method, path, body, timeout)
+        except TimeoutError:
+            raise ClassifierError("timeout", f"no answer within {timeout}s") from None
+        except OSError as exc:  # ConnectionError: refused, dropped, malformed
+            raise ClassifierError("unreachable", f"{type(exc).__name__}: {exc}") from None
 
     async def classify(self, policy: Policy, content: str) -> Verdict:
         started = time.perf_counter()
@@ -178,20 +170,13 @@ class SafeguardClient:
     async def ready(self) -> tuple[bool, str]:
         """Whether the model server answers its model list (SGLang: 503 while loading)."""
         try:
-            async with self._client().get(
-                self.base_url + "/models",
-                headers=self._headers,  # hosted providers list models only for a key
-                timeout=aiohttp.ClientTimeout(total=2),
-            ) as response:
-                if response.status == 200:
-                    return True, "ok"
-                return False, f"HTTP {response.status}"
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            status, _ = await self._origin.request("GET", "/models", b"", 2.0)
+        except OSError as exc:  # TimeoutError and ConnectionError included
             return False, f"unreachable ({type(exc).__name__})"
+        return (True, "ok") if status == 200 else (False, f"HTTP {status}")
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        self._origin.close()
 
 
 def errored(policy: Policy, exc: ClassifierError, latency_ms: float) -> Verdict:
