@@ -35,6 +35,7 @@ class _Conn(asyncio.Protocol):
         self.sized = False  # Content-Length or chunked: the parser knows where it ends
         self.encoding = b""
         self.used = False  # served an answer before: may have been closed while idle
+        self.reusable = False  # the last answer leaves the connection open (HTTP/1.1)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -61,6 +62,7 @@ class _Conn(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.reusable = self.parser.should_keep_alive()
         self._done()
 
     def _done(self) -> None:
@@ -90,7 +92,7 @@ class _Conn(asyncio.Protocol):
 
     def send(self, data: bytes, waiter: asyncio.Future[tuple[int, bytes]]) -> None:
         self.waiter, self.body, self.received = waiter, [], False
-        self.headers_done = self.sized = False
+        self.headers_done = self.sized = self.reusable = False
         self.encoding = b""
         self.transport.write(data)  # type: ignore[union-attr]
 
@@ -163,7 +165,7 @@ class Origin:
             finally:
                 timer.cancel()
             conn.used = True
-            self._release(conn, keep=conn.parser.should_keep_alive())
+            self._release(conn, keep=conn.reusable)
             return answer
         raise ConnectionError("the server closed the connection")  # pragma: no cover
 
