@@ -41,7 +41,7 @@ class VerdictCache:
         key = cache_key(policy, content)
         if self._enabled and (cached := self._verdicts.get(key)) is not None:
             self.hits += 1
-            return replace(cached, cache_hit=True, latency_ms=0.0)
+            return cached  # stored as a hit already: a Verdict is immutable
         if (pending := self._in_flight.get(key)) is not None:
             try:
                 verdict = await asyncio.shield(pending)
@@ -69,7 +69,7 @@ class VerdictCache:
                 del self._in_flight[key]
         future.set_result(verdict)
         if self._enabled:
-            self._verdicts[key] = verdict
+            self._verdicts[key] = replace(verdict, cache_hit=True, latency_ms=0.0)
         return verdict
 
     async def _classify(self, key: Key, classify: Callable[[], Awaitable[Verdict]]) -> Verdict:
