@@ -171,3 +171,13 @@ def test_the_quick_read_of_a_verdict_object_agrees_with_the_long_one(content, mo
     quick = read()
     monkeypatch.setattr(answer, "_one_object", lambda text: None)
     assert quick == read()
+
+
+@pytest.mark.parametrize("extra", [{}, {"messages": [], "top_p": 1}, {"provider": {"x": 1}}])
+@pytest.mark.parametrize("content", ["", "plain", 'quotes " and \\ and \x00 and é 🙂', "a" * 5000])
+def test_the_pre_encoded_body_is_the_plain_encoding(extra: dict, content: str) -> None:
+    client = SafeguardClient("http://h/v1", "m", runtime="vllm", extra_body=extra)
+    policy = parse_policy(POLICY_SOURCE, name="cheating")
+    plain = client._encode(policy.text, "low", content)
+    assert client.request_body(policy, content) == plain
+    assert client.request_body(policy, content) == plain  # from the stored frame

@@ -71,6 +71,8 @@ Runtime = str  # sglang | vllm | ollama | openai-compatible
 # to its own `think` level). Local runtimes get temperature 0 (LM Studio and some builds
 # default to 0.8); hosted providers keep the model's default, since some refuse a
 # temperature on reasoning models.
+_UNSET: Any = object()
+_MARK = "\x00safeguard-content\x00"
 RUNTIME_TEMPERATURE: dict[str, float | None] = {
     "sglang": 0.0,
     "vllm": 0.0,
@@ -106,6 +108,7 @@ class SafeguardClient:
         headers = {"content-type": "application/json"}
         if api_key:  # hosted providers list models only for a key, too
             headers["authorization"] = f"Bearer {api_key}"
+        self._frames: dict[tuple[str, str], tuple[bytes, bytes] | None] = {}
         self._origin = Origin(self.base_url, headers, limit=max_connections)
 
     @classmethod
@@ -123,19 +126,39 @@ class SafeguardClient:
         )
 
     def request_body(self, policy: Policy, content: str) -> bytes:
+        effort = policy.reasoning_effort or self.reasoning_effort
+        frame = self._frames.get((policy.text, effort), _UNSET)
+        if frame is _UNSET:
+            frame = self._frame(policy.text, effort)
+        if frame is None:
+            return self._encode(policy.text, effort, content)
+        return frame[0] + orjson.dumps(content) + frame[1]
+
+    def _encode(self, policy_text: str, effort: str, content: str) -> bytes:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [
-                {"role": "system", "content": policy.text},
+                {"role": "system", "content": policy_text},
                 {"role": "user", "content": content},
             ],
-            "reasoning_effort": policy.reasoning_effort or self.reasoning_effort,
+            "reasoning_effort": effort,
         }
         if self.temperature is not None:
             body["temperature"] = self.temperature
         body.update(self.extra_body)
         body["stream"] = False
         return orjson.dumps(body)
+
+    def _frame(self, policy_text: str, effort: str) -> tuple[bytes, bytes] | None:
+        """The body around the content, encoded once per policy text and effort (a JSON
+        string encodes the same wherever it stands); None when extra_body moved it."""
+        whole, mark = self._encode(policy_text, effort, _MARK), orjson.dumps(_MARK)
+        head, found, tail = whole.partition(mark)
+        frame = (head, tail) if found and mark not in tail else None
+        if len(self._frames) >= 256:  # policy reloads leave old texts behind
+            self._frames.clear()
+        self._frames[(policy_text, effort)] = frame
+        return frame
 
     async def ask(self, policy: Policy, content: str) -> Answer:
         """One classifier call, read into an Answer (ClassifierError when unusable)."""
