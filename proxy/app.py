@@ -15,11 +15,12 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from proxy.audit_backends import store_errors
 from proxy.audit_store import audit_page
 from proxy.config import DEV_KEY, Config, load_config
+from proxy.console import build_console
 from proxy.gateway import Gateway
 from proxy.handler import ProxyHandler
 from proxy.openai_api import OpenAIError
@@ -149,6 +150,7 @@ def build_app(config: Config, **gateway_options: Any) -> Any:
             Route("/readyz", readyz),
             Route("/admin/reload", reload, methods=["POST"]),
             Route("/admin/audit", audit),
+            Mount("/console", app=build_console(gateway)),
         ],
         lifespan=lifespan,
     )

@@ -7,6 +7,7 @@ malformed filter) print one line to stderr and exit 2.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sqlite3
 import sys
@@ -29,6 +30,7 @@ from proxy.audit_store import (
 )
 from proxy.config import Config, ConfigError, load_config
 from proxy.policies import PolicyError, load_policies
+from proxy.reviews import export_cases
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 COLUMNS = ("time", "request id", "tenant", "route", "model", "decision", "status", "flagged")
@@ -71,6 +73,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     export = sub.add_parser("export", parents=[common], help="JSON lines, oldest first")
     export.add_argument("--limit", type=_count, default=None, help="records (default all)")
     export.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    export.add_argument(
+        "--reviewed",
+        action="store_true",
+        help="reviewed verdicts as golden-set cases for `policy test --cases` (--policy, "
+        "--since narrow them)",
+    )
     export.set_defaults(func=_export)
 
     st = sub.add_parser("stats", parents=[common], help="decisions per policy and tenant")
@@ -116,13 +124,18 @@ def _query(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     def run(conn: sqlite3.Connection, filters: Filters) -> int:
-        rows = select(conn, filters, limit=args.limit, newest_first=False)
+        if args.reviewed:
+            cases = export_cases(conn, policy=args.policy, since=filters.since)
+            rows = ((None, case) for case in itertools.islice(cases, args.limit))
+        else:
+            rows = select(conn, filters, limit=args.limit, newest_first=False)
         if not args.out:
             _write_lines((r for _, r in rows), sys.stdout.buffer)
             return 0
         with open(args.out, "wb") as out:
             n = _write_lines((r for _, r in rows), out)
-        print(f"exported {n} records to {args.out}", file=sys.stderr)
+        what = "cases" if args.reviewed else "records"
+        print(f"exported {n} {what} to {args.out}", file=sys.stderr)
         return 0
 
     return _with_store(args, run)

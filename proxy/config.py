@@ -373,9 +373,11 @@ class Tenant(_Keyed):
 @_section
 class Admin(_Keyed):
     keys: Keys = ()
+    reviewer_keys: Keys = ()  # the review console only: read and label
 
     def __post_init__(self) -> None:
         _check_keys("keys", self.keys)
+        _check_keys("reviewer_keys", self.reviewer_keys)
 
 
 @_section
@@ -401,6 +403,7 @@ class Telemetry(_Keyed):
     metrics: Literal["none", "prometheus", "otlp"] = "prometheus"
     service_name: str = "safeguard-gateway"
     sample_ratio: Float = 1.0  # head sampling of new traces (OTEL_TRACES_SAMPLER wins)
+    trace_url: Url | None = None  # console trace links: http://jaeger:16686/trace/{trace_id}
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sample_ratio <= 1.0:
@@ -441,6 +444,10 @@ class Config(_Keyed):
     @property
     def admin_keys(self) -> tuple[str, ...]:
         return self.admin.keys
+
+    @property
+    def reviewer_keys(self) -> tuple[str, ...]:
+        return self.admin.reviewer_keys
 
     @property
     def uses_dev_key(self) -> bool:

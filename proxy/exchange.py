@@ -40,6 +40,7 @@ class Exchange:
     finish_reasons: list[str] | None = None
     ttft_ms: float | None = None
     content: dict[str, str | None] = field(default_factory=dict)
+    trace_id: str | None = None  # 32 hex digits of the request's trace, when traced
 
     def take_answer(self, body: dict[str, Any] | None) -> None:
         self.answer = body
@@ -87,7 +88,14 @@ class Exchange:
                 "ttft_ms": round_ms(self.ttft_ms),
             },
             "content": self.content,
+            "trace_id": self.trace_id,
         }
+
+
+def trace_id_of(span: Any) -> str | None:
+    """The W3C trace id of a recording server span (None when tracing is off)."""
+    trace_id = getattr(span, "trace_id", 0)
+    return f"{trace_id:032x}" if trace_id and span.is_recording() else None
 
 
 def since(started: float | None) -> float | None:

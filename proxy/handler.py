@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from proxy.config import host_port
-from proxy.exchange import Exchange, json_or_none, since
+from proxy.exchange import Exchange, json_or_none, since, trace_id_of
 from proxy.gateway import Gateway
 from proxy.guard.engine import Outcome, SideResult, worse
 from proxy.guard.streaming import Relay, StreamGuard
@@ -118,6 +118,7 @@ class ProxyHandler:
                 )
             finally:
                 self.gw.metrics.in_flight.add(-1)
+                ex.trace_id = trace_id_of(span)
                 self._finish(ex, span)
 
     # -- the request -------------------------------------------------------------------

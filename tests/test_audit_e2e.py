@@ -38,6 +38,7 @@ RECORD_FIELDS = {
     "verdicts",
     "timings",
     "content",
+    "trace_id",  # the request's trace (None when not traced): the review console links it
 }
 VERDICT_FIELDS = {
     "policy",

@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: import `tests.bench.*` from th
     sys.path[:] = [p for p in sys.path if p not in ("", _here)]
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench import core, fleet, guard, ttft
+from tests.bench import console, core, fleet, guard, ttft
 from tests.bench.harness import Scenario, Settings
 from tests.bench.report import render
 
@@ -40,6 +40,7 @@ SCENARIOS = {
     "window": guard.window,
     "ttft": ttft.ttft,
     "obs": core.observability,
+    "console": console.console,
     "fleet_audit": fleet.fleet_audit,
     "fleet_cache": fleet.fleet_cache,
 }

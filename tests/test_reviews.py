@@ -1,0 +1,128 @@
+"""Reviews in the audit store and the golden-set cases they make (proxy.reviews)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from proxy.audit_store import audit_row, insert_rows, open_store
+from proxy.config import ConfigError, parse_config
+from proxy.reviews import (
+    ReviewError,
+    case_text,
+    ensure_schema,
+    export_cases,
+    for_request,
+    save,
+)
+from proxy.workbench.cases import parse_jsonl
+
+
+def record(text: str, label: str, *, retention: str = "full", side: str = "input") -> dict:
+    return {
+        "request_id": f"req-{text[:8]}",
+        "time": 1.0,
+        "tenant": "acme",
+        "decision": "block" if label == "violation" else "allow",
+        "verdicts": [
+            {"policy": "spam", "version": "v1", "label": label, "category": "SP1", "side": side},
+            {"policy": "spam-v2", "version": "v2", "label": "safe", "side": side, "shadow": True},
+        ],
+        "content": {"retention": retention, "input": f"[user] {text}", "output": "an answer"},
+    }
+
+
+@pytest.fixture
+def conn(tmp_path: Path):
+    with closing(open_store(tmp_path / "audit.db")) as c:
+        ensure_schema(c)
+        insert_rows(
+            c,
+            [
+                audit_row(record("buy now, cheap pills", "violation")),
+                audit_row(record("hello there", "safe")),
+                audit_row(record("buy now hashed", "violation", retention="hash")),
+                audit_row(record("x", "error")),
+            ],
+        )
+        yield c
+
+
+def test_marks_become_cases_policy_test_reads(conn):
+    save(conn, 1, 0, "correct", "", "admin:1")
+    save(conn, 2, 0, "wrong", "  says hello but is spam  ", "reviewer:2")
+    save(conn, 1, 1, "wrong", "", "reviewer:2")  # the shadow said safe: wrong -> spam
+    save(conn, 3, 0, "correct", "", "admin:1")  # hashed content: no case
+    save(conn, 4, 0, "correct", "", "admin:1")  # a failed check: no case
+    save(conn, 2, 1, "unsure", "", "admin:1")  # unsure: no case
+    cases = list(export_cases(conn))
+    assert [(c["content"], c["label"], c["policy"], c.get("category")) for c in cases] == [
+        ("buy now, cheap pills", 1, "spam", "SP1"),
+        ("hello there", 1, "spam", None),
+        ("buy now, cheap pills", 1, "spam-v2", None),
+    ]
+    assert cases[1]["note"] == "says hello but is spam"
+    assert [c["content"] for c in export_cases(conn, policy="spam-v2")] == ["buy now, cheap pills"]
+    text = "".join(json.dumps(c) + "\n" for c in cases)
+    assert [(c.content, c.label) for c in parse_jsonl(text)] == [
+        (c["content"], c["label"]) for c in cases
+    ]
+
+
+def test_the_latest_mark_wins_and_bad_reviews_are_refused(conn):
+    save(conn, 1, 0, "correct", "first", "admin:1", now=10)
+    save(conn, 1, 0, "wrong", "second", "reviewer:2", now=20)
+    (only,) = for_request(conn, 1).values()
+    assert (only.mark, only.note, only.reviewer, only.time) == ("wrong", "second", "reviewer:2", 20)
+    assert conn.execute("SELECT COUNT(*) FROM reviews").fetchone() == (1,)
+    for args in ((1, 0, "maybe"), (99, 0, "wrong"), (1, 7, "wrong")):
+        with pytest.raises(ReviewError):
+            save(conn, *args, "", "admin:1")
+
+
+def test_a_store_without_reviews_exports_nothing(tmp_path: Path):
+    with closing(open_store(tmp_path / "plain.db")) as c:
+        assert list(export_cases(c)) == [] and for_request(c, 1) == {}
+
+
+def test_case_text_strips_the_label_of_one_turn_only():
+    assert case_text("[user] hello\nthere") == "hello\nthere"
+    convo = "[system] be nice\n\n[user] hello"
+    assert case_text(convo) == convo
+    assert case_text("plain output") == "plain output"
+
+
+def test_config_takes_reviewer_keys_and_a_trace_url():
+    base = {
+        "upstreams": {"u": {"base_url": "http://127.0.0.1:1/v1"}},
+        "tenants": {"t": {"keys": ["k"], "route": "r"}},
+        "routes": {"r": {"upstream": "u"}},
+    }
+    config = parse_config(
+        base
+        | {
+            "admin": {"keys": ["a"], "reviewer_keys": ["r1", ""]},
+            "telemetry": {"trace_url": "http://jaeger:16686/trace/{trace_id}"},
+        }
+    )
+    assert config.reviewer_keys == ("r1",)
+    assert config.telemetry.trace_url.endswith("{trace_id}")
+    with pytest.raises(ConfigError, match=r"telemetry\.trace_url"):
+        parse_config(base | {"telemetry": {"trace_url": "javascript:alert(1)"}})
+    with pytest.raises(ConfigError, match=r"admin\.reviewer_keys"):
+        parse_config(base | {"admin": {"reviewer_keys": "r1"}})
+
+
+def test_reviews_table_is_plain_sql(tmp_path: Path):
+    """The schema script runs on a bare SQLite too (no gateway-specific pragmas)."""
+    with closing(sqlite3.connect(tmp_path / "x.db")) as c:
+        c.executescript(
+            "CREATE TABLE requests (id INTEGER PRIMARY KEY, record TEXT);"
+            "CREATE TABLE verdicts (request INTEGER, shadow INTEGER);"
+        )
+        ensure_schema(c)
+        assert c.execute("SELECT COUNT(*) FROM reviews").fetchone() == (0,)
