@@ -57,11 +57,24 @@ def build_app(config: Config, **gateway_options: Any) -> Any:
     proxy = ProxyHandler(gateway)
     admin = AdminAuth(config.admin_keys)
 
+    last_readiness: list[tuple[bool, str] | None] = [None]  # log a change once, not each probe
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        """Unauthenticated: states only. Where each service is goes to the log."""
         ok, checks = await gateway.ready()
+        state = (ok, repr(checks))
+        if state != last_readiness[0] and (not ok or checks.get("classifier", "ok") != "ok"):
+            log.warning(
+                "readiness %s: %s (classifier at %s; upstreams at %s)",
+                "ok" if ok else "failing",
+                checks,
+                gateway.config.classifier.base_url,  # the config in force (reloads swap it)
+                ", ".join(f"{n}={u.base_url}" for n, u in gateway.config.upstreams.items()),
+            )
+        last_readiness[0] = state
         return JSONResponse(
             {"status": "ready" if ok else "not_ready", "checks": checks},
             status_code=200 if ok else 503,

@@ -49,8 +49,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     common.add_argument("--tenant", help="tenant name (comma-separated for several)")
     common.add_argument("--route", help="route name")
     common.add_argument("--policy", help="requests with a verdict for this policy")
-    common.add_argument("--decision", help="allow|annotate|redact|block|error")
-    common.add_argument("--request-id", help="the x-request-id of one request")
+    common.add_argument(
+        "--decision", help="allow|annotate|redact|block|error|fail_open (comma-separated)"
+    )
+    common.add_argument("--request-id", help="the gateway's x-request-id of one request (req_...)")
     common.add_argument("--since", help="unix seconds, ISO-8601, or a time ago: 15m, 2h, 7d")
     common.add_argument("--until", help="same forms as --since (exclusive)")
 

@@ -20,6 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
     from proxy.app import CONFIG_ENV, build_app
     from proxy.gateway import check_policies
     from proxy.policies import load_policies
+    from proxy.server import uvicorn_options
 
     config = load_config(args.config)
     check_policies(config, load_policies(config.policies_dir))  # fail fast, before binding
@@ -33,6 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         timeout_graceful_shutdown=30,
         lifespan="on",
+        **uvicorn_options(config.server),
     )
     if workers > 1:  # one supervisor, N workers: one /metrics, reload and /readyz for all
         from proxy.fleet.supervisor import serve_fleet

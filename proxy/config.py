@@ -213,6 +213,11 @@ class Server(_Keyed):
     port: Int = 8080
     workers: Int = 1
     max_body_bytes: Int = 4 * 1024 * 1024
+    max_header_bytes: Int = 64 * 1024  # request line + headers; over it: 431
+
+    def __post_init__(self) -> None:
+        if self.max_header_bytes < 1024:
+            raise _refuse("must be at least 1024", "max_header_bytes")
 
 
 def _headers(value: Any) -> dict[str, str]:
@@ -339,6 +344,48 @@ class OutputSide(Side):
             raise _refuse("must be between 0 and window_chars", "overlap_chars")
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+# Never forwardable: they carry the gateway key, or framing the gateway redoes.
+NEVER_FORWARDED = frozenset(
+    (
+        "authorization",
+        "api-key",
+        "x-api-key",
+        "host",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "proxy-authorization",
+        "proxy-connection",
+    )
+)
+
+
+def _forward_headers(value: Any) -> frozenset[str]:
+    if isinstance(value, frozenset):
+        return value
+    names = [n.lower() for n in _strings(value)]
+    for name in names:
+        if not _TOKEN.fullmatch(name):
+            raise _refuse(f"{name!r} is not a header name")
+        if name in NEVER_FORWARDED:
+            raise _refuse(f"{name!r} carries the gateway key or framing and is never forwarded")
+    return frozenset(names)
+
+
+ForwardHeaders = Annotated[
+    frozenset[str],
+    BeforeValidator(_forward_headers),
+    WithJsonSchema({"type": "array", "items": {"type": "string"}}),
+]
+
+
 @_keyword_section
 class Route(_Keyed):
     name: Name = ""
@@ -346,6 +393,7 @@ class Route(_Keyed):
     input: InputSide = InputSide()
     output: OutputSide = OutputSide()
     fail: Literal["closed", "open"] = "closed"  # classifier unusable: closed | open
+    forward_headers: ForwardHeaders = frozenset()  # client headers sent upstream (lowercase)
 
 
 def _model_routes(value: Any) -> tuple[tuple[str, str], ...]:

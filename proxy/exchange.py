@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from proxy.config import Route, Tenant
+from proxy.endpoints import Target
 from proxy.guard.engine import Outcome, SideResult
 from proxy.stream_watch import StreamWatch
 
@@ -41,6 +42,8 @@ class Exchange:
     ttft_ms: float | None = None
     content: dict[str, str | None] = field(default_factory=dict)
     trace_id: str | None = None  # 32 hex digits of the request's trace, when traced
+    target: Target | None = None  # the endpoint table's entry (None: not served)
+    client_request_id: str | None = None  # the client's x-client-request-id / x-request-id
 
     def take_answer(self, body: dict[str, Any] | None) -> None:
         self.answer = body
@@ -59,6 +62,8 @@ class Exchange:
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         headers = [(b"x-request-id", self.request_id.encode())]
+        if self.client_request_id is not None:
+            headers.append((b"x-client-request-id", self.client_request_id.encode()))
         if self.route is not None and self.outcomes:
             headers.append((b"x-safeguard-decision", self.decision.encode()))
             flagged = sorted({o.policy.id for o in self.outcomes if o.verdict.violation})
@@ -71,6 +76,7 @@ class Exchange:
         assert self.tenant is not None
         return {
             "request_id": self.request_id,
+            "client_request_id": self.client_request_id,
             "time": self.at,
             "tenant": self.tenant.name,
             "route": self.route.name if self.route else None,

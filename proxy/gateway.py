@@ -202,18 +202,28 @@ class Gateway:
         checks: dict[str, Any] = {"upstreams": upstreams}
         ok = all(v == "ok" for v in upstreams.values())
         if self.uses_classifier:
+            # Public: no address here (/readyz needs no key); app.readyz logs where.
             classifier_ok, detail = await self.classifier.ready()
-            where = self.config.classifier.base_url
-            checks["classifier"] = (
-                detail
-                if classifier_ok
-                else f"{detail}: gpt-oss-safeguard not reachable at {where}; diagnose with "
-                f"`safeguard-gateway classifier check --config {self.config.source or 'PATH'}`"
-            )
-            ok = ok and classifier_ok
+            checks["classifier"] = detail
+            if not classifier_ok:
+                checks["classifier"] += (
+                    "; diagnose with `safeguard-gateway classifier check --config PATH`"
+                )
+                if self.guards_fail_open():
+                    checks["classifier"] += "; every guarded route fails open"
+                else:
+                    ok = False
         audit_ok, audit_detail = self.audit.health()
         checks["audit"] = audit_detail
         return ok and audit_ok, checks
+
+    def guards_fail_open(self) -> bool:
+        """Every guarded route answers without the classifier (`fail: open`)."""
+        return all(
+            route.fail == "open"
+            for route in self.config.routes.values()
+            if route.input.guarded or route.output.guarded
+        )
 
     def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run work that must finish before shutdown but not before the response."""

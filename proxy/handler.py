@@ -17,15 +17,16 @@ from typing import Any
 
 import orjson
 
+from proxy.bodies import GZIP, IDENTITY, content_coding, gunzip
 from proxy.config import host_port
+from proxy.endpoints import FORWARD, MODELS_KIND, OTHER, Table, Target
 from proxy.exchange import Exchange, json_or_none, since, trace_id_of
 from proxy.gateway import Gateway
 from proxy.guard.engine import Outcome, SideResult, worse
 from proxy.guard.streaming import Relay, StreamGuard
+from proxy.hangup import HangUps
 from proxy.openai_api import (
-    EMBEDDINGS,
     GENERATION_ENDPOINTS,
-    MODELS,
     OPERATION,
     OpenAIError,
     input_slots,
@@ -58,20 +59,12 @@ _ids = itertools.count()
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")  # echoed in a header: no CR/LF
 
 
-KNOWN_ENDPOINTS = frozenset((*GENERATION_ENDPOINTS, EMBEDDINGS, MODELS))
-
-
-def endpoint_label(path: str) -> str:
-    """A bounded name for spans and metric labels: clients choose paths, not cardinality."""
-    if path in KNOWN_ENDPOINTS:
-        return path
-    return MODELS if path.startswith(MODELS + "/") else "/v1/other"
-
-
 class ProxyHandler:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.max_body = gateway.config.server.max_body_bytes
+        self.endpoints = Table()
+        self.hang_ups = HangUps()  # a client gone before its answer cancels the work (499)
         audit = gateway.config.audit
         self.auditing = audit.enabled
         self.keep_content = self.auditing and audit.content != "none"  # texts for the record
@@ -81,19 +74,30 @@ class ProxyHandler:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         headers = dict(scope["headers"])  # last value wins; auth headers are single-valued
-        client_id = headers.get(b"x-request-id", b"")
-        request_id = (
-            client_id.decode()
-            if _CLIENT_ID.fullmatch(client_id)
-            else f"req_{_ID_PREFIX}{next(_ids):012x}"
-        )
-        path = scope["path"].rstrip("/") or "/"
-        ex = Exchange(request_id, path)
+        # The record id is always the gateway's own: a client's id is kept beside it, so
+        # two tenants sending the same x-request-id still get two records.
+        request_id = f"req_{_ID_PREFIX}{next(_ids):012x}"
+        method = scope["method"]
+        try:
+            target: Target | None = self.endpoints.resolve(
+                method, scope["path"], scope.get("raw_path")
+            )
+            miss = None
+        except OpenAIError as exc:
+            target, miss = None, exc
+        ex = Exchange(request_id, target.path if target else scope["path"][:256])
+        ex.target = target
+        client_id = headers.get(b"x-client-request-id") or headers.get(b"x-request-id")
+        if client_id and _CLIENT_ID.fullmatch(client_id):
+            ex.client_request_id = client_id.decode()
         self.gw.metrics.in_flight.add(1)
-        label = endpoint_label(path)
-        with self.gw.telemetry.server_span(scope["method"], label, scope["headers"]) as span:
+        label = target.endpoint.path if target else OTHER
+        with self.gw.telemetry.server_span(method, label, scope["headers"]) as span:
             sent = Sender(send, receive)
             try:
+                if miss is not None:
+                    self._authenticate(ex, headers)
+                    raise miss
                 await self._handle(ex, scope, headers, receive, sent)
             except OpenAIError as exc:
                 await self._fail(ex, sent, exc)
@@ -123,9 +127,7 @@ class ProxyHandler:
 
     # -- the request -------------------------------------------------------------------
 
-    async def _handle(
-        self, ex: Exchange, scope: dict, headers: dict, receive: Any, send: Sender
-    ) -> None:
+    def _authenticate(self, ex: Exchange, headers: dict) -> None:
         tenant = self.gw.tenancy.authenticate(
             bearer_token(headers.get(b"authorization"), headers.get(b"api-key"))
         )
@@ -134,27 +136,23 @@ class ProxyHandler:
                 401, "Incorrect API key provided. Use a gateway key.", code="invalid_api_key"
             )
         ex.tenant = tenant
-        method = scope["method"]
-        if ex.endpoint == MODELS or ex.endpoint.startswith(MODELS + "/"):
-            if method != "GET":
-                raise OpenAIError(
-                    405, f"Method {method} is not allowed here.", code="method_not_allowed"
-                )
-            ex.route = self.gw.tenancy.default_route(tenant)
-            await self._forward_raw(ex, scope, None, send)
+
+    async def _handle(
+        self, ex: Exchange, scope: dict, headers: dict, receive: Any, send: Sender
+    ) -> None:
+        self._authenticate(ex, headers)
+        assert ex.tenant is not None and ex.target is not None
+        kind = ex.target.endpoint.kind
+        if kind == MODELS_KIND:
+            ex.route = self.gw.tenancy.default_route(ex.tenant)
+            await self.hang_ups.run(send, self._forward_raw(ex, scope, None, send))
             return
-        if ex.endpoint not in GENERATION_ENDPOINTS and ex.endpoint != EMBEDDINGS:
-            raise OpenAIError(
-                404, f"Unknown endpoint {scope['method']} {ex.endpoint}.", code="unknown_url"
-            )
-        if method != "POST":
-            raise OpenAIError(405, f"Use POST for {ex.endpoint}.", code="method_not_allowed")
-        raw = await self._read_body(headers, receive)
+        raw = await self._read_body(scope["headers"], headers, receive)
         body = parse_json_body(raw)
         model = body.get("model")
         ex.model = model if isinstance(model, str) else None
         ex.stream = bool(body.get("stream"))
-        route = self.gw.tenancy.route_for(tenant, ex.model)
+        route = self.gw.tenancy.route_for(ex.tenant, ex.model)
         if route is None:
             raise OpenAIError(
                 404,
@@ -163,12 +161,16 @@ class ProxyHandler:
                 param="model",
             )
         ex.route = route
-        if ex.endpoint == EMBEDDINGS:
-            await self._forward_raw(ex, scope, raw, send)
+        if kind == FORWARD:
+            await self.hang_ups.run(send, self._forward_raw(ex, scope, raw, send))
             return
-        await self._generate(ex, scope, raw, body, send)
+        await self.hang_ups.run(send, self._generate(ex, scope, raw, body, send))
 
-    async def _read_body(self, headers: dict, receive: Any) -> bytes:
+    async def _read_body(
+        self, raw_headers: list[tuple[bytes, bytes]], headers: dict, receive: Any
+    ) -> bytes:
+        """The body, decoded: gzip within max_body_bytes (413), other codings 415."""
+        coding = content_coding(raw_headers) if b"content-encoding" in headers else IDENTITY
         declared = headers.get(b"content-length")
         if declared and declared.isdigit() and int(declared) > self.max_body:
             raise too_large(self.max_body)
@@ -183,7 +185,8 @@ class ProxyHandler:
                 raise too_large(self.max_body)
             chunks.append(chunk)
             if not message.get("more_body"):
-                return b"".join(chunks)
+                raw = b"".join(chunks)
+                return gunzip(raw, self.max_body) if coding == GZIP else raw
 
     async def _forward_raw(
         self, ex: Exchange, scope: dict, raw: bytes | None, send: Sender
@@ -205,12 +208,21 @@ class ProxyHandler:
         ex.upstream_span = span
         trace_headers: dict[str, str] = {}
         self.gw.telemetry.inject(trace_headers, span)
-        path = ex.endpoint.removeprefix("/v1")
-        if scope.get("query_string"):
-            path += "?" + scope["query_string"].decode("latin-1")
+        target = ex.target
+        assert target is not None
+        forward = ex.route.forward_headers
+        if target.endpoint.headers:
+            forward = forward | target.endpoint.headers
         ex.upstream_started = time.perf_counter()
+        # The URL comes from the endpoint table; the client's query string is not sent.
         return await self.gw.upstreams.send(
-            upstream, scope["method"], path, raw, scope["headers"], trace_headers
+            upstream,
+            target.endpoint.method,
+            target.upstream_path,
+            raw,
+            scope["headers"],
+            trace_headers,
+            forward,
         )
 
     async def _relay(self, ex: Exchange, response: UpstreamResponse, send: Sender) -> None:
@@ -432,7 +444,8 @@ class ProxyHandler:
         total_s = time.perf_counter() - ex.started
         route_name = ex.route.name if ex.route else ""
         metrics = self.gw.metrics
-        label = endpoint_label(ex.endpoint)
+        label = ex.target.endpoint.path if ex.target else OTHER
+        settle_decision(ex)
         metrics.requests.inc(route_name, label, str(ex.status))
         metrics.request_duration.observe(total_s, route_name, label)
         if ex.ttft_ms is not None and ex.stream:
@@ -495,8 +508,20 @@ class ProxyHandler:
         """Shadow verdicts and passthrough-stream verdicts arrive after the response."""
         results = await asyncio.gather(*ex.pending, return_exceptions=True)
         ex.outcomes += [o for o in results if isinstance(o, Outcome)]
+        settle_decision(ex)
         if self.auditing:
             self.gw.audit.submit(ex.record(total_s))
+
+
+def settle_decision(ex: Exchange) -> None:
+    """A pass the guard could not vouch for is `fail_open`, not `allow`: an enforced
+    policy's classification failed on a `fail: open` route and nothing blocked. Set once
+    the answer is out (the response header keeps allow|annotate|redact|block)."""
+    route = ex.route
+    if route is None or route.fail != "open" or ex.decision in ("block", "fail_open"):
+        return
+    if any(o.verdict.error and not o.verdict.shadow for o in ex.outcomes):
+        ex.decision = "fail_open"
 
 
 def _joined(guard: StreamGuard, texts: Mapping[Any, str]) -> str:

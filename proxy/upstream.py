@@ -16,27 +16,27 @@ from multidict import CIMultiDict
 
 from proxy import config
 
-# Never forwarded upstream: hop-by-hop headers, the client's credentials, framing we redo.
-_DROP_REQUEST = frozenset(
+# The client headers sent upstream: what describes the body and the client, and trace
+# context. Everything else stays here: credentials (the gateway key in authorization,
+# api-key, x-api-key), account selectors (OpenAI-Organization, OpenAI-Project: a tenant
+# must not pick the gateway key's organization), cookies, Idempotency-Key (two tenants on
+# one upstream key could replay each other's answers), hop-by-hop and framing headers
+# (the body may be re-encoded or was decompressed). A route opts more in with
+# `forward_headers`; an endpoint with `Endpoint.headers`.
+FORWARDED_REQUEST_HEADERS = frozenset(
     (
-        "host",
-        "authorization",
-        "api-key",
-        "content-length",
-        "connection",
-        "keep-alive",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "accept-encoding",
-        "cookie",
-        "x-request-id",
-        "expect",
+        "content-type",
+        "accept",
+        "user-agent",
+        "traceparent",
+        "tracestate",
+        "openai-beta",
+        "x-client-request-id",
+        "anthropic-version",  # API version selectors of the Messages API, not credentials
+        "anthropic-beta",
     )
 )
+_SDK_PREFIX = "x-stainless-"  # the official SDKs' client description (lang, version, retry)
 # Never passed back to the client: hop-by-hop and framing (the body may be re-encoded).
 _DROP_RESPONSE = frozenset(
     (
@@ -135,11 +135,14 @@ class UpstreamPool:
         upstream: config.Upstream,
         client_headers: Iterable[tuple[bytes, bytes]],
         extra: Mapping[str, str],
+        forward: frozenset[str] = frozenset(),
     ) -> CIMultiDict[str]:
+        """The allowlisted client headers (plus `forward`), then the upstream's own."""
         headers: CIMultiDict[str] = CIMultiDict()
+        allowed = FORWARDED_REQUEST_HEADERS | forward if forward else FORWARDED_REQUEST_HEADERS
         for raw_name, raw_value in client_headers:
             name = raw_name.decode("latin-1").lower()
-            if name not in _DROP_REQUEST:
+            if name in allowed or name.startswith(_SDK_PREFIX):
                 headers.add(name, raw_value.decode("latin-1"))
         for name, value in upstream.headers.items():
             headers[name] = value
@@ -153,17 +156,19 @@ class UpstreamPool:
         self,
         upstream: config.Upstream,
         method: str,
-        path_and_query: str,
+        path: str,
         body: bytes | None,
         client_headers: Iterable[tuple[bytes, bytes]],
         extra_headers: Mapping[str, str],
+        forward: frozenset[str] = frozenset(),
     ) -> UpstreamResponse:
         """Send and return once the status line and headers are in; the body is left unread.
 
-        `path_and_query` is relative to the OpenAI API root (e.g. "/chat/completions").
+        `path` is relative to the OpenAI API root (e.g. "/chat/completions"), already
+        encoded (proxy.endpoints builds it from its table, never from the client's path).
         """
-        url = upstream.base_url + path_and_query
-        headers = self.request_headers(upstream, client_headers, extra_headers)
+        url = upstream.base_url + path  # plain, so yarl's quoting leaves it as it is
+        headers = self.request_headers(upstream, client_headers, extra_headers, forward)
         try:
             response = await self._session(upstream).request(
                 method, url, data=body, headers=headers

@@ -19,6 +19,7 @@ import yaml
 
 from proxy.app import build_app
 from proxy.config import Config, parse_config
+from proxy.server import uvicorn_options
 from tests.fakes.classifier import FakeSafeguard
 from tests.fakes.collector import Collector
 from tests.fakes.engines import postgres_server, redis_server  # noqa: F401 (fixtures)
@@ -156,7 +157,7 @@ def make_gateway(upstream, classifier, tmp_path: Path) -> Iterator[GatewayFactor
             data[key] = value if not isinstance(value, dict) else {**data.get(key, {}), **value}
         config = parse_config(data)
         app = build_app(config, **(options or {}))
-        handle = serve(app, lifespan="on")
+        handle = serve(app, lifespan="on", **uvicorn_options(config.server))
         running = RunningGateway(handle.url, handle, app, config)
         started.append(running)
         return running
@@ -177,7 +178,7 @@ def gateway(
         (tmp / "policies" / f"{pid}.md").write_text(text)
     config = parse_config(base_config(upstream[1].url, classifier[1].url, tmp))
     app = build_app(config)
-    handle = serve(app, lifespan="on")
+    handle = serve(app, lifespan="on", **uvicorn_options(config.server))
     yield RunningGateway(handle.url, handle, app, config)
     handle.stop()
 

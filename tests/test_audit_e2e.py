@@ -26,6 +26,7 @@ from tests.test_guard import GUARDED, chat
 
 RECORD_FIELDS = {
     "request_id",
+    "client_request_id",
     "time",
     "tenant",
     "route",

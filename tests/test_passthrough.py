@@ -287,14 +287,16 @@ def test_tenants_only_reach_their_own_routes(make_gateway, upstream):
     assert "x-safeguard-decision" not in reply.headers
 
 
-def test_a_client_request_id_is_kept_only_when_it_is_safe_to_echo(gateway):
+def test_a_client_request_id_is_echoed_beside_the_gateways_only_when_it_is_safe(gateway):
     url = gateway.base_url + "/chat/completions"
     body = {"model": "echo", "messages": [{"role": "user", "content": "x"}]}
     auth = {"authorization": f"Bearer {KEY}"}
     kept = httpx.post(url, json=body, headers={**auth, "x-request-id": "trace-42.a"})
-    assert kept.headers["x-request-id"] == "trace-42.a"
+    assert kept.headers["x-request-id"].startswith("req_")  # always the gateway's own
+    assert kept.headers["x-client-request-id"] == "trace-42.a"
     odd = httpx.post(url, json=body, headers={**auth, "x-request-id": "a b\tc"})
     assert odd.headers["x-request-id"].startswith("req_")
+    assert "x-client-request-id" not in odd.headers
 
 
 def test_a_serving_gateway_collects_garbage_less_often_and_restores_it_on_shutdown(make_gateway):

@@ -14,6 +14,7 @@ import logging
 
 from proxy.app import build_app
 from proxy.config import parse_config
+from proxy.server import uvicorn_options
 from tests.bench.common import prepare, run_asgi, server_args
 
 
@@ -25,7 +26,13 @@ def main() -> None:
     with open(args.config, encoding="utf-8") as f:
         config = parse_config(json.load(f), source=args.config)
     sock = prepare(args)
-    run_asgi(build_app(config), sock, lifespan="on", timeout_graceful_shutdown=30)
+    run_asgi(
+        build_app(config),
+        sock,
+        lifespan="on",
+        timeout_graceful_shutdown=30,
+        **uvicorn_options(config.server),  # the protocol `serve` runs
+    )
 
 
 if __name__ == "__main__":

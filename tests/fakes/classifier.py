@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.fakes.upstream import hold
+
 _TRIGGERS = re.compile(r"<!--\s*triggers:\s*(.*?)\s*-->")
 _CATEGORY = re.compile(r"<!--\s*category:\s*(.*?)\s*-->")
 
@@ -35,6 +37,7 @@ class FakeSafeguard:
     delay_s: float = 0.0
     format: str = "json"  # json | bare | harmony
     calls: list[Call] = field(default_factory=list)
+    hung_up: int = 0  # calls whose caller went away during `delay_s`
 
     def __post_init__(self) -> None:
         self.app = Starlette(
@@ -50,6 +53,7 @@ class FakeSafeguard:
 
     def reset(self) -> None:
         self.mode, self.delay_s, self.format = "ok", 0.0, "json"
+        self.hung_up = 0
         self.calls.clear()
 
     def calls_for(self, marker: str) -> list[Call]:
@@ -69,8 +73,9 @@ class FakeSafeguard:
         policy = next(m["content"] for m in messages if m["role"] == "system")
         content = next(m["content"] for m in messages if m["role"] == "user")
         self.calls.append(Call(policy, content, body.get("reasoning_effort"), time.monotonic()))
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        if self.delay_s and not await hold(request, self.delay_s):
+            self.hung_up += 1
+            return Response(status_code=499)
         if self.mode == "timeout":
             await asyncio.sleep(3600)
         if self.mode == "error500":

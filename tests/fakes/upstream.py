@@ -40,6 +40,7 @@ class Received:
     headers: dict[str, str]
     body: Any
     at: float = field(default_factory=time.monotonic)
+    query: str = ""
 
 
 def user_text(body: dict) -> str:
@@ -83,6 +84,18 @@ def sse(data: Any, event: str | None = None) -> bytes:
     return head + b"data: " + orjson.dumps(data) + b"\n\n"
 
 
+async def hold(request: Request, seconds: float) -> bool:
+    """Wait `seconds` before answering; False as soon as the caller hangs up instead."""
+    gone = asyncio.ensure_future(request.receive())  # the body is read: only a disconnect
+    try:
+        await asyncio.wait_for(asyncio.shield(gone), seconds)
+    except TimeoutError:
+        return True
+    finally:
+        gone.cancel()
+    return gone.result()["type"] != "http.disconnect"
+
+
 async def _cut_short() -> AsyncIterator[bytes]:
     """Promise 1000 bytes, send a few, then break the connection."""
     yield b'{"id": "chatcmpl-'
@@ -96,6 +109,7 @@ class FakeOpenAI:
     requests: list[Received] = field(default_factory=list)
     streams_cancelled: int = 0
     chunk_chars: int = 0  # 0: one delta per word
+    hung_up: int = 0  # requests whose caller went away while we held the answer back
 
     def __post_init__(self) -> None:
         self.app = Starlette(
@@ -105,6 +119,9 @@ class FakeOpenAI:
                 Route("/v1/embeddings", self.embeddings, methods=["POST"]),
                 Route("/v1/responses", self.responses, methods=["POST"]),
                 Route("/v1/models", self.models),
+                Route("/v1/models/{model}", self.model),
+                # Anything else is recorded (a gateway must never send it) and is a 404.
+                Route("/{rest:path}", self.other, methods=["GET", "POST", "PUT", "DELETE"]),
             ]
         )
 
@@ -113,7 +130,7 @@ class FakeOpenAI:
 
     def reset(self) -> None:
         self.first_token_delay_s = self.chunk_delay_s = 0.0
-        self.streams_cancelled = self.chunk_chars = 0
+        self.streams_cancelled = self.chunk_chars = self.hung_up = 0
         self.requests.clear()
 
     async def _receive(self, request: Request) -> tuple[dict, Response | None]:
@@ -139,8 +156,8 @@ class FakeOpenAI:
             return body, StreamingResponse(
                 _cut_short(), headers={"content-length": "1000"}, media_type="application/json"
             )
-        if self.first_token_delay_s:
-            await asyncio.sleep(self.first_token_delay_s)
+        if self.first_token_delay_s and not await hold(request, self.first_token_delay_s):
+            self.hung_up += 1
         return body, None
 
     async def _stream(
@@ -426,8 +443,29 @@ class FakeOpenAI:
         ]
         return self._sse_response(frames, body)
 
+    async def other(self, request: Request) -> Response:
+        self.requests.append(
+            Received(request.url.path, dict(request.headers), None, query=request.url.query)
+        )
+        return JSONResponse({"error": {"message": "not here", "code": "unknown_url"}}, 404)
+
+    async def model(self, request: Request) -> Response:
+        self.requests.append(
+            Received(request.url.path, dict(request.headers), None, query=request.url.query)
+        )
+        return JSONResponse(
+            {
+                "id": request.path_params["model"],
+                "object": "model",
+                "created": 0,
+                "owned_by": "fake",
+            }
+        )
+
     async def models(self, request: Request) -> Response:
-        self.requests.append(Received(request.url.path, dict(request.headers), None))
+        self.requests.append(
+            Received(request.url.path, dict(request.headers), None, query=request.url.query)
+        )
         return JSONResponse(
             {
                 "object": "list",
