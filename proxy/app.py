@@ -23,6 +23,8 @@ from proxy.config import DEV_KEY, Config, load_config
 from proxy.console import build_console
 from proxy.gateway import Gateway
 from proxy.handler import ProxyHandler
+from proxy.mcp.relay import PREFIX as MCP_PREFIX
+from proxy.mcp.relay import McpHandler
 from proxy.openai_api import OpenAIError
 from proxy.tenancy import KeyRing, bearer_token
 
@@ -55,6 +57,7 @@ class AdminAuth:
 def build_app(config: Config, **gateway_options: Any) -> Any:
     gateway = Gateway(config, **gateway_options)
     proxy = ProxyHandler(gateway)
+    mcp = McpHandler(gateway, proxy)
     admin = AdminAuth(config.admin_keys)
 
     last_readiness: list[tuple[bool, str] | None] = [None]  # log a change once, not each probe
@@ -153,6 +156,7 @@ def build_app(config: Config, **gateway_options: Any) -> Any:
         try:
             yield
         finally:
+            await mcp.aclose()
             await gateway.aclose()
             gc.set_threshold(*thresholds)
             gc.unfreeze()
@@ -171,6 +175,8 @@ def build_app(config: Config, **gateway_options: Any) -> Any:
     async def app(scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
             await proxy(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"].startswith(MCP_PREFIX):
+            await mcp(scope, receive, send)  # /mcp/<server name>
         elif scope["type"] == "http" and scope["path"] == "/metrics":
             await gateway.metrics.asgi(scope, receive, send)
         else:

@@ -228,6 +228,13 @@ def _headers(value: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()}
 
 
+Headers = Annotated[
+    Mapping[str, str],
+    BeforeValidator(_headers),
+    WithJsonSchema({"type": "object", "additionalProperties": {"type": "string"}}),
+]
+
+
 @_keyword_section
 class Upstream(_Keyed):
     name: Name = ""
@@ -235,11 +242,7 @@ class Upstream(_Keyed):
     api_key: str = ""
     timeout_s: Float = 600.0
     connect_timeout_s: Float = 10.0
-    headers: Annotated[
-        Mapping[str, str],
-        BeforeValidator(_headers),
-        WithJsonSchema({"type": "object", "additionalProperties": {"type": "string"}}),
-    ] = Field(default_factory=dict)
+    headers: Headers = Field(default_factory=dict)
 
 
 Effort = Literal["low", "medium", "high"]
@@ -344,6 +347,33 @@ class OutputSide(Side):
             raise _refuse("must be between 0 and window_chars", "overlap_chars")
 
 
+_MCP_SERVER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@_keyword_section
+class McpServer(_Keyed):
+    """An MCP server the gateway fronts at `/mcp/<name>` (Streamable HTTP)."""
+
+    name: Name = ""
+    url: Url
+    headers: Headers = Field(default_factory=dict)  # sent to the server, never to clients
+    timeout_s: Float = 600.0
+    connect_timeout_s: Float = 10.0
+
+    def __post_init__(self) -> None:
+        if not _MCP_SERVER_NAME.fullmatch(self.name):
+            raise _refuse("a server name is 1-64 letters, digits, '.', '_' or '-'")
+
+
+@_section
+class McpRoute(_Keyed):
+    """Which MCP servers a route's tenants reach, and the policies on their traffic."""
+
+    servers: Keys = ()
+    input: Side = Side()  # tools/call arguments
+    output: Side = Side()  # tool results, resources, prompts, tools/list, instructions
+
+
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 # Never forwardable: they carry the gateway key, or framing the gateway redoes.
 NEVER_FORWARDED = frozenset(
@@ -394,6 +424,7 @@ class Route(_Keyed):
     output: OutputSide = OutputSide()
     fail: Literal["closed", "open"] = "closed"  # classifier unusable: closed | open
     forward_headers: ForwardHeaders = frozenset()  # client headers sent upstream (lowercase)
+    mcp: McpRoute = McpRoute()
 
 
 def _model_routes(value: Any) -> tuple[tuple[str, str], ...]:
@@ -476,6 +507,12 @@ def _named(kind: str) -> Callable[[Any], Any]:
     return check
 
 
+def _optional_named(kind: str) -> Callable[[Any], Any]:
+    """Like `_named`, but none at all is fine."""
+    named = _named(kind)
+    return lambda value: named(value) if value else {}
+
+
 @_keyword_section
 class Config(_Keyed):
     server: Server = Server()
@@ -487,6 +524,9 @@ class Config(_Keyed):
     admin: Admin = Admin()
     audit: Audit = Audit()
     telemetry: Telemetry = Telemetry()
+    mcp_servers: Annotated[
+        Mapping[str, McpServer], BeforeValidator(_optional_named("MCP server"))
+    ] = Field(default_factory=dict)
     source: SkipJsonSchema[str | None] = None  # the file it was read from
 
     @property
@@ -512,6 +552,11 @@ def _check_references(config: Config) -> None:
         if route.upstream not in config.upstreams:
             key = f"routes.{route.name}.upstream"
             raise _refuse(f"names no upstream (have {upstreams})", key)
+        for name in route.mcp.servers:
+            if name not in config.mcp_servers:
+                have = ", ".join(config.mcp_servers) or "none"
+                key = f"routes.{route.name}.mcp.servers"
+                raise _refuse(f"names no mcp_servers entry {name!r} (have {have})", key)
     seen: dict[bytes, str] = {}
     for tenant in config.tenants.values():
         key = f"tenants.{tenant.name}"

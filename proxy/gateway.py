@@ -36,7 +36,9 @@ log = logging.getLogger("proxy")
 def check_policies(config: Config, policies: Mapping[str, Policy]) -> None:
     """Every route names loaded policies, and parallel input never meets a redacting one."""
     for route in config.routes.values():
-        for side_name, side in (("input", route.input), ("output", route.output)):
+        sides = [("input", route.input), ("output", route.output)]
+        sides += [("mcp.input", route.mcp.input), ("mcp.output", route.mcp.output)]
+        for side_name, side in sides:
             key = f"routes.{route.name}.{side_name}"
             for field, refs in (("policies", side.policies), ("shadow", side.shadow)):
                 for ref in refs:
@@ -52,7 +54,7 @@ def check_policies(config: Config, policies: Mapping[str, Policy]) -> None:
 
 
 # What a reload may change; anything else in the config needs a restart.
-RELOADABLE = ("tenants", "routes", "policies_dir", "source")
+RELOADABLE = ("tenants", "routes", "policies_dir", "source", "mcp_servers")
 
 
 def load_set(path: str, current: Config | None = None) -> tuple[Config, Mapping[str, Policy]]:
@@ -70,8 +72,8 @@ def load_set(path: str, current: Config | None = None) -> tuple[Config, Mapping[
         if changed:
             raise ConfigError(
                 changed[0],
-                "changed; a reload applies tenants, routes and policies only: restart the "
-                "gateway to apply it",
+                "changed; a reload applies tenants, routes, MCP servers and policies only: "
+                "restart the gateway to apply it",
             )
     return config, policies
 
@@ -141,7 +143,7 @@ class Gateway:
         return any(
             not self.policies[ref.id].detectors_only
             for route in self.config.routes.values()
-            for side in (route.input, route.output)
+            for side in (route.input, route.output, route.mcp.input, route.mcp.output)
             for ref in (*side.policies, *side.shadow)
             if ref.id in self.policies
         )

@@ -23,6 +23,7 @@ from proxy.server import uvicorn_options
 from tests.fakes.classifier import FakeSafeguard
 from tests.fakes.collector import Collector
 from tests.fakes.engines import postgres_server, redis_server  # noqa: F401 (fixtures)
+from tests.fakes.mcp_server import POISONED_INSTRUCTIONS, RecordingMcp
 from tests.fakes.serve import ServerHandle, free_socket, serve
 from tests.fakes.upstream import FakeOpenAI
 
@@ -267,3 +268,21 @@ def receiver() -> Iterator[Collector]:
     collector = Collector()
     yield collector
     collector.close()
+
+
+@pytest.fixture(scope="session")
+def mcp_servers() -> Iterator[dict[str, tuple[RecordingMcp, ServerHandle]]]:
+    """The SDK's server answering with SSE (its default), with plain JSON, stateless (so
+    it speaks MCP 2026-07-28 too), and one whose initialize instructions carry an
+    injection."""
+    running = {}
+    for name, fake in (
+        ("docs", RecordingMcp()),
+        ("docs-json", RecordingMcp(json_response=True)),
+        ("docs-modern", RecordingMcp(stateless=True)),
+        ("docs-poisoned", RecordingMcp(stateless=True, instructions=POISONED_INSTRUCTIONS)),
+    ):
+        running[name] = (fake, serve(fake, lifespan="on"))
+    yield running
+    for _, handle in running.values():
+        handle.stop()

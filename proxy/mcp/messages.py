@@ -1,0 +1,295 @@
+"""MCP's JSON-RPC messages as the guard sees them: which text a message carries, and the
+gateway's own answers (a blocked tool result, JSON-RPC errors).
+
+Messages are read with the official SDK's types (`mcp_types`): a message that is not
+valid JSON-RPC, or a guarded result that does not have its method's shape, is refused
+rather than guessed at. Text is then reached through `Slot`s pointing into the raw
+JSON, so a redacting policy rewrites it in place and everything else is forwarded as it
+came. Every string a guarded message carries is read (content blocks of any type,
+`structuredContent`, embedded resources, schema text): a field this module does not
+know by name is still classified, never skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import mcp_types
+import orjson
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel, ValidationError
+
+from proxy.openai_api import Slot
+
+INITIALIZE = "initialize"
+DISCOVER = "server/discover"  # MCP 2026-07-28's handshake
+TOOLS_CALL = "tools/call"
+TOOLS_LIST = "tools/list"
+RESOURCES_READ = "resources/read"
+PROMPTS_GET = "prompts/get"
+COMPLETE = "completion/complete"
+# Requests a server sends the client mid-call: their text reaches the client's model
+# (sampling) or its user (elicitation).
+SERVER_ASKS = frozenset(("sampling/createMessage", "elicitation/create"))
+# Requests whose results reach the client's model and are classified on the way back.
+GUARDED_RESULTS: dict[str, type[BaseModel]] = {
+    INITIALIZE: mcp_types.InitializeResult,  # its `instructions` go to the model
+    DISCOVER: mcp_types.DiscoverResult,  # likewise
+    TOOLS_CALL: mcp_types.CallToolResult,
+    TOOLS_LIST: mcp_types.ListToolsResult,
+    RESOURCES_READ: mcp_types.ReadResourceResult,
+    PROMPTS_GET: mcp_types.GetPromptResult,
+}
+
+# JSON-RPC error codes: the standard ones, and the gateway's in the server range.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+CONTENT_FILTERED = -32050
+GUARD_UNAVAILABLE = -32051
+UNREADABLE_RESULT = -32052
+
+# Strings that are structure, not prose: never worth a classification.
+_STRUCTURAL = frozenset(
+    ("type", "mimeType", "uri", "blob", "data", "$schema", "$ref", "format", "role")
+)
+
+
+class Invalid(ValueError):
+    """Not a JSON-RPC message the gateway can relay (answered with `code`)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class Message:
+    """One JSON-RPC message: `kind` is request | notification | response | error."""
+
+    body: dict[str, Any]
+    kind: str
+
+    @property
+    def id(self) -> Any:
+        return self.body.get("id")
+
+    @property
+    def method(self) -> str | None:
+        method = self.body.get("method")
+        return method if isinstance(method, str) else None
+
+    @property
+    def tool(self) -> str | None:
+        """The tool a `tools/call` (or the prompt a `prompts/get`) names."""
+        params = self.body.get("params")
+        name = params.get("name") if isinstance(params, dict) else None
+        return name if isinstance(name, str) else None
+
+
+_KINDS = {
+    mcp_types.JSONRPCRequest: "request",
+    mcp_types.JSONRPCNotification: "notification",
+    mcp_types.JSONRPCResponse: "response",
+    mcp_types.JSONRPCError: "error",
+}
+
+
+def parse_message(raw: bytes | Any) -> Message:
+    """A client's POST body or one SSE event's data. JSON-RPC batches were removed from
+    MCP in 2025-06-18; a batch is refused, so no message in one goes unguarded."""
+    if isinstance(raw, (bytes, str)):
+        try:
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise Invalid(PARSE_ERROR, "The body is not valid JSON.") from None
+    if isinstance(raw, list):
+        raise Invalid(INVALID_REQUEST, "JSON-RPC batches are not supported; send one message.")
+    if not isinstance(raw, dict):
+        raise Invalid(INVALID_REQUEST, "The body is not a JSON-RPC message.")
+    try:
+        parsed = mcp_types.jsonrpc_message_adapter.validate_python(raw)
+    except ValidationError:
+        raise Invalid(INVALID_REQUEST, "The body is not a valid JSON-RPC 2.0 message.") from None
+    return Message(raw, _KINDS[type(parsed)])
+
+
+def method_of(result: dict[str, Any]) -> str | None:
+    """Which guarded method a result answers, by its shape (for responses whose request
+    the gateway did not see on this connection, such as one resumed on the GET stream)."""
+    for key, method in (
+        ("serverInfo", INITIALIZE),
+        ("supportedVersions", DISCOVER),
+        ("tools", TOOLS_LIST),
+        ("contents", RESOURCES_READ),
+        ("messages", PROMPTS_GET),
+        ("content", TOOLS_CALL),
+        ("structuredContent", TOOLS_CALL),
+    ):
+        if key in result:
+            return method
+    return None
+
+
+def readable(method: str, result: Any) -> bool:
+    """Whether a result has its method's shape (per the SDK's types)."""
+    try:
+        GUARDED_RESULTS[method].model_validate(result)
+    except ValidationError:
+        return False
+    return True
+
+
+def string_slots(holder: Any, role: str = "tool") -> list[Slot]:
+    """A slot for every string in a JSON value, depth first in document order, structural
+    keys skipped. Deep nesting is walked without recursion, so a client's deeply nested
+    JSON cannot exhaust the stack."""
+    found: list[Slot] = []
+    _collect(holder, role, found, 0)
+    return found
+
+
+def _collect(holder: Any, role: str, found: list[Slot], depth: int) -> None:
+    if depth > _MAX_RECURSION:
+        found.extend(_deep_slots(holder, role))
+        return
+    if isinstance(holder, dict):
+        for key, value in holder.items():
+            if isinstance(value, str):
+                if value and key not in _STRUCTURAL:
+                    found.append(Slot(holder, key, role))
+            elif isinstance(value, (dict, list)):
+                _collect(value, role, found, depth + 1)
+    elif isinstance(holder, list):
+        for index, value in enumerate(holder):
+            if isinstance(value, str):
+                if value:
+                    found.append(Slot(holder, index, role))
+            elif isinstance(value, (dict, list)):
+                _collect(value, role, found, depth + 1)
+
+
+_MAX_RECURSION = 50
+
+
+def _deep_slots(holder: Any, role: str) -> Iterator[Slot]:
+    """`string_slots` with an explicit stack, for what lies below `_MAX_RECURSION`."""
+    stack: list[Iterator[tuple[Any, Any]]] = [_children(holder)]
+    while stack:
+        for container, key in stack[-1]:
+            value = container[key]
+            if isinstance(value, str):
+                if value and key not in _STRUCTURAL:
+                    yield Slot(container, key, role)
+            elif isinstance(value, (dict, list)):
+                stack.append(_children(value))
+                break
+        else:
+            stack.pop()
+
+
+def _children(holder: Any) -> Iterator[tuple[Any, Any]]:
+    if isinstance(holder, dict):
+        return ((holder, key) for key in list(holder))
+    if isinstance(holder, list):
+        return ((holder, index) for index in range(len(holder)))
+    return iter(())
+
+
+def argument_slots(params: Any) -> list[Slot]:
+    """The arguments a `tools/call` or `prompts/get` sends the server (all of params if
+    they are malformed)."""
+    if not isinstance(params, dict):
+        return []
+    arguments = params.get("arguments")
+    return string_slots(arguments if isinstance(arguments, (dict, list)) else params)
+
+
+def input_slots(message: Message) -> tuple[list[Slot], str] | None:
+    """The text a client message carries to the server, and the line saying what it is:
+    tool and prompt arguments, completion input, and the client's answers to the
+    server's own requests (sampling, elicitation). None for messages with no such text."""
+    params = message.body.get("params")
+    if message.kind == "request":
+        if message.method == TOOLS_CALL:
+            return argument_slots(params), f"Call to tool '{message.tool}' with arguments:\n"
+        if message.method == PROMPTS_GET:
+            return argument_slots(params), f"Arguments for prompt '{message.tool}':\n"
+        if message.method == COMPLETE and isinstance(params, dict):
+            return string_slots(params.get("argument")), "Completion input:\n"
+        return None
+    if message.kind == "response":
+        result = message.body.get("result")
+        return string_slots(result), "Answer from the client to the tool server:\n"
+    return None
+
+
+def result_slots(method: str, result: dict[str, Any]) -> list[Slot]:
+    """The text of a tools/call, resources/read or prompts/get result (`_meta` aside),
+    or the server's `instructions` in an initialize result."""
+    if method in (INITIALIZE, DISCOVER):
+        return [Slot(result, "instructions", "tool")] if result.get("instructions") else []
+    return string_slots({k: v for k, v in result.items() if k != "_meta"})
+
+
+_TOOL_HEAD = ("name", "title", "description")
+
+
+def tool_slots(tools: list[Any]) -> list[list[Slot]]:
+    """Per tool of a tools/list result: name, title and description first, then every
+    string of its schemas and annotations."""
+    per_tool: list[list[Slot]] = []
+    for tool in tools:
+        if not isinstance(tool, dict):
+            per_tool.append([])
+            continue
+        head = [Slot(tool, key, "tool") for key in _TOOL_HEAD if isinstance(tool.get(key), str)]
+        rest = {k: v for k, v in tool.items() if k not in _TOOL_HEAD}
+        per_tool.append([*head, *string_slots(rest)])
+    return per_tool
+
+
+# -- the gateway's answers ---------------------------------------------------------------
+
+
+def result_response(request_id: Any, result: dict[str, Any], version: str | None) -> dict[str, Any]:
+    """A result the gateway answers with, in the envelope of the protocol `version` the
+    client speaks (2026-07-28 results say they are complete)."""
+    if version in MODERN_PROTOCOL_VERSIONS:
+        result = result | {"resultType": "complete"}
+    return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def error_response(
+    request_id: Any, code: int, message: str, data: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def tool_error(text: str) -> dict[str, Any]:
+    """A `tools/call` result the calling model reads as the tool's failure."""
+    return {"content": [{"type": "text", "text": text}], "isError": True}
+
+
+def named(policies: list[str]) -> str:
+    quoted = ", ".join(f"'{p}'" for p in policies)
+    return f"polic{'ies' if len(policies) > 1 else 'y'} {quoted}"
+
+
+def blocked_arguments(tool: str | None, policies: list[str]) -> dict[str, Any]:
+    return tool_error(
+        f"The gateway blocked this call to tool '{tool}': its arguments were flagged by "
+        f"{named(policies)}. The tool was not called."
+    )
+
+
+def withheld_result(tool: str | None, policies: list[str]) -> dict[str, Any]:
+    return tool_error(
+        f"The gateway withheld the result of tool '{tool}': it was flagged by "
+        f"{named(policies)} (for example, instructions hidden in the tool's output). "
+        "Do not retry the same call expecting a different result."
+    )
