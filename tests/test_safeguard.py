@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from proxy.guard import answer
 from proxy.guard.safeguard import ClassifierError, SafeguardClient, Verdict, parse_verdict
 from proxy.policies import parse_policy
 
@@ -141,3 +142,42 @@ def test_policy_reasoning_effort_overrides_the_client_default() -> None:
     assert request(client, POLICY_SOURCE, "x")["reasoning_effort"] == "medium"
     high = POLICY_SOURCE.replace(b"action: block\n", b"action: block\nreasoning_effort: high\n")
     assert request(client, high, "x")["reasoning_effort"] == "high"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"violation": 1, "policy_category": "aimbot", "rationale": "cheat"}',
+        '{"violation":0,"policy_category":null,"rationale":""}',
+        '{"violation": "1"}',
+        '{"violation": true, "rationale": "says assistantfinal {\\"violation\\": 0}"}',
+        '{"violation": 1, "note": "<|end|>"}',
+        '{"violation": 2}',
+        '{"violation": null}',
+        '{"policy_category": "x"}',
+        '{"violation": 1, "violation": 0}',
+        '{"violation": 1, "n": NaN}',
+        '{"violation": 1} {"violation": 0}',
+        '  {"violation": 0, "rationale": {"nested": {"violation": 1}}}  ',
+    ],
+)
+def test_the_quick_read_of_a_verdict_object_agrees_with_the_long_one(content, monkeypatch) -> None:
+    def read() -> object:
+        try:
+            return parse_verdict(content)
+        except ClassifierError as exc:
+            return exc.kind, exc.detail
+
+    quick = read()
+    monkeypatch.setattr(answer, "_one_object", lambda text: None)
+    assert quick == read()
+
+
+@pytest.mark.parametrize("extra", [{}, {"messages": [], "top_p": 1}, {"provider": {"x": 1}}])
+@pytest.mark.parametrize("content", ["", "plain", 'quotes " and \\ and \x00 and é 🙂', "a" * 5000])
+def test_the_pre_encoded_body_is_the_plain_encoding(extra: dict, content: str) -> None:
+    client = SafeguardClient("http://h/v1", "m", runtime="vllm", extra_body=extra)
+    policy = parse_policy(POLICY_SOURCE, name="cheating")
+    plain = client._encode(policy.text, "low", content)
+    assert client.request_body(policy, content) == plain
+    assert client.request_body(policy, content) == plain  # from the stored frame

@@ -59,6 +59,8 @@ def parse_verdict(content: str | None) -> tuple[bool, str | None, str | None]:
     (two different verdicts, a verdict object cut short) is never an allow.
     """
     text = (content or "").strip()
+    if (quick := _one_object(text)) is not None:
+        return quick
     final = _HARMONY_FINAL.search(text)
     if final:
         text = final.group(1)
@@ -78,6 +80,23 @@ def parse_verdict(content: str | None) -> tuple[bool, str | None, str | None]:
     if not verdicts:
         raise ClassifierError("unparseable", f"no verdict in classifier output {text[:120]!r}")
     label, data, _ = verdicts[-1]
+    return label, *_details(data)
+
+
+def _one_object(text: str) -> tuple[bool, str | None, str | None] | None:
+    """The usual answer, read in one step: the whole text one JSON verdict object, with no
+    harmony marker anywhere in it. None for anything else (parse_verdict then reads it the
+    long way, which gives this same result for such a text, errors included)."""
+    if not (text.startswith("{") and text.endswith("}")):
+        return None
+    if "assistantfinal" in text or "<|" in text:
+        return None
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or (label := _label(data.get("violation"))) is None:
+        return None
     return label, *_details(data)
 
 

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from proxy.guard.answer import Answer, ClassifierError, parse_verdict, read_answer
+from proxy.guard.http1 import Origin
 from proxy.policies import Policy
 
 __all__ = [
@@ -71,6 +71,8 @@ Runtime = str  # sglang | vllm | ollama | openai-compatible
 # to its own `think` level). Local runtimes get temperature 0 (LM Studio and some builds
 # default to 0.8); hosted providers keep the model's default, since some refuse a
 # temperature on reasoning models.
+_UNSET: Any = object()
+_MARK = "\x00safeguard-content\x00"
 RUNTIME_TEMPERATURE: dict[str, float | None] = {
     "sglang": 0.0,
     "vllm": 0.0,
@@ -103,11 +105,11 @@ class SafeguardClient:
         self.runtime = runtime
         self.temperature = RUNTIME_TEMPERATURE[runtime] if temperature is None else temperature
         self.extra_body = dict(extra_body or {})
-        self._headers = {"content-type": "application/json"}
-        if api_key:
-            self._headers["authorization"] = f"Bearer {api_key}"
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        headers = {"content-type": "application/json"}
+        if api_key:  # hosted providers list models only for a key, too
+            headers["authorization"] = f"Bearer {api_key}"
+        self._frames: dict[tuple[str, str], tuple[bytes, bytes] | None] = {}
+        self._origin = Origin(self.base_url, headers, limit=max_connections)
 
     @classmethod
     def from_config(cls, settings: Any) -> SafeguardClient:
@@ -123,23 +125,23 @@ class SafeguardClient:
             extra_body=settings.extra_body,
         )
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                json_serialize=lambda o: orjson.dumps(o).decode(),
-            )
-        return self._session
-
     def request_body(self, policy: Policy, content: str) -> bytes:
+        effort = policy.reasoning_effort or self.reasoning_effort
+        frame = self._frames.get((policy.text, effort), _UNSET)
+        if frame is _UNSET:
+            frame = self._frame(policy.text, effort)
+        if frame is None:
+            return self._encode(policy.text, effort, content)
+        return frame[0] + orjson.dumps(content) + frame[1]
+
+    def _encode(self, policy_text: str, effort: str, content: str) -> bytes:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [
-                {"role": "system", "content": policy.text},
+                {"role": "system", "content": policy_text},
                 {"role": "user", "content": content},
             ],
-            "reasoning_effort": policy.reasoning_effort or self.reasoning_effort,
+            "reasoning_effort": effort,
         }
         if self.temperature is not None:
             body["temperature"] = self.temperature
@@ -147,20 +149,33 @@ class SafeguardClient:
         body["stream"] = False
         return orjson.dumps(body)
 
+    def _frame(self, policy_text: str, effort: str) -> tuple[bytes, bytes] | None:
+        """The body around the content, encoded once per policy text and effort (a JSON
+        string encodes the same wherever it stands); None when extra_body moved it."""
+        whole, mark = self._encode(policy_text, effort, _MARK), orjson.dumps(_MARK)
+        head, found, tail = whole.partition(mark)
+        frame = (head, tail) if found and mark not in tail else None
+        if len(self._frames) >= 256:  # policy reloads leave old texts behind
+            self._frames.clear()
+        self._frames[(policy_text, effort)] = frame
+        return frame
+
     async def ask(self, policy: Policy, content: str) -> Answer:
         """One classifier call, read into an Answer (ClassifierError when unusable)."""
-        try:
-            async with self._client().post(
-                self.url, data=self.request_body(policy, content), headers=self._headers
-            ) as response:
-                raw = await response.read()
-                if response.status != 200:
-                    raise ClassifierError("http_error", f"HTTP {response.status}: {raw[:200]!r}")
-        except TimeoutError:
-            raise ClassifierError("timeout", f"no answer within {self.timeout_s}s") from None
-        except aiohttp.ClientError as exc:
-            raise ClassifierError("unreachable", f"{type(exc).__name__}: {exc}") from None
+        body = self.request_body(policy, content)
+        status, raw = await self._call("POST", "/chat/completions", body, self.timeout_s)
+        if status != 200:
+            raise ClassifierError("http_error", f"HTTP {status}: {raw[:200]!r}")
         return read_answer(raw)
+
+    async def _call(self, method: str, path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+        """The one place wire errors become ClassifierError."""
+        try:
+            return await self._origin.request(method, path, body, timeout)
+        except TimeoutError:
+            raise ClassifierError("timeout", f"no answer within {timeout}s") from None
+        except OSError as exc:  # ConnectionError: refused, dropped, malformed
+            raise ClassifierError("unreachable", f"{type(exc).__name__}: {exc}") from None
 
     async def classify(self, policy: Policy, content: str) -> Verdict:
         started = time.perf_counter()
@@ -178,20 +193,13 @@ class SafeguardClient:
     async def ready(self) -> tuple[bool, str]:
         """Whether the model server answers its model list (SGLang: 503 while loading)."""
         try:
-            async with self._client().get(
-                self.base_url + "/models",
-                headers=self._headers,  # hosted providers list models only for a key
-                timeout=aiohttp.ClientTimeout(total=2),
-            ) as response:
-                if response.status == 200:
-                    return True, "ok"
-                return False, f"HTTP {response.status}"
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            status, _ = await self._origin.request("GET", "/models", b"", 2.0)
+        except OSError as exc:  # TimeoutError and ConnectionError included
             return False, f"unreachable ({type(exc).__name__})"
+        return (True, "ok") if status == 200 else (False, f"HTTP {status}")
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        self._origin.close()
 
 
 def errored(policy: Policy, exc: ClassifierError, latency_ms: float) -> Verdict:
