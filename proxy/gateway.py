@@ -127,7 +127,11 @@ class Gateway:
             classifier_url=c.base_url,
         )
         self.metrics = Metrics(config.telemetry)
-        self.shared_cache = SharedCache(c.cache_url, ttl_s=c.cache_ttl_s) if c.cache_url else None
+        self.shared_cache = (
+            SharedCache(c.cache_url, ttl_s=c.cache_ttl_s, claim_s=c.timeout_s)
+            if c.cache_url
+            else None
+        )
         self.cache = VerdictCache(ttl_s=c.cache_ttl_s, size=c.cache_size, shared=self.shared_cache)
         if self.shared_cache is not None:
             self.metrics.watch_shared_cache(self.shared_cache)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -10,7 +12,7 @@ import pytest
 import redis
 
 from proxy.guard.safeguard import Verdict
-from proxy.guard.shared_cache import decode_verdict, encode_verdict, redis_url
+from proxy.guard.shared_cache import SharedCache, decode_verdict, encode_verdict, redis_url
 from tests.fakes.serve import free_socket
 from tests.test_guard import chat
 
@@ -96,3 +98,42 @@ def test_a_verdict_round_trips_without_the_request_fields():
     back = decode_verdict(encode_verdict(verdict), "p", "v1")
     assert back == Verdict("p", "v1", True, "C1", "because", "thinking", cache_hit=True)
     assert redis_url("valkeys://h:1/0") == "rediss://h:1/0"
+
+
+def test_gateways_missing_the_same_text_at_once_classify_it_once(
+    make_gateway, classifier, cache_url
+):
+    one = make_gateway(guarded=ROUTE, raw=shared(cache_url))
+    two = make_gateway(guarded=ROUTE, raw=shared(cache_url))
+    classifier[0].delay_s = 0.3  # both miss while the first classification runs
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(
+                pool.map(lambda gw: chat(gw, "guarded-1", "same text, same moment"), [one, two] * 2)
+            )
+    finally:
+        classifier[0].delay_s = 0.0
+    assert [a.status_code for a in answers] == [200] * 4
+    assert len(classifier[0].calls_for("cheating")) == 1
+    assert len(classifier[0].calls_for("spam")) == 1
+
+
+async def test_a_claim_given_up_lets_its_waiters_classify_and_a_verdict_reaches_them(cache_url):
+    first = SharedCache(cache_url, ttl_s=60, claim_s=5)
+    second = SharedCache(cache_url, ttl_s=60, claim_s=5)
+    digest = b"\x01" * 32
+    try:
+        assert await first.claim("v1", digest)
+        assert not await second.claim("v1", digest)
+        waiting = asyncio.ensure_future(second.wait("p", "v1", digest))
+        await asyncio.sleep(0.05)
+        first.release("v1", digest)  # its classification failed
+        assert await asyncio.wait_for(waiting, 1) is None
+        assert await second.claim("v1", digest)  # so the waiter classifies itself
+        waiting = asyncio.ensure_future(first.wait("p", "v1", digest))
+        second.put("v1", digest, Verdict("p", "v1", True, "C1"))
+        found = await asyncio.wait_for(waiting, 1)
+        assert found is not None and found.violation and found.cache_hit
+    finally:
+        await first.aclose()
+        await second.aclose()

@@ -104,8 +104,13 @@ class VerdictCache:
         _, version, digest = key
         if (found := await shared.get(key[0], version, digest)) is not None:
             return found
+        claimed = await shared.claim(version, digest)  # else another process classifies it
+        if not claimed and (found := await shared.wait(key[0], version, digest)) is not None:
+            return found
         verdict = await classify()
-        if not verdict.error:
+        if verdict.error:
+            shared.release(version, digest)
+        else:
             shared.put(version, digest, verdict)
         return verdict
 

@@ -6,6 +6,10 @@ workers and pods pay the classifier once per (policy version, content). Keys are
 policy version and the content digest only: tenants sharing a policy version share hits
 and nothing else (a verdict holds labels and the model's rationale, never the content).
 
+A text first seen by several processes at once is classified once: the first to miss
+claims it (`SET NX`, for as long as a classification may take) and the others wait for
+the verdict it writes, or classify themselves once its claim is gone.
+
 Never an error source: a lookup that fails or takes longer than `timeout_s` is a miss,
 counted as an error, and the cache is then left alone for `retry_after_s` (the process
 works from its local cache meanwhile) before it is tried again.
@@ -26,6 +30,8 @@ from proxy.guard.safeguard import Verdict
 log = logging.getLogger("proxy.guard")
 
 PREFIX = "safeguard:verdict:"
+CLAIM_PREFIX = "safeguard:claim:"
+POLL_S = 0.01  # how often a waiting process looks for a claimed text's verdict
 _STORED = ("violation", "category", "rationale", "reasoning", "source")
 
 
@@ -39,6 +45,10 @@ def redis_url(url: str) -> str:
 
 def shared_key(version: str, digest: bytes) -> str:
     return f"{PREFIX}{version}:{digest.hex()}"
+
+
+def claim_key(version: str, digest: bytes) -> str:
+    return f"{CLAIM_PREFIX}{version}:{digest.hex()}"
 
 
 def encode_verdict(verdict: Verdict) -> bytes:
@@ -65,6 +75,7 @@ class SharedCache:
         ttl_s: float,
         timeout_s: float = 0.25,
         retry_after_s: float = 5.0,
+        claim_s: float = 20.0,
         client: Any = None,
     ) -> None:
         if client is None:
@@ -80,6 +91,7 @@ class SharedCache:
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._timeout_s = timeout_s
         self._retry_after_s = retry_after_s
+        self._claim_ms = max(1, int(claim_s * 1000))
         self._down_until = 0.0
         self._writes: set[asyncio.Task[None]] = set()
         self.hits = self.misses = self.errors = self.writes = 0
@@ -106,20 +118,63 @@ class SharedCache:
             self.hits += 1
         return verdict
 
+    async def claim(self, version: str, digest: bytes) -> bool:
+        """True when this process should classify: it holds the fleet-wide claim on the
+        text now, or the cache cannot tell."""
+        if not self.up:
+            return True
+        try:
+            return bool(
+                await asyncio.wait_for(
+                    self._client.set(claim_key(version, digest), b"1", nx=True, px=self._claim_ms),
+                    self._timeout_s,
+                )
+            )
+        except Exception as exc:
+            self._failed(exc)
+            return True
+
+    async def wait(self, policy_id: str, version: str, digest: bytes) -> Verdict | None:
+        """Another process claimed the text: the verdict it writes, or None once its claim
+        is gone (it failed) or has run out."""
+        key, claim = shared_key(version, digest), claim_key(version, digest)
+        deadline = time.monotonic() + self._claim_ms / 1000
+        while self.up and time.monotonic() < deadline:
+            await asyncio.sleep(POLL_S)
+            try:
+                data, held = await asyncio.wait_for(self._client.mget(key, claim), self._timeout_s)
+            except Exception as exc:
+                self._failed(exc)
+                return None
+            if data is not None:
+                self.hits += 1
+                return decode_verdict(data, policy_id, version)
+            if held is None:
+                return None
+        return None
+
+    def release(self, version: str, digest: bytes) -> None:
+        """Give up a claim without a verdict (the classification failed): waiters go on."""
+        if self.up:
+            self._background(self._client.delete(claim_key(version, digest)))
+
     def put(self, version: str, digest: bytes, verdict: Verdict) -> None:
         """Write in the background; the request does not wait for it."""
-        if not self.up:
-            return
-        task = asyncio.ensure_future(self._put(shared_key(version, digest), verdict))
+        if self.up:
+            write = self._client.set(
+                shared_key(version, digest), encode_verdict(verdict), px=self._ttl_ms
+            )
+            self._background(write, counted=True)
+
+    def _background(self, command: Any, *, counted: bool = False) -> None:
+        task = asyncio.ensure_future(self._send(command, counted))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _put(self, key: str, verdict: Verdict) -> None:
+    async def _send(self, command: Any, counted: bool) -> None:
         try:
-            await asyncio.wait_for(
-                self._client.set(key, encode_verdict(verdict), px=self._ttl_ms), self._timeout_s
-            )
-            self.writes += 1
+            await asyncio.wait_for(command, self._timeout_s)
+            self.writes += counted
         except Exception as exc:
             self._failed(exc)
 
