@@ -110,7 +110,7 @@ def guard(settings: Settings) -> Scenario:
     hit = paired(runs[("hit", 32)], runs[("forwarder", 32)])
     miss = paired(runs[("miss", 32)], runs[("forwarder", 32)])
     sc.check(
-        "guarded (cache hit)/forwarder req/s at c=32", spread(hit), ">= 0.35", hit["median"] >= 0.35
+        "guarded (cache hit)/forwarder req/s at c=32", spread(hit), ">= 0.70", hit["median"] >= 0.70
     )
     sc.check("guarded (cache miss)/forwarder req/s at c=32", spread(miss), "(info)", None)
     stream_cpu = [v for r in runs[("s_miss", 32)] if (v := _cpu_us(r, "server")) is not None]
