@@ -21,6 +21,10 @@ _DELTA_TEXT = {"text_delta": "text", "input_json_delta": "partial_json"}
 _THINKING = {**_DELTA_TEXT, "thinking_delta": "thinking"}
 
 
+def _index(value: Any) -> int:
+    return value if type(value) is int else 0  # a block index the stream sent garbled
+
+
 def _field(data: dict[str, Any], thinking: bool) -> tuple[int, dict[str, Any], str] | None:
     if data.get("type") != "content_block_delta":
         return None
@@ -30,7 +34,7 @@ def _field(data: dict[str, Any], thinking: bool) -> tuple[int, dict[str, Any], s
     key = (_THINKING if thinking else _DELTA_TEXT).get(str(delta.get("type")))
     if key is None or not isinstance(delta.get(key), str):
         return None
-    return int(data.get("index") or 0), delta, key
+    return _index(data.get("index")), delta, key
 
 
 def texts(data: dict[str, Any], thinking: bool = False) -> dict[int, str]:
@@ -54,7 +58,7 @@ def read(data: dict[str, Any], event: Any, thinking: bool = False) -> None:
         block = data.get("content_block")
         name = block.get("name") if isinstance(block, dict) else None
         if isinstance(name, str) and block.get("type") == "tool_use":  # type: ignore[union-attr]
-            event.names = {int(data.get("index") or 0): name}
+            event.names = {_index(data.get("index")): name}
     elif kind in ("message_stop", "error"):
         event.terminal = True
 

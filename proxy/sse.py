@@ -134,6 +134,8 @@ def parse_event(raw: bytes, endpoint: str, thinking: bool = False) -> Event:
             event.data = data
             if endpoint == RESPONSES:
                 _responses(data, event)
+            elif endpoint == MESSAGES:  # a data-only Messages event: read it all the same
+                anthropic_sse.read(data, event, thinking)
             elif not _plain_delta(data, event):
                 _choices(data, event, endpoint == COMPLETIONS)
                 event.terminal = "error" in data
@@ -261,6 +263,8 @@ def _responses(data: dict[str, Any], event: Event) -> None:
             event.finals = {i: text}
     elif kind == "response.refusal.done" and isinstance(data.get("refusal"), str):
         event.finals = {(i, "refusal", 0): data["refusal"]}
+    elif kind == "response.content_part.done" and isinstance(data.get("part"), dict):
+        _item_finals({"content": [data["part"]]}, i, event)  # restates the part's text
     elif kind == "response.output_item.done" and isinstance(data.get("item"), dict):
         _item_finals(data["item"], i, event)
     elif kind in RESPONSES_TERMINAL and isinstance(data.get("response"), dict):
@@ -361,6 +365,8 @@ def restated(event: Event, texts: dict[Key, str]) -> dict[str, Any]:
         data["refusal"] = texts[(i, "refusal", 0)]
     elif kind == "response.content_part.done" and isinstance(data.get("part"), dict):
         fix_item({"content": [data["part"]]}, i)
+    elif kind == "response.content_part.done" and isinstance(data.get("part"), dict):
+        _item_finals({"content": [data["part"]]}, i, event)  # restates the part's text
     elif kind == "response.output_item.done" and isinstance(data.get("item"), dict):
         fix_item(data["item"], i)
     elif kind in RESPONSES_TERMINAL and isinstance(data.get("response"), dict):

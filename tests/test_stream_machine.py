@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from proxy.anthropic_api import MESSAGES
 from proxy.guard.engine import Outcome
 from proxy.guard.safeguard import Verdict
 from proxy.guard.stream_machine import (
@@ -434,3 +435,35 @@ def test_events_read_together_make_one_window_not_many_small_ones() -> None:
     for event in read:
         trickled.take(trickled.machine.events([event], 0.0))
     assert len(trickled.classified) > 2  # one event a read: the windows grow from 24
+
+
+def test_responses_text_sent_only_in_a_content_part_done_is_guarded() -> None:
+    t = Transcript(RESPONSES, size=1000)
+    part = {"type": "output_text", "text": "a bad text never streamed as deltas"}
+    t.feed(CREATED, resp("response.content_part.done", output_index=0, content_index=0, part=part))
+    t.take(t.machine.upstream_end())
+    (window,) = t.classified
+    assert dict(window.texts) == {0: part["text"]}
+    t.judge(window)
+    assert t.ended is not None and t.ended.reason == "content_filter"
+    assert b"never streamed" not in t.sent
+
+
+def test_messages_events_without_an_event_line_are_read_as_messages_events() -> None:
+    t = Transcript(MESSAGES, size=1000)
+    flagged = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta"}}
+    flagged["delta"]["text"] = "a bad text in a data-only event"
+    t.feed(sse(flagged), sse({"type": "message_stop"}))
+    t.take(t.machine.upstream_end())
+    (window,) = t.classified
+    assert dict(window.texts) == {0: "a bad text in a data-only event"}
+    t.judge(window)
+    assert b"data-only" not in t.sent
+
+
+def test_a_garbled_messages_block_index_reads_as_block_zero() -> None:
+    delta = {"type": "text_delta", "text": "hello"}
+    event = parse_event(
+        sse({"type": "content_block_delta", "index": "x", "delta": delta}), MESSAGES
+    )
+    assert dict(event.texts) == {0: "hello"}
