@@ -55,6 +55,17 @@ _ids = itertools.count()
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")  # echoed in a header: no CR/LF
 
 
+def new_request_id() -> str:
+    """A record id of the gateway's own, unique across workers (no syscall per request)."""
+    return f"req_{_ID_PREFIX}{next(_ids):012x}"
+
+
+def client_request_id(headers: Mapping[bytes, bytes]) -> str | None:
+    """The client's own request id, kept beside the record id (echoed: no CR/LF)."""
+    client_id = headers.get(b"x-client-request-id") or headers.get(b"x-request-id")
+    return client_id.decode() if client_id and _CLIENT_ID.fullmatch(client_id) else None
+
+
 class ProxyHandler:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
@@ -72,7 +83,7 @@ class ProxyHandler:
         headers = dict(scope["headers"])  # last value wins; auth headers are single-valued
         # The record id is always the gateway's own: a client's id is kept beside it, so
         # two tenants sending the same x-request-id still get two records.
-        request_id = f"req_{_ID_PREFIX}{next(_ids):012x}"
+        request_id = new_request_id()
         method = scope["method"]
         try:
             target: Target | None = self.endpoints.resolve(
@@ -83,9 +94,7 @@ class ProxyHandler:
             target, miss = None, exc
         ex = Exchange(request_id, target.path if target else scope["path"][:256])
         ex.target = target
-        client_id = headers.get(b"x-client-request-id") or headers.get(b"x-request-id")
-        if client_id and _CLIENT_ID.fullmatch(client_id):
-            ex.client_request_id = client_id.decode()
+        ex.client_request_id = client_request_id(headers)
         self.gw.metrics.in_flight.add(1)
         label = target.endpoint.path if target else OTHER
         with self.gw.telemetry.server_span(method, label, scope["headers"]) as span:

@@ -582,3 +582,18 @@ def test_a_reload_adds_an_mcp_server(mcp_servers, classifier, upstream, tmp_path
     assert reloaded.status_code == 200, reloaded.text
     answer = httpx.post(base + "/mcp/docs-json", json=INIT, headers=headers)
     assert answer.status_code == 200 and answer.json()["result"]["serverInfo"]
+
+
+async def test_a_clients_request_id_is_kept_beside_the_gateways_never_as_the_record_id(
+    mcp_gateway,
+):
+    sent = {"accept": ACCEPT, "x-request-id": "shared-id-1"}
+    async with httpx.AsyncClient(base_url=mcp_gateway.url) as http:
+        for key, path in ((KEY, "/mcp/docs"), (OTHER_KEY, "/mcp/docs")):
+            answer = await http.post(
+                path, json=INIT, headers=sent | {"authorization": f"Bearer {key}"}
+            )
+            assert answer.headers["x-request-id"].startswith("req_")
+    records = mcp_records(mcp_gateway, 2)
+    assert len({r["request_id"] for r in records}) == len(records) >= 2
+    assert {r["client_request_id"] for r in records} == {"shared-id-1"}

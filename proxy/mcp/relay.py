@@ -15,10 +15,7 @@ learns another's server names).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,7 +25,7 @@ import orjson
 from proxy.config import McpServer, Route, Side, Upstream, host_port
 from proxy.exchange import Exchange, since
 from proxy.gateway import Gateway
-from proxy.handler import ProxyHandler
+from proxy.handler import ProxyHandler, client_request_id, new_request_id
 from proxy.mcp import messages as m
 from proxy.mcp.record import McpCall
 from proxy.mcp.screen import Screen
@@ -60,9 +57,6 @@ _PARAM = b"mcp-param-"
 _RETURN = frozenset(
     (b"content-type", b"mcp-session-id", b"mcp-protocol-version", b"cache-control", b"allow")
 )
-_ID_PREFIX = os.urandom(10).hex()
-_ids = itertools.count()
-_CLIENT_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 
 
 class Reject(Exception):
@@ -79,12 +73,9 @@ class McpHandler:
         # The /v1 proxy's body reader (size limit, disconnect) and stream pump (the
         # client going away cancels the server read) serve here unchanged.
         self.proxy = proxy
-        config = gateway.config
         self.pool = UpstreamPool({})  # one pooled session per server name
         self._upstreams: dict[str, tuple[McpServer, Upstream, tuple[str, int]]] = {}
-        self.max_body = config.server.max_body_bytes
-        self.auditing = config.audit.enabled
-        self.keep_content = self.auditing and config.audit.content != "none"
+        self.auditing, self.keep_content = proxy.auditing, proxy.keep_content
         self.screen = Screen(gateway, self.keep_content, self._answer_server)
         self.calls = gateway.metrics.registry.counter(
             "safeguard_mcp_messages_total",
@@ -97,16 +88,12 @@ class McpHandler:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         headers = dict(scope["headers"])
-        client_id = headers.get(b"x-request-id", b"")
-        request_id = (
-            client_id.decode()
-            if _CLIENT_ID.fullmatch(client_id)
-            else f"req_{_ID_PREFIX}{next(_ids):012x}"
-        )
+        request_id = new_request_id()  # never the client's: it could collide across tenants
         name = scope["path"].removeprefix(PREFIX).strip("/")
         servers = self.gw.config.mcp_servers  # read per request: a reload may change them
         label = PREFIX + name if name in servers else PREFIX + "other"
         ex = Exchange(request_id, label)
+        ex.client_request_id = client_request_id(headers)
         call = McpCall(server=name, http_method=scope["method"])
         self.gw.metrics.in_flight.add(1)
         with self.gw.telemetry.server_span(scope["method"], label, scope["headers"]) as span:
@@ -250,7 +237,7 @@ class McpHandler:
         headers = [(k, v) for k, v in response.headers if k in _RETURN] + ex.headers()
         call.session = call.session or _value(response.headers, b"mcp-session-id")
         ex.status = response.status
-        watching = response.status == 200 and self._output(ex).guarded
+        watching = 200 <= response.status < 300 and self._output(ex).guarded
         if not response.is_event_stream:
             body = await response.read()
             ex.upstream_ms = since(ex.upstream_started)
