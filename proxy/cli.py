@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from proxy.config import ConfigError, load_config
+from proxy.console.session import server_secret
 from proxy.policies import PolicyError
 
 DEFAULT_CONFIG = "config/gateway.yaml"
@@ -40,6 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
         from proxy.fleet.supervisor import serve_fleet
 
         os.environ[CONFIG_ENV] = os.path.abspath(args.config)
+        server_secret()  # one console session secret for every worker
         return serve_fleet(args.config, workers, options)
     else:
         uvicorn.run(build_app(config), **options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -126,3 +127,23 @@ def test_reviews_table_is_plain_sql(tmp_path: Path):
         )
         ensure_schema(c)
         assert c.execute("SELECT COUNT(*) FROM reviews").fetchone() == (0,)
+
+
+def test_a_config_of_sha256_keys_is_not_enough_to_forge_a_console_session():
+    import hashlib
+    import hmac
+
+    from proxy.console.session import Sessions
+
+    digest = hashlib.sha256(b"the admin key").digest()
+    sessions = Sessions([f"sha256:{digest.hex()}"], [])
+    # What anyone reading the config can compute: a secret from the key digests alone.
+    secret = hashlib.sha256(b"safeguard-console/v1\0" + digest).digest()
+
+    def mac(purpose: bytes, data: bytes) -> bytes:
+        return hmac.new(secret, purpose + b"\0" + data, hashlib.sha256).digest()
+
+    payload = f"{mac(b'key', digest).hex()}.{int(time.time())}"
+    forged = f"{payload}.{mac(b'cookie', payload.encode()).hex()}"
+    assert sessions.session(forged) is None
+    assert sessions.session(sessions.sign_in("the admin key")).admin  # the real key still works

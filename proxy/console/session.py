@@ -1,9 +1,10 @@
 """Console sign-in: an admin or reviewer key, exchanged once for a signed session cookie.
 
 The cookie never holds the key or its digest: it carries a tag (HMAC of the key's digest
-under the console secret), the time it was issued and a signature. The secret is derived
-from every configured key's digest, so all workers of a gateway agree on it without a
-shared store, and rotating the keys ends every session. On each request the tag is looked
+under the console secret), the time it was issued and a signature. The secret is the
+server's own (`server_secret`) mixed with every configured key's digest, so all workers
+of a gateway agree on it, a config's `sha256:` keys forge nothing, and rotating the keys
+ends every session. On each request the tag is looked
 up again in constant time against every configured key, so a removed key's session ends
 and a reviewer's cookie cannot become an admin's. CSRF tokens are HMACs of the session,
 so a form posted from elsewhere (or without its token) is refused.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import time
 from collections.abc import Iterable
@@ -37,6 +39,18 @@ class Session:
         return self.role == ADMIN
 
 
+SECRET_ENV = "SAFEGUARD_CONSOLE_SECRET"
+
+
+def server_secret() -> bytes:
+    """`SAFEGUARD_CONSOLE_SECRET` when set (pods that share sessions set one from a
+    Secret), else made once per server and handed to its workers through the
+    environment: sessions then end when the server restarts."""
+    if not os.environ.get(SECRET_ENV):
+        os.environ[SECRET_ENV] = secrets.token_hex(32)
+    return os.environ[SECRET_ENV].encode()
+
+
 class Sessions:
     def __init__(
         self,
@@ -48,7 +62,11 @@ class Sessions:
         keys = [(key_digest(k), ADMIN) for k in admin_keys]
         keys += [(key_digest(k), REVIEWER) for k in reviewer_keys]
         material = b"".join(sorted(digest for digest, _ in keys))
-        self._secret = hashlib.sha256(b"safeguard-console/v1\0" + material).digest()
+        # The key digests alone are no secret (a config may list them as sha256:<hex>):
+        # a secret of the server's own goes in, so reading the config forges nothing.
+        self._secret = hashlib.sha256(
+            b"safeguard-console/v1\0" + server_secret() + b"\0" + material
+        ).digest()
         self._keys = tuple((digest, self._mac(b"key", digest), role) for digest, role in keys)
         self.max_age_s = max_age_s
 
