@@ -130,10 +130,34 @@ async def test_a_claim_given_up_lets_its_waiters_classify_and_a_verdict_reaches_
         first.release("v1", digest)  # its classification failed
         assert await asyncio.wait_for(waiting, 1) is None
         assert await second.claim("v1", digest)  # so the waiter classifies itself
+        first.release("v1", digest)  # a late release of the old claim leaves the new one be
+        await asyncio.sleep(0.05)
         waiting = asyncio.ensure_future(first.wait("p", "v1", digest))
+        await asyncio.sleep(0.05)  # it keeps waiting while the claim stands
         second.put("v1", digest, Verdict("p", "v1", True, "C1"))
         found = await asyncio.wait_for(waiting, 1)
         assert found is not None and found.violation and found.cache_hit
     finally:
         await first.aclose()
         await second.aclose()
+
+
+async def test_a_classification_that_raises_gives_up_its_claim(cache_url):
+    from proxy.guard.cache import VerdictCache
+    from proxy.policies import Policy
+
+    shared_cache = SharedCache(cache_url, ttl_s=60, claim_s=5)
+    cache = VerdictCache(ttl_s=60, size=10, shared=shared_cache)
+
+    async def falls_over() -> Verdict:
+        raise RuntimeError("the classifier client fell over")
+
+    try:
+        with pytest.raises(RuntimeError):
+            await cache.get_or_classify(Policy("p", "text", "v1"), "some text", falls_over)
+        await asyncio.sleep(0.05)
+        client = redis.Redis.from_url(cache_url)
+        assert client.keys("safeguard:claim:*") == []  # other processes need not wait it out
+        client.close()
+    finally:
+        await shared_cache.aclose()

@@ -107,10 +107,15 @@ class VerdictCache:
         claimed = await shared.claim(version, digest)  # else another process classifies it
         if not claimed and (found := await shared.wait(key[0], version, digest)) is not None:
             return found
-        verdict = await classify()
-        if verdict.error:
+        try:
+            verdict = await classify()
+        except BaseException:  # a failure or a cancel: waiters should not wait it out
+            if claimed:
+                shared.release(version, digest)
+            raise
+        if verdict.error and claimed:
             shared.release(version, digest)
-        else:
+        elif not verdict.error:
             shared.put(version, digest, verdict)
         return verdict
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import asdict
 from typing import Any
@@ -31,6 +32,7 @@ log = logging.getLogger("proxy.guard")
 
 PREFIX = "safeguard:verdict:"
 CLAIM_PREFIX = "safeguard:claim:"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
 POLL_S = 0.01  # how often a waiting process looks for a claimed text's verdict
 _STORED = ("violation", "category", "rationale", "reasoning", "source")
 
@@ -92,6 +94,7 @@ class SharedCache:
         self._timeout_s = timeout_s
         self._retry_after_s = retry_after_s
         self._claim_ms = max(1, int(claim_s * 1000))
+        self._token = os.urandom(16).hex().encode()  # whose claim it is
         self._down_until = 0.0
         self._writes: set[asyncio.Task[None]] = set()
         self.hits = self.misses = self.errors = self.writes = 0
@@ -126,7 +129,9 @@ class SharedCache:
         try:
             return bool(
                 await asyncio.wait_for(
-                    self._client.set(claim_key(version, digest), b"1", nx=True, px=self._claim_ms),
+                    self._client.set(
+                        claim_key(version, digest), self._token, nx=True, px=self._claim_ms
+                    ),
                     self._timeout_s,
                 )
             )
@@ -155,8 +160,9 @@ class SharedCache:
 
     def release(self, version: str, digest: bytes) -> None:
         """Give up a claim without a verdict (the classification failed): waiters go on."""
-        if self.up:
-            self._background(self._client.delete(claim_key(version, digest)))
+        if self.up:  # only our own claim: a slow process must not end another's
+            key = claim_key(version, digest)
+            self._background(self._client.eval(_RELEASE, 1, key, self._token))
 
     def put(self, version: str, digest: bytes, verdict: Verdict) -> None:
         """Write in the background; the request does not wait for it."""
