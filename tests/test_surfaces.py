@@ -163,6 +163,18 @@ SECRET = "SECRET-WORDS"
             ],
         },
         {"messages": [], "functions": [{"name": "f", "description": SECRET}]},
+        {
+            "messages": [
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"id": "1", "type": "custom", "custom": {"name": "sh", "input": SECRET}}
+                    ],
+                }
+            ]
+        },
+        {"messages": [], "prediction": {"type": "content", "content": SECRET}},
+        {"messages": [], "prediction": {"type": "content", "content": [{"text": SECRET}]}},
     ],
 )
 def test_chat_text_in_every_placement_is_read(body: dict) -> None:
@@ -416,3 +428,10 @@ def test_chat_annotate_per_choice() -> None:
     assert new["choices"][0]["content_filter_results"] == {}
     assert new["choices"][1]["content_filter_results"] == {"p": {"filtered": True}}
     assert "prompt_filter_results" not in body
+
+
+def test_chat_output_reads_a_custom_tool_calls_input_named_after_its_tool() -> None:
+    call = {"id": "1", "type": "custom", "custom": {"name": "sh", "input": "rm -rf /"}}
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "tool_calls": [call]}}]}
+    pieces = chat.output_pieces(body)
+    assert [(p.tool, [s.text for s in p.slots]) for p in pieces if p.tool] == [("sh", ["rm -rf /"])]

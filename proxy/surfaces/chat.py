@@ -21,7 +21,7 @@ PROMPT_PARAM = "messages"
 # Keys of a message (and of what it nests) that carry text the model reads.
 MESSAGE_KEYS = frozenset(
     ("content", "text", "refusal", "output", "name", "tool_calls", "function_call", "function",
-     "arguments")
+     "arguments", "custom", "input")
 )  # fmt: skip
 CONTENT_KEYS = frozenset(("content", "text", "refusal"))
 
@@ -43,6 +43,11 @@ def input_pieces(body: dict[str, Any]) -> list[Piece]:
         pieces.append(Piece(role, tuple(slots)))
     pieces += tool_defs(as_list(body, "tools"), "tools")
     pieces += tool_defs(as_list(body, "functions"), "functions")
+    prediction = body.get("prediction")  # Predicted Outputs: text the model reads too
+    if isinstance(prediction, dict):
+        slots = texts(prediction, ("prediction",), CONTENT_KEYS)
+        if slots:
+            pieces.append(Piece("user", tuple(slots)))
     response_format = body.get("response_format")
     if isinstance(response_format, dict):
         slots = descriptions(response_format, ("response_format",))
@@ -67,17 +72,25 @@ def output_pieces(body: dict[str, Any]) -> list[Piece]:
             slots = tuple(texts(message, where, CONTENT_KEYS, False))
         pieces.append(Piece("assistant", slots, choice=index))
         for n, call in enumerate(calls if isinstance(calls, list) else ()):
-            function = call.get("function") if isinstance(call, dict) else None
-            if isinstance(function, dict):
-                pieces.append(_call(function, (*where, "tool_calls", n, "function"), index))
+            kind = _call_kind(call)  # a function call, or a custom tool's free-form input
+            if kind is not None:
+                pieces.append(_call(call[kind], (*where, "tool_calls", n, kind), index))
         if isinstance(message.get("function_call"), dict):
             pieces.append(_call(message["function_call"], (*where, "function_call"), index))
     return pieces
 
 
+def _call_kind(call: Any) -> str | None:
+    if isinstance(call, dict):
+        for kind in ("function", "custom"):
+            if isinstance(call.get(kind), dict):
+                return kind
+    return None
+
+
 def _call(function: dict[str, Any], where: tuple[str | int, ...], choice: int) -> Piece:
     name = function.get("name")
-    slots = texts(function, where, frozenset(("arguments",)), False)
+    slots = texts(function, where, frozenset(("arguments", "input")), False)
     return Piece(
         "assistant", tuple(slots), tool=name if isinstance(name, str) else "", choice=choice
     )
