@@ -227,17 +227,26 @@ def _choices(data: dict[str, Any], event: Event, completions: bool) -> None:
         if isinstance(call, dict):
             _call_piece(event, (i, "function", 0), call, texts)
         for tool in delta.get("tool_calls") or ():
-            if isinstance(tool, dict) and isinstance(tool.get("function"), dict):
-                key = (i, "tool", _index(tool.get("index")))
-                _call_piece(event, key, tool["function"], texts)
+            kind = _tool_kind(tool)
+            if kind is not None:
+                _call_piece(event, (i, "tool", _index(tool.get("index"))), tool[kind], texts)
     if texts:
         event.texts = texts
+
+
+def _tool_kind(tool: Any) -> str | None:
+    """Which member of a streamed tool call carries it: a function, or a custom tool."""
+    if isinstance(tool, dict):
+        for kind in ("function", "custom"):
+            if isinstance(tool.get(kind), dict):
+                return kind
+    return None
 
 
 def _call_piece(event: Event, key: Key, function: dict[str, Any], texts: dict[Key, str]) -> None:
     if isinstance(function.get("name"), str) and function["name"]:
         event.names = {**event.names, key: function["name"]}
-    arguments = function.get("arguments")
+    arguments = function.get("arguments", function.get("input"))
     if arguments and isinstance(arguments, str):
         texts[key] = arguments
 
@@ -332,8 +341,8 @@ def with_texts(event: Event, endpoint: str, texts: dict[Key, str]) -> bytes:
             delta["function_call"]["arguments"] = texts[(i, "function", 0)]
         for tool in delta.get("tool_calls") or ():
             key = (i, "tool", _index(tool.get("index")))
-            if key in texts:
-                tool["function"]["arguments"] = texts[key]
+            if key in texts and (kind := _tool_kind(tool)) is not None:
+                tool[kind]["arguments" if kind == "function" else "input"] = texts[key]
     return serialize(data, event.name)
 
 

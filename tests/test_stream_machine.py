@@ -467,3 +467,16 @@ def test_a_garbled_messages_block_index_reads_as_block_zero() -> None:
         sse({"type": "content_block_delta", "index": "x", "delta": delta}), MESSAGES
     )
     assert dict(event.texts) == {0: "hello"}
+
+
+def test_a_streamed_custom_tool_calls_input_is_a_guarded_channel_too() -> None:
+    t = Transcript(size=16)
+    start = {"index": 0, "id": "call_1", "type": "custom", "custom": {"name": "sh", "input": ""}}
+    t.feed(chat(delta(role="assistant", tool_calls=[start])))
+    pieces = ("rm -rf ", "/ bad idea")
+    t.feed(*(chat(delta(tool_calls=[{"index": 0, "custom": {"input": p}}])) for p in pieces))
+    (window,) = t.classified
+    assert dict(window.texts) == {(0, "tool", 0): "rm -rf / bad idea"}
+    assert dict(window.tools) == {(0, "tool", 0): "sh"}
+    t.judge(window)
+    assert b"bad idea" not in t.sent
