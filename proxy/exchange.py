@@ -66,9 +66,10 @@ class Exchange:
             headers.append((b"x-client-request-id", self.client_request_id.encode()))
         if self.route is not None and self.outcomes:
             headers.append((b"x-safeguard-decision", self.decision.encode()))
-            flagged = sorted({o.policy.id for o in self.outcomes if o.verdict.violation})
+            flagged = [o.policy.id for o in self.outcomes if o.verdict.violation]
             if flagged:
-                headers.append((b"x-safeguard-policies", ",".join(flagged).encode()))
+                names = ",".join(sorted(set(flagged)))
+                headers.append((b"x-safeguard-policies", names.encode()))
         return headers
 
     def record(self, total_s: float) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
+from types import ModuleType
 from typing import Any
 
 from proxy import anthropic_api
@@ -326,12 +327,14 @@ class ProxyHandler:
         pending: asyncio.Future[UpstreamResponse] | None = None
         if side.mode == "parallel":
             pending = asyncio.ensure_future(self._upstream_call(ex, scope, raw))
-        inputs = SideResult()
         try:
             if side.guarded:
                 started = time.perf_counter()
-                inputs = await self.gw.guard.check_request(side, policies, pieces)
+                judged = self.gw.guard.judge_request(side, policies, pieces)
+                inputs = judged if type(judged) is SideResult else await judged
                 ex.add(inputs, (time.perf_counter() - started) * 1000)
+            else:
+                inputs = SideResult()
             action = on_request(surface, route.fail, body, inputs)
             ex.decision = action.decision
             if isinstance(action, Refuse):
@@ -355,7 +358,7 @@ class ProxyHandler:
         if response.is_event_stream:  # guarded as a stream even if none was asked for
             await self._stream(ex, response, send, policies)
         else:
-            await self._complete(ex, response, send, policies, inputs)
+            await self._complete(ex, response, send, policies, surface, inputs)
 
     async def _complete(
         self,
@@ -363,6 +366,7 @@ class ProxyHandler:
         response: UpstreamResponse,
         send: Sender,
         policies: Mapping[str, Policy],
+        surface: ModuleType,
         inputs: SideResult,
     ) -> None:
         route = ex.route
@@ -382,18 +386,19 @@ class ProxyHandler:
             await send.whole(response.status, response.headers + ex.headers(), raw)
             ex.status = response.status
             return
-        surface = surface_for(ex.endpoint)
         if ex.endpoint == MESSAGES:  # thinking blocks are guarded when the route says so
             pieces = surface.output_pieces(body, route.output.thinking)
         else:
             pieces = surface.output_pieces(body)
         if self.keep_content:
             ex.content["output"] = render(pieces, False)
-        outputs = SideResult()
         if route.output.guarded:
             started = time.perf_counter()
-            outputs = await self.gw.guard.check_response(route.output, policies, pieces)
+            judged = self.gw.guard.judge_response(route.output, policies, pieces)
+            outputs = judged if type(judged) is SideResult else await judged
             ex.add(outputs, (time.perf_counter() - started) * 1000)
+        else:
+            outputs = SideResult()
         action = on_response(surface, route.fail, body, inputs, outputs)
         ex.decision = worse(ex.decision, action.decision)
         if isinstance(action, Refuse):

@@ -328,6 +328,7 @@ class Metrics:
         self.upstream_tokens = r.counter(
             "safeguard_upstream_tokens_total", "Upstream token usage", ("route", "type")
         )
+        self._counted: dict[tuple[str, str, str, bool, bool], tuple[list, ...]] = {}
         self._pusher: _OtlpPusher | None = None
         if mode == "otlp" or exporter is not None:
             self._pusher = _OtlpPusher(self.registry, exporter, resource, config, interval_s)
@@ -379,8 +380,14 @@ class Metrics:
                 f"{prefix}{key}{suffix}", kind, help, lambda k=key: float(stats()[k])
             )
 
-    def observe_verdict(self, verdict: Verdict, *, side: str, action: str) -> None:
+    def observe_verdict(self, verdict: Verdict, side: str, action: str) -> None:
         """decisions, classifier latency, cache hit/miss and errors for one verdict."""
+        if verdict.cache_hit or verdict.source == "detector":  # counts only: cells kept
+            key = (verdict.policy_id, action, side, verdict.shadow, verdict.cache_hit)
+            cells = self._counted.get(key) or self._count_cells(key)
+            for cell in cells:
+                cell[0] += 1
+            return
         policy = verdict.policy_id
         self.decisions.inc(policy, action, side, "true" if verdict.shadow else "false")
         if verdict.source == "detector":
@@ -392,6 +399,15 @@ class Metrics:
         self.classifier_duration.observe(verdict.latency_ms / 1000.0, policy)
         if verdict.error:
             self.classifier_errors.inc(policy, verdict.error.split(":", 1)[0])
+
+    def _count_cells(self, key: tuple[str, str, str, bool, bool]) -> tuple[list, ...]:
+        """The cells a cache hit (decision, hit) or a detector verdict (decision) adds one
+        to, found once per label set: the guarded hot path's metrics are two adds."""
+        policy, action, side, shadow, hit = key
+        decided = self.decisions._cell((policy, action, side, "true" if shadow else "false"))
+        cells = (decided, self.classifier_cache._cell(("hit",))) if hit else (decided,)
+        self._counted[key] = cells
+        return cells
 
     def render(self) -> bytes:
         return self.registry.render()

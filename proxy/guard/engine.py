@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,36 +29,50 @@ from proxy.surfaces.text import Edits, Path, Piece, Slot, render
 SEVERITY = ("allow", "annotate", "redact", "error", "block")
 
 
-@dataclass(slots=True)
 class Outcome:
-    """One policy's verdict on one side (one choice, for output) and what it does."""
+    """One policy's verdict on one side (one choice, for output) and what it does. A plain
+    class, its effect worked out once: read by the decision, the metrics, the annotations
+    and the response headers."""
 
-    policy: Policy
-    action: str  # the effective action: the route's override, else the policy's own
-    side: str
-    verdict: Verdict
-    redacted: bool = False
-    choice: int | None = None
-    tool: str | None = None  # output: the tool whose call arguments this verdict is on
+    __slots__ = ("action", "choice", "effect", "policy", "redacted", "side", "tool", "verdict")
 
-    @property
-    def effect(self) -> str:
-        if self.verdict.error:
-            return "error"
-        if self.redacted:
-            return "redact"
-        if not self.verdict.violation:
-            return "allow"
-        # A redact policy the model still flags after its patterns ran has no span to cut.
-        return {"block": "block", "log": "allow"}.get(self.action, "annotate")
+    def __init__(
+        self,
+        policy: Policy,
+        action: str,  # the effective action: the route's override, else the policy's own
+        side: str,
+        verdict: Verdict,
+        redacted: bool = False,
+        choice: int | None = None,
+        tool: str | None = None,  # output: the tool whose call arguments this verdict is on
+    ) -> None:
+        self.policy, self.action, self.side, self.verdict = policy, action, side, verdict
+        self.redacted, self.choice, self.tool = redacted, choice, tool
+        if verdict.error:
+            self.effect = "error"
+        elif redacted:
+            self.effect = "redact"
+        elif not verdict.violation:
+            self.effect = "allow"
+        else:
+            # A redact policy the model still flags after its patterns ran has no span to cut.
+            self.effect = _FLAGGED.get(action, "annotate")
+
+    def __repr__(self) -> str:
+        return (
+            f"Outcome(policy={self.policy.id!r}, action={self.action!r}, side={self.side!r}, "
+            f"verdict={self.verdict!r}, redacted={self.redacted}, choice={self.choice}, "
+            f"tool={self.tool!r})"
+        )
 
     def filter_result(self) -> dict[str, Any]:
         """Azure's per-category filter detail."""
+        violation = self.verdict.violation
         result: dict[str, Any] = {
-            "filtered": self.effect in ("block", "redact"),
-            "detected": self.verdict.violation,
+            "filtered": self.effect == "block" or self.effect == "redact",
+            "detected": violation,
         }
-        if self.verdict.violation:
+        if violation:
             result["category"] = self.verdict.category or self.policy.category or self.policy.id
         if self.redacted:
             result["redacted"] = True
@@ -75,6 +89,7 @@ class Outcome:
         return record
 
 
+_FLAGGED = {"block": "block", "log": "allow"}  # a violation's effect, by action (else annotate)
 RANK = {name: rank for rank, name in enumerate(SEVERITY)}
 
 
@@ -137,33 +152,25 @@ class Guard:
     async def verdict(self, policy: Policy, content: str, side: str) -> Verdict:
         """The model's verdict, cached; a classifier failure becomes an error verdict."""
         started = time.time_ns()
-        verdict = self.cache.lookup(policy, content)
-        if verdict is None:
-            try:
-                verdict = await self.cache.get_or_classify(
-                    policy, content, lambda: self.classifier.classify(policy, content)
-                )
-            except ClassifierError as exc:
-                verdict = errored(policy, exc, (time.time_ns() - started) / 1e6)
-        for classified in self._on_classified:
-            classified(policy, self.classifier.model, side, verdict, started)
+        try:
+            verdict = await self.cache.get_or_classify(
+                policy, content, lambda: self.classifier.classify(policy, content)
+            )
+        except ClassifierError as exc:
+            verdict = errored(policy, exc, (time.time_ns() - started) / 1e6)
+        self._classified(policy, side, verdict, started)
         return verdict
 
-    def _hit(self, policy: Policy, content: str, side: str) -> Verdict | None:
-        """A cached verdict, reported to the observers, without a coroutine (the hot path)."""
-        verdict = self.cache.lookup(policy, content)
-        if verdict is not None and self._on_classified:
-            started = time.time_ns()
-            for classified in self._on_classified:
-                classified(policy, self.classifier.model, side, verdict, started)
-        return verdict
+    def _classified(self, policy: Policy, side: str, verdict: Verdict, started: int) -> None:
+        for classified in self._on_classified:
+            classified(policy, self.classifier.model, side, verdict, started)
 
     @staticmethod
     def _detect(job: _Job, edits: dict[Path, str]) -> None:
         """Pattern detectors, synchronously: redact policies rewrite their slots' text in
         `edits` here, before any policy's text is rendered for the model (shadow policies
         only look)."""
-        for unit in job.units if job.policy.detectors else ():
+        for unit in job.units:
             for piece in unit:
                 for slot in piece.slots:
                     text = edits.get(slot.path, slot.text)
@@ -193,47 +200,75 @@ class Guard:
                 source="detector",
                 shadow=job.shadow,
             )
-            return self._judged(job.outcome(verdict))
-        labelled = job.scope == "conversation"
-        contents = [job.context + c for unit in job.units if (c := render(unit, labelled, edits))]
-        if not contents:
-            return None
-        verdicts = [self._hit(policy, c, job.side) for c in contents]
-        if None in verdicts:
+            return self._outcome(job, verdict)
+        labelled, context = job.scope == "conversation", job.context
+        lookup, report = self.cache.lookup, self._on_classified
+        contents: list[str] = []
+        verdicts: list[Verdict | None] = []
+        complete = True
+        for unit in job.units:
+            # One piece read plainly (an answer's choice, a window) is its own text.
+            content = (
+                unit[0].text(edits)
+                if len(unit) == 1 and not labelled
+                else render(unit, labelled, edits)
+            )
+            if not content:
+                continue
+            if context:
+                content = context + content
+            verdict = lookup(policy, content)
+            if verdict is None:
+                complete = False
+            elif report:
+                self._classified(policy, job.side, verdict, time.time_ns())
+            contents.append(content)
+            verdicts.append(verdict)
+        if not complete:
             return _Pending(job, contents, verdicts)
-        return self._outcome(job, verdicts)  # type: ignore[arg-type]
+        if not verdicts:
+            return None
+        return self._outcome(job, verdicts[0] if len(verdicts) == 1 else _worst(verdicts))  # type: ignore[arg-type]
 
     async def _classify(self, pending: _Pending) -> Outcome:
         """The units the cache did not have, from the classifier in parallel."""
         job, verdicts = pending.job, pending.verdicts
         missing = [i for i, v in enumerate(verdicts) if v is None]
-        fresh = await asyncio.gather(
-            *(self.verdict(job.policy, pending.contents[i], job.side) for i in missing)
-        )
-        for i, verdict in zip(missing, fresh, strict=True):
-            verdicts[i] = verdict
-        return self._outcome(job, verdicts)  # type: ignore[arg-type]
+        if len(missing) == 1:  # no task for a single call
+            (i,) = missing
+            verdicts[i] = await self.verdict(job.policy, pending.contents[i], job.side)
+        else:
+            fresh = await asyncio.gather(
+                *(self.verdict(job.policy, pending.contents[i], job.side) for i in missing)
+            )
+            for i, verdict in zip(missing, fresh, strict=True):
+                verdicts[i] = verdict
+        return self._outcome(job, _worst(verdicts))  # type: ignore[arg-type]
 
     async def _judge(self, job: _Job, edits: Edits) -> Outcome | None:
         settled = self._settle(job, edits)
-        return await self._classify(settled) if isinstance(settled, _Pending) else settled
+        if type(settled) is _Pending:
+            return await self._classify(settled)
+        return settled  # type: ignore[return-value]
 
-    def _outcome(self, job: _Job, verdicts: list[Verdict]) -> Outcome:
-        verdict = verdicts[0] if len(verdicts) == 1 else _worst(verdicts)
+    def _outcome(self, job: _Job, verdict: Verdict) -> Outcome:
         if job.shadow:
             verdict = replace(verdict, shadow=True)
-        labels = job.labels
         if job.redacted and not verdict.violation and not verdict.error:
+            labels = job.labels
             rationale = f"pattern detectors redacted: {', '.join(sorted(set(labels)))}"
             verdict = replace(verdict, violation=True, category=labels[0], rationale=rationale)
-        return self._judged(job.outcome(verdict))
-
-    def _judged(self, outcome: Outcome) -> Outcome:
+        outcome = Outcome(
+            job.policy, job.action, job.side, verdict, job.redacted, job.choice, job.tool
+        )
         for judged in self._on_judged:
             judged(outcome)
         return outcome
 
-    async def _run(self, enforced: list[_Job], shadow: list[_Job]) -> SideResult:
+    def _run(self, enforced: list[_Job], shadow: list[_Job]) -> SideResult | Awaitable[SideResult]:
+        """Detectors, then every cached verdict synchronously: the side's result when
+        nothing is left to ask, else an awaitable of it (cache misses go to the classifier,
+        all policies in parallel)."""
         edits: dict[Path, str] = {}
         for job in shadow:  # shadow jobs only look: they see the original text
             if job.policy.detectors:
@@ -241,31 +276,57 @@ class Guard:
         for job in enforced:
             if job.policy.detectors:
                 self._detect(job, edits)
-        result = SideResult(edits=edits)
+        result = SideResult(None, None, edits)
         if shadow:
             result.shadow = [asyncio.ensure_future(self._judge(job, {})) for job in shadow]
-        settled = [self._settle(job, edits) for job in enforced]
-        waiting = [s for s in settled if isinstance(s, _Pending)]
-        if waiting:  # cache misses: to the classifier, all policies in parallel
-            judged = iter(await asyncio.gather(*(self._classify(p) for p in waiting)))
-            settled = [next(judged) if isinstance(s, _Pending) else s for s in settled]
-        result.outcomes = [o for o in settled if o is not None]  # type: ignore[misc]
+        outcomes = result.outcomes
+        waiting: list[_Pending] = []
+        for job in enforced:
+            settled = self._settle(job, edits)
+            if settled is None:
+                continue
+            if type(settled) is _Pending:
+                waiting.append(settled)
+            outcomes.append(settled)  # type: ignore[arg-type]  # a _Pending: filled in below
+        return self._wait(result, waiting) if waiting else result
+
+    async def _wait(self, result: SideResult, waiting: list[_Pending]) -> SideResult:
+        if len(waiting) == 1:  # no task for a single policy
+            judged = iter((await self._classify(waiting[0]),))
+        else:
+            judged = iter(await asyncio.gather(*map(self._classify, waiting)))
+        result.outcomes = [next(judged) if type(o) is _Pending else o for o in result.outcomes]
         return result
+
+    def judge_request(
+        self, side: Side, policies: Mapping[str, Policy], pieces: Sequence[Piece]
+    ) -> SideResult | Awaitable[SideResult]:
+        """The input side: each policy reads its scope of the request's pieces (and may
+        redact them: the result's `edits`). The result itself when every verdict was
+        cached (no coroutine, no task), else an awaitable of it."""
+        enforced = [_input_job(ref, policies, pieces, False) for ref in side.policies]
+        shadow = (
+            [_input_job(ref, policies, pieces, True) for ref in side.shadow] if side.shadow else []
+        )
+        return self._run(enforced, shadow)
+
+    def judge_response(
+        self,
+        side: Side,
+        policies: Mapping[str, Policy],
+        pieces: Sequence[Piece],
+        context: str = "",
+    ) -> SideResult | Awaitable[SideResult]:
+        """The output side: every policy reads each piece (a choice's text, a tool call's
+        arguments) on its own, and may redact it. Synchronous on cache hits, as above."""
+        enforced = _output_jobs(side.policies, policies, pieces, context, False)
+        shadow = _output_jobs(side.shadow, policies, pieces, context, True) if side.shadow else []
+        return self._run(enforced, shadow)
 
     async def check_request(
         self, side: Side, policies: Mapping[str, Policy], pieces: Sequence[Piece]
     ) -> SideResult:
-        """The input side: each policy reads its scope of the request's pieces (and may
-        redact them: the result's `edits`)."""
-
-        def job(ref: PolicyRef, shadow: bool) -> _Job:
-            policy = policies[ref.id]
-            units = scoped(pieces, policy.scope)
-            return _Job(policy, _action(ref, policy), "input", units, policy.scope, shadow)
-
-        return await self._run(
-            [job(ref, False) for ref in side.policies], [job(ref, True) for ref in side.shadow]
-        )
+        return await resolved(self.judge_request(side, policies, pieces))
 
     async def check_response(
         self,
@@ -274,27 +335,7 @@ class Guard:
         pieces: Sequence[Piece],
         context: str = "",
     ) -> SideResult:
-        """The output side: every policy reads each piece (a choice's text, a tool call's
-        arguments) on its own, and may redact it."""
-
-        def jobs(refs: tuple[PolicyRef, ...], shadow: bool) -> list[_Job]:
-            return [
-                _Job(
-                    policies[ref.id],
-                    _action(ref, policies[ref.id]),
-                    "output",
-                    [[piece]],
-                    "last_user",
-                    shadow,
-                    choice=piece.choice,
-                    tool=piece.tool,
-                    context=context,
-                )
-                for piece in pieces
-                for ref in refs
-            ]
-
-        return await self._run(jobs(side.policies, False), jobs(side.shadow, True))
+        return await resolved(self.judge_response(side, policies, pieces, context))
 
     async def check_completion(
         self,
@@ -334,6 +375,11 @@ class Guard:
 _TEXT: Path = ("text",)
 
 
+async def resolved(result: SideResult | Awaitable[SideResult]) -> SideResult:
+    """A `judge_*` result, awaited if it has to be."""
+    return result if type(result) is SideResult else await result  # type: ignore[misc]
+
+
 def scoped(pieces: Sequence[Piece], scope: str) -> list[list[Piece]]:
     """What a policy of this scope reads, as units each classified on its own."""
     if scope == "per_message":
@@ -348,9 +394,43 @@ def scoped(pieces: Sequence[Piece], scope: str) -> list[list[Piece]]:
     return [list(pieces)]
 
 
+def _input_job(
+    ref: PolicyRef, policies: Mapping[str, Policy], pieces: Sequence[Piece], shadow: bool
+) -> _Job:
+    policy = policies[ref.id]
+    units = scoped(pieces, policy.scope)
+    return _Job(policy, ref.action or policy.action, "input", units, policy.scope, shadow)
+
+
+def _output_jobs(
+    refs: tuple[PolicyRef, ...],
+    policies: Mapping[str, Policy],
+    pieces: Sequence[Piece],
+    context: str,
+    shadow: bool,
+) -> list[_Job]:
+    return [
+        _Job(
+            policies[ref.id],
+            ref.action or policies[ref.id].action,
+            "output",
+            [[piece]],
+            "last_user",
+            shadow,
+            piece.choice,
+            piece.tool,
+            context,
+        )
+        for piece in pieces
+        for ref in refs
+    ]
+
+
 def _worst(verdicts: Sequence[Verdict]) -> Verdict:
     """One verdict for a policy over many pieces: an error first (the route's fail mode
     decides), else the first violation, else the last piece's (the newest turn)."""
+    if len(verdicts) == 1:
+        return verdicts[0]
     for verdict in verdicts:
         if verdict.error:
             return verdict
@@ -387,17 +467,6 @@ class _Job:
         self.labels: list[str] = []
         self.redacted = False
 
-    def outcome(self, verdict: Verdict) -> Outcome:
-        return Outcome(
-            self.policy,
-            self.action,
-            self.side,
-            verdict,
-            redacted=self.redacted,
-            choice=self.choice,
-            tool=self.tool,
-        )
-
 
 @dataclass(slots=True)
 class _Pending:
@@ -406,7 +475,3 @@ class _Pending:
     job: _Job
     contents: list[str]
     verdicts: list[Verdict | None]
-
-
-def _action(ref: PolicyRef, policy: Policy) -> str:
-    return ref.action or policy.action

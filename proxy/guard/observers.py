@@ -47,4 +47,4 @@ class MetricsObserver:
         self.metrics = metrics
 
     def judged(self, outcome: Outcome) -> None:
-        self.metrics.observe_verdict(outcome.verdict, side=outcome.side, action=outcome.effect)
+        self.metrics.observe_verdict(outcome.verdict, outcome.side, outcome.effect)
