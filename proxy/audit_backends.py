@@ -68,3 +68,13 @@ def describe_store(cfg: Audit) -> str:
 
         return redact_url(cfg.url)
     return cfg.path
+
+
+def ensure_schema(cfg: Audit) -> bool:
+    """Create or migrate the store's schema as its writer does on opening (for a reader
+    that also writes: the console's reviews). A SQLite file not created yet is left
+    alone (False): the gateway's writer makes it."""
+    if not cfg.url and not Path(cfg.path).is_file():
+        return False
+    open_writer(cfg).close()
+    return True

@@ -6,7 +6,8 @@ verdicts become labeled cases that `policy test --cases` reads as they are: the 
 label when the reviewer found it correct, the other label when wrong (unsure ones, failed
 classifications and content not kept in clear are left out).
 
-The SQL is plain enough for SQLite and PostgreSQL alike (`ON CONFLICT ... DO UPDATE`).
+The table is part of the audit store's schema (proxy.audit_schema, version 2); the SQL here
+is plain enough for SQLite and PostgreSQL alike (`ON CONFLICT ... DO UPDATE`).
 """
 
 from __future__ import annotations
@@ -24,19 +25,7 @@ import orjson
 from proxy.config import Audit
 
 MARKS = ("correct", "wrong", "unsure")
-_PG_LOCK = 0x5AFE_A0D2  # beside proxy.audit_pg's 0x5AFE_A0D1
 MAX_NOTE = 4000
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS reviews (
-    request BIGINT NOT NULL, verdict INTEGER NOT NULL, policy TEXT, side TEXT,
-    shadow INTEGER NOT NULL DEFAULT 0, model_label TEXT, mark TEXT NOT NULL, note TEXT,
-    reviewer TEXT, time DOUBLE PRECISION NOT NULL, PRIMARY KEY (request, verdict)
-);
-CREATE INDEX IF NOT EXISTS reviews_time ON reviews(time);
-CREATE INDEX IF NOT EXISTS reviews_policy ON reviews(policy, time);
-CREATE INDEX IF NOT EXISTS verdicts_shadow ON verdicts(shadow, request);
-"""
 
 
 class ReviewError(ValueError):
@@ -62,46 +51,15 @@ def is_postgres(conn: Any) -> bool:
     return not isinstance(conn, sqlite3.Connection)
 
 
-def ensure_schema(conn: Any) -> bool:
-    """The reviews table and the console's indexes (idempotent). False when the audit
-    tables are not there yet (the gateway's writer makes them). On PostgreSQL under an
-    advisory lock: workers may start it at once."""
-    if not is_postgres(conn):
-        with conn:
-            conn.executescript(SCHEMA)
-        return True
-    if not conn.execute("SELECT to_regclass('verdicts') IS NOT NULL").fetchone()[0]:
-        return False
-    conn.execute("SELECT pg_advisory_lock(?)", (_PG_LOCK,))
-    try:
-        for statement in filter(str.strip, SCHEMA.split(";")):
-            conn.execute(statement)
-    finally:
-        conn.execute("SELECT pg_advisory_unlock(?)", (_PG_LOCK,))
-    return True
-
-
 def open_writable(cfg: Audit) -> Any:
     """A read-write connection for reviews: PostgreSQL (autocommit) for `audit.url`, else
-    the SQLite file (which must exist: the audit writer creates it)."""
+    the SQLite file (which must exist: the audit writer creates it, the `reviews` table
+    with it: proxy.audit_schema)."""
     if cfg.url:
-        from proxy.audit_pg import connect, pg_sql
+        from proxy.audit_pg import PgConnection
 
-        return _PgConnection(connect(cfg.url, autocommit=True), pg_sql)
+        return PgConnection(cfg.url, read_only=False)
     return sqlite3.connect(cfg.path, timeout=5.0)
-
-
-class _PgConnection:
-    """psycopg with the sqlite3 calls this module makes (`?` placeholders)."""
-
-    def __init__(self, conn: Any, translate: Any) -> None:
-        self.conn, self._sql = conn, translate
-
-    def execute(self, sql: str, params: Any = ()) -> Any:
-        return self.conn.execute(self._sql(sql), list(params))
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 def save(

@@ -27,9 +27,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from proxy import reviews
-from proxy.audit_backends import store_errors
+from proxy.audit_backends import ensure_schema, store_errors
 from proxy.audit_cli import flagged
-from proxy.audit_store import AuditQueryError, StoreMissing, open_reader, open_store
+from proxy.audit_store import AuditQueryError, StoreMissing, open_reader
 from proxy.console import charts, store
 from proxy.console.session import COOKIE, LOGIN_COOKIE, Session, Sessions, same_token
 from proxy.guard.safeguard import ClassifierError
@@ -143,15 +143,9 @@ class Console:
             raise StoreUnavailable from None
 
     def _ensure_schema(self) -> None:
-        """The reviews table and the console's indexes, once the store exists."""
-        if self._schema_ready or not (self.audit.url or Path(self.audit.path).is_file()):
-            return
-        opened = (
-            reviews.open_writable(self.audit) if self.audit.url else open_store(self.audit.path)
-        )
-        with closing(opened) as conn:
-            reviews.ensure_schema(conn)
-        self._schema_ready = True
+        """The store's schema (reviews included) at its current version, once it exists."""
+        if not self._schema_ready:
+            self._schema_ready = ensure_schema(self.audit)
 
     def gate(self, handler: Handler, *, admin: bool = False) -> Callable[[Request], Awaitable]:
         """Session (else sign-in), CSRF token on POST (else 403), admin role where needed."""
