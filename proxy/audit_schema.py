@@ -3,8 +3,9 @@
 
 Version 1 is `requests` (one row per record: its JSON text and the indexed columns) and
 `verdicts` (one row per verdict: what policy filters and stats read); version 2 adds
-`reviews` (proxy.reviews) and the console's shadow index. A shipped step is never edited:
-a new column or index is a new step, for both engines.
+`reviews` (proxy.reviews) and the console's shadow index; version 3 `console_logouts`
+(console sessions signed out before they expire). A shipped step is never edited: a new
+column or index is a new step, for both engines.
 """
 
 from __future__ import annotations
@@ -77,9 +78,19 @@ CREATE INDEX IF NOT EXISTS verdicts_shadow ON verdicts(shadow, request);
 """
 
 
+# Version 3: the ids of console sessions signed out, kept until they would have expired
+# (every worker and pod reads them: a replayed cookie is refused everywhere).
+CONSOLE_LOGOUTS = """
+CREATE TABLE IF NOT EXISTS console_logouts (
+    session TEXT PRIMARY KEY, expires DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_logouts_expires ON console_logouts(expires);
+"""
+
+
 def schema_steps(d: Dialect) -> tuple[str, ...]:
     """The schema's versions in order: version n is reached by running step n - 1."""
-    return (tables_sql(d), REVIEWS)
+    return (tables_sql(d), REVIEWS, CONSOLE_LOGOUTS)
 
 
 SCHEMA_VERSION = len(schema_steps(SQLITE))

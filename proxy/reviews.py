@@ -12,9 +12,7 @@ is plain enough for SQLite and PostgreSQL alike (`ON CONFLICT ... DO UPDATE`).
 
 from __future__ import annotations
 
-import contextlib
 import re
-import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from proxy.config import Audit
+from proxy.audit_backends import is_postgres, transaction
 
 MARKS = ("correct", "wrong", "unsure")
 MAX_NOTE = 4000
@@ -44,22 +42,6 @@ class Review:
     note: str
     reviewer: str
     time: float
-
-
-def is_postgres(conn: Any) -> bool:
-    """A PostgreSQL connection (proxy.audit_pg's), else sqlite3's."""
-    return not isinstance(conn, sqlite3.Connection)
-
-
-def open_writable(cfg: Audit) -> Any:
-    """A read-write connection for reviews: PostgreSQL (autocommit) for `audit.url`, else
-    the SQLite file (which must exist: the audit writer creates it, the `reviews` table
-    with it: proxy.audit_schema)."""
-    if cfg.url:
-        from proxy.audit_pg import PgConnection
-
-        return PgConnection(cfg.url, read_only=False)
-    return sqlite3.connect(cfg.path, timeout=5.0)
 
 
 def save(
@@ -94,7 +76,7 @@ def save(
         reviewer,
         time.time() if now is None else now,
     )
-    with _transaction(conn):
+    with transaction(conn):
         conn.execute(
             "INSERT INTO reviews (request, verdict, policy, side, shadow, model_label, mark,"
             " note, reviewer, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -208,11 +190,6 @@ def case_text(stored: str) -> str:
     if len(turns) == 1 and stored.startswith(f"[{turns[0]}] "):
         return stored[len(turns[0]) + 3 :]
     return stored
-
-
-def _transaction(conn: Any) -> Any:
-    """sqlite3's commit-or-rollback block; a PostgreSQL connection here autocommits."""
-    return conn if not is_postgres(conn) else contextlib.nullcontext()
 
 
 _COLUMNS = "request, verdict, policy, side, shadow, model_label, mark, note, reviewer, time"

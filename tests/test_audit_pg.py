@@ -50,9 +50,10 @@ def test_schema_is_created_versioned_and_migrated_once(postgres_server):
 def test_a_version_1_database_is_migrated_to_reviews_and_both_engines_match(
     postgres_server, tmp_path
 ):
+    from proxy.audit_backends import open_writable
     from proxy.audit_schema import POSTGRES, tables_sql
     from proxy.audit_store import audit_row
-    from proxy.reviews import export_cases, open_writable, save
+    from proxy.reviews import export_cases, save
 
     url = postgres_server.new_database()
     with psycopg.connect(url, autocommit=True) as conn:  # what a gateway of version 1 made
@@ -75,11 +76,12 @@ def test_a_version_1_database_is_migrated_to_reviews_and_both_engines_match(
         return found
 
     with psycopg.connect(url) as conn:
-        assert [v for (v,) in conn.execute("SELECT version FROM safeguard_schema")] == [1, 2]
+        assert [v for (v,) in conn.execute("SELECT version FROM safeguard_schema")] == [1, 2, 3]
         pg = columns(
             conn,
             "SELECT table_name, column_name FROM information_schema.columns WHERE table_name"
-            " IN ('requests', 'verdicts', 'reviews') ORDER BY table_name, ordinal_position",
+            " IN ('requests', 'verdicts', 'reviews', 'console_logouts')"
+            " ORDER BY table_name, ordinal_position",
         )
     with closing(sqlite3.connect(tmp_path / "a.db")) as conn:
         sqlite = columns(
@@ -87,7 +89,7 @@ def test_a_version_1_database_is_migrated_to_reviews_and_both_engines_match(
             "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p"
             " WHERE m.type = 'table' ORDER BY m.name, p.cid",
         )
-    assert pg == sqlite and set(pg) == {"requests", "verdicts", "reviews"}
+    assert pg == sqlite and set(pg) == {"requests", "verdicts", "reviews", "console_logouts"}
 
 
 def test_same_records_queries_and_stats_on_both_backends(postgres_server, tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.audit_schema import SCHEMA_VERSION
 from proxy.audit_store import audit_row, insert_rows, open_store
 from proxy.config import ConfigError, parse_config
 from proxy.reviews import (
@@ -136,7 +137,7 @@ def test_an_older_sqlite_store_gains_the_reviews_table_when_the_writer_opens_it(
         c.executescript(V1_SQLITE)
     with closing(open_store(path)) as c:
         insert_rows(c, [audit_row(record("buy now, cheap pills", "violation"))])
-        assert c.execute("PRAGMA user_version").fetchone() == (2,)
+        assert c.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         save(c, 1, 0, "correct", "", "admin:1")
         assert [case["label"] for case in export_cases(c)] == [1]
 

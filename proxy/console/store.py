@@ -15,8 +15,9 @@ from typing import Any
 
 import orjson
 
+from proxy.audit_backends import is_postgres, transaction
 from proxy.audit_store import Filters
-from proxy.reviews import for_request, has_reviews, is_postgres
+from proxy.reviews import for_request, has_reviews
 
 PAGE = 50
 # Free text without a time range reads only the newest SEARCH_ROWS requests: the text is
@@ -218,3 +219,20 @@ def policy_history(conn: Any, policy: str, since: float) -> PolicyHistory:
         ):
             agreement[hour] = (int(agree or 0), int(compared))
     return PolicyHistory([tuple(v) for v in versions], hourly, agreement, shadow)
+
+
+def signed_out(conn: Any, session: str) -> bool:
+    """Whether this console session was signed out (on any worker or pod)."""
+    found = conn.execute("SELECT 1 FROM console_logouts WHERE session = ?", (session,))
+    return found.fetchone() is not None
+
+
+def sign_out(conn: Any, session: str, expires: float, now: float) -> None:
+    """Keep the session's id until it would have expired (and forget expired ones)."""
+    with transaction(conn):
+        conn.execute("DELETE FROM console_logouts WHERE expires < ?", (now,))
+        conn.execute(
+            "INSERT INTO console_logouts (session, expires) VALUES (?, ?)"
+            " ON CONFLICT (session) DO NOTHING",
+            (session, expires),
+        )

@@ -101,9 +101,9 @@ def record(i: int, at: float) -> dict[str, Any]:
 
 def make_pg_store(url: str, count: int) -> dict[str, float]:
     """The same store in PostgreSQL (the writer's COPY batches), then ANALYZE."""
+    from proxy.audit_backends import open_writable
     from proxy.audit_pg import PgWriter
     from proxy.config import Audit
-    from proxy.reviews import open_writable
 
     now = time.time()
     step = DAYS * 86400 / count
