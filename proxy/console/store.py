@@ -30,9 +30,7 @@ QUEUES = {
 
 # A shadow verdict disagrees when its label differs from its side's enforced outcome
 # (flagged by any enforced policy of that side, or by none); failed checks are not compared.
-# Conditions on verdicts are correlated EXISTS, not `r.id IN (SELECT ...)`: SQLite then walks
-# requests newest first and probes each one's verdicts until the page is full (a
-# millisecond on a million records), where IN builds the whole list and sorts (seconds).
+# Conditions on verdicts are correlated EXISTS, as Filters.where's policy filter (why there).
 # Whether an enforced policy of the shadow verdict `s`'s side flagged its request.
 _ENFORCED_FLAGGED = (
     "EXISTS (SELECT 1 FROM verdicts e WHERE e.request = s.request AND e.shadow = 0"
@@ -84,17 +82,12 @@ class Query:
         where, params = Filters.build(
             tenant=self.tenant,
             route=self.route,
+            policy=self.policy,
             decision=self.decision,
             since=self.since,
             until=self.until,
         ).where()
         clauses = [where]
-        if names := [n.strip() for n in self.policy.split(",") if n.strip()]:
-            clauses.append(
-                "EXISTS (SELECT 1 FROM verdicts p WHERE p.request = r.id AND p.policy IN"
-                f" ({','.join('?' * len(names))}))"
-            )
-            params += names
         if self.shadow:
             clauses.append(
                 "EXISTS (SELECT 1 FROM verdicts v WHERE v.request = r.id AND v.shadow = 1)"
