@@ -61,12 +61,7 @@ RETURNED_RESPONSE_HEADERS = frozenset(
         b"allow",
     )
 )
-_RETURNED_PREFIXES = (b"x-ratelimit-", b"anthropic-ratelimit-")
-
-
-def returned(name: bytes) -> bool:
-    """Whether an upstream response header (lowercase) is passed back to the client."""
-    return name in RETURNED_RESPONSE_HEADERS or name.startswith(_RETURNED_PREFIXES)
+RETURNED_PREFIXES = (b"x-ratelimit-", b"anthropic-ratelimit-")
 
 
 class UpstreamError(Exception):
@@ -85,7 +80,10 @@ class UpstreamResponse:
         self._name = name
         self.status = response.status
         self.headers: list[tuple[bytes, bytes]] = [
-            (name, v) for k, v in response.raw_headers if returned(name := k.lower())
+            (name, v)
+            for k, v in response.raw_headers
+            if (name := k.lower()) in RETURNED_RESPONSE_HEADERS
+            or name.startswith(RETURNED_PREFIXES)
         ]
         self.content_type = response.headers.get("content-type", "")
         self.upstream_request_id = response.headers.get("x-request-id")
