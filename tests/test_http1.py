@@ -193,16 +193,7 @@ async def test_a_gzip_bomb_from_the_classifier_is_refused_within_the_bound() -> 
     bomb = _gzip_bomb(64 << 20)  # 64 MiB of zeros in ~64 KiB
     assert len(bomb) < 1 << 18
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader)
-            writer.write(
-                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip"
-                b"\r\ncontent-length: %d\r\n\r\n%s" % (len(bomb), bomb)
-            )
-            await writer.drain()
-
-    async for url, _ in serve(handler):
+    async for url, _ in serve(keep_alive(bomb, b"content-encoding: gzip\r\n")):
         client = SafeguardClient(url, "m")
         with pytest.raises(ClassifierError) as caught:
             await client.classify(POLICY, "content")
