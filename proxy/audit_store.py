@@ -6,10 +6,10 @@ writer (proxy.audit) owns the only read-write connection; readers (CLI, admin AP
 file read-only, which WAL lets them do while the gateway writes.
 
 SQLite lives here; PostgreSQL (`audit.url`) in proxy.audit_pg, with the same tables (both
-made from proxy.audit_schema). The
-seam is small: `open_writer` (insert, purge, close) and `open_reader` (an `execute` in
-sqlite3's shape), so the filters, queries and stats below are written once, in SQL both
-engines run (`1=1`, no `IS` between columns, a large number for "no limit").
+made from proxy.audit_schema). The seam is small: `open_writer` (insert, purge, close) and
+`open_reader` (an `execute` in sqlite3's shape), so the filters, queries and stats below
+are written once, in SQL both engines run (`1=1`, no `IS` between columns, a large number
+for "no limit").
 """
 
 from __future__ import annotations

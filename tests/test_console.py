@@ -397,6 +397,13 @@ def test_session_cookie_is_secure_unless_plain_http_from_loopback(make_gateway, 
         )
         assert remote.status_code == 303
         assert "; secure" in remote.headers["set-cookie"].lower()
+        # served over plain http elsewhere, the browser dropped the form's Secure cookie
+        dropped = httpx.post(
+            gw.url + "/console/login",
+            data={"key": ADMIN_KEY, "csrf": "x"},
+            headers={"x-forwarded-for": "203.0.113.9"},
+        )
+        assert dropped.status_code == 401 and "SAFEGUARD_CONSOLE_COOKIE_SECURE=0" in dropped.text
 
 
 def test_console_reviews_and_exports_on_postgresql(make_gateway, postgres_server, tmp_path):

@@ -166,12 +166,7 @@ class Console:
             try:
                 session = await self._session(request)
                 if session is None:
-                    target = request.url.path
-                    target += f"?{request.url.query}" if request.url.query else ""
-                    if request.method != "GET":  # a form can't be re-sent after sign-in
-                        target = self.url(request, "/decisions")
-                    login = self.url(request, "/login", {"next": target})
-                    return RedirectResponse(login, status_code=303)
+                    return self._to_sign_in(request)
                 request.scope["console_session"] = session
                 if request.method == "POST":
                     form = await self.form(request)
@@ -189,6 +184,12 @@ class Console:
                 )
 
         return endpoint
+
+    def _to_sign_in(self, request: Request) -> Response:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if request.method != "GET":  # a form can't be re-sent after sign-in
+            target = self.url(request, "/decisions")
+        return RedirectResponse(self.url(request, "/login", {"next": target}), status_code=303)
 
     async def _session(self, request: Request) -> Session | None:
         """The cookie's session unless it was signed out (on any worker: the store says)."""
