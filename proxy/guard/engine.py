@@ -6,6 +6,10 @@ side run in parallel; shadow policies run in the background and never change any
 A policy of `scope: per_message` (the default) classifies every piece on its own, so a
 conversation's earlier turns are cache hits and only new text costs a model call.
 
+Cached verdicts are read synchronously: `judge_request`/`judge_response` return the
+side's result itself when nothing is left to ask (no coroutine, no task: the common case
+of a repeated conversation), else an awaitable of it; `check_*` are the awaitable forms.
+
 The engine does no telemetry: what it did goes to its observers (proxy/guard/observers.py).
 """
 
@@ -132,7 +136,11 @@ class SideResult:
         return [o for o in self.outcomes if o.effect == "block"]
 
     def filter_results(self) -> dict[str, dict[str, Any]]:
-        return {o.policy.id: o.filter_result() for o in self.outcomes if not o.verdict.error}
+        results = {}
+        for outcome in self.outcomes:  # a loop: a comprehension's frame costs more here
+            if not outcome.verdict.error:
+                results[outcome.policy.id] = outcome.filter_result()
+        return results
 
 
 class Guard:
@@ -228,7 +236,7 @@ class Guard:
             return _Pending(job, contents, verdicts)
         if not verdicts:
             return None
-        return self._outcome(job, verdicts[0] if len(verdicts) == 1 else _worst(verdicts))  # type: ignore[arg-type]
+        return self._outcome(job, _worst(verdicts))  # type: ignore[arg-type]
 
     async def _classify(self, pending: _Pending) -> Outcome:
         """The units the cache did not have, from the classifier in parallel."""
