@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -27,6 +27,7 @@ from proxy.exchange import Exchange, since
 from proxy.gateway import Gateway
 from proxy.handler import ProxyHandler, client_request_id, new_request_id
 from proxy.mcp import messages as m
+from proxy.mcp import params
 from proxy.mcp.record import McpCall
 from proxy.mcp.screen import Screen
 from proxy.openai_api import OpenAIError
@@ -51,9 +52,6 @@ _FORWARD = frozenset(
         b"mcp-name",
     )
 )
-# MCP 2026-07-28 mirrors some tool arguments into `Mcp-Param-*` headers (the server
-# checks they match the body): forwarded as they are, dropped once arguments were redacted.
-_PARAM = b"mcp-param-"
 _RETURN = frozenset(
     (b"content-type", b"mcp-session-id", b"mcp-protocol-version", b"cache-control", b"allow")
 )
@@ -163,16 +161,22 @@ class McpHandler:
         except m.Invalid as exc:
             raise Reject(400, exc.code, str(exc)) from None
         call.take(message)
+        mirrored = params.matched(scope["headers"], message)
         answer, raw = await self.screen.client_message(ex, call, message, raw)
         if answer is not None:
             await self._answer(ex, send, answer)
             return
-        response = await self._forward(ex, call, scope, raw)
+        response = await self._forward(ex, call, scope, raw, params.rendered(mirrored, message))
         expect = message if message.kind == "request" else None
         await self._relay(ex, call, response, send, expect)
 
     async def _forward(
-        self, ex: Exchange, call: McpCall, scope: dict, raw: bytes | None
+        self,
+        ex: Exchange,
+        call: McpCall,
+        scope: dict,
+        raw: bytes | None,
+        mirrored: Sequence[tuple[bytes, bytes]] = (),
     ) -> UpstreamResponse:
         upstream, (host, port) = self._upstream(call.server)
         operation = call.method or scope["method"]
@@ -184,12 +188,8 @@ class McpHandler:
         ex.upstream_span = span
         extra: dict[str, str] = {}
         self.gw.telemetry.inject(extra, span)
-        params = ex.decision != "redact"
-        forwarded = [
-            (k, v)
-            for k, v in scope["headers"]
-            if k in _FORWARD or (params and k.startswith(_PARAM))
-        ]
+        forwarded = [(k, v) for k, v in scope["headers"] if k in _FORWARD]
+        forwarded.extend(mirrored)  # Mcp-Param-*: only as the gateway checked them
         query = scope.get("query_string") or b""
         path = "?" + query.decode("latin-1") if query else ""
         ex.upstream_started = time.perf_counter()
