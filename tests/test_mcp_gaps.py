@@ -319,3 +319,18 @@ def test_mcp_param_headers_reach_the_server_only_as_checked_arguments(evil):
     assert sent[b"mcp-param-text"] == b"mail [REDACTED:EMAIL]"  # redacted with its argument
     (_, _, body) = server.received[0]
     assert body["params"]["arguments"]["text"] == "mail [REDACTED:EMAIL]"
+
+
+def test_object_keys_are_text_too(evil):
+    gw, server = evil
+    server.json(result(1, {"content": [], "structuredContent": {INJECTION: True}}))
+    response = post(gw, CALL)
+    assert INJECTION.encode() not in response.content
+    assert response.json()["result"]["isError"] is True
+    server.received.clear()
+    keyed = CALL | {"params": {"name": "echo", "arguments": {"best aimbot": "yes"}}}
+    assert "'cheating'" in post(gw, keyed).json()["result"]["content"][0]["text"]
+    # A redaction cannot rename a key: the call is blocked rather than sent unredacted.
+    mailed = CALL | {"params": {"name": "echo", "arguments": {"to bob@example.com": "hi"}}}
+    assert "'pii'" in post(gw, mailed).json()["result"]["content"][0]["text"]
+    assert server.received == []

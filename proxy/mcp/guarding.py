@@ -45,8 +45,11 @@ class Check:
 
     @property
     def flagged(self) -> list[str]:
-        """Policies whose verdict blocks."""
-        return sorted({o.policy.id for o in self.result.blocked()})
+        """Policies whose verdict blocks (or redacts, where that withholds: `_decided`)."""
+        blocked = self.result.blocked()
+        if not blocked and self.decision == "block":
+            blocked = [o for o in self.result.outcomes if o.effect == "redact"]
+        return sorted({o.policy.id for o in blocked})
 
 
 ALLOWED = Check(SideResult(), "allow")
@@ -83,7 +86,7 @@ class McpGuard:
         if not side.guarded or not slots:
             return ALLOWED
         result = await self._run(side, policies, [slots], context, side_name)
-        return Check(result, result.decision(fail))
+        return Check(result, _decided(result.decision(fail), slots))
 
     async def result(
         self,
@@ -100,7 +103,7 @@ class McpGuard:
             return ALLOWED
         context = _WHAT.get(method or "", _ANY).format(tool=tool, method=method)
         outcome = await self._run(side, policies, [slots], context, "output")
-        return Check(outcome, outcome.decision(fail))
+        return Check(outcome, _decided(outcome.decision(fail), slots))
 
     async def items(
         self,
@@ -127,14 +130,20 @@ class McpGuard:
             outcome.tool = str(item.get("name")) if isinstance(item, dict) else None
         dropped: dict[int, str] = {}
         for index, outcomes in by_item.items():
-            verdict = decide(outcomes, fail)
+            verdict = _decided(decide(outcomes, fail), per_item[index])
             if verdict in ("block", "error"):
-                why = sorted({o.policy.id for o in outcomes if o.effect == verdict})
+                effects = (verdict, "redact") if verdict == "block" else (verdict,)
+                why = sorted({o.policy.id for o in outcomes if o.effect in effects})
                 dropped[index] = (
                     f"flagged by {m.named(why)}" if verdict == "block" else "guard unavailable"
                 )
         kept_decision = decide([o for o in result.outcomes if o.effect != "block"], fail)
         return Check(result, "block" if dropped else kept_decision), dropped
+
+
+def _decided(decision: str, slots: list[Slot]) -> str:
+    """A redaction that would rewrite an object key blocks instead (keys stay as sent)."""
+    return "block" if decision == "redact" and m.rewrites_a_key(slots) else decision
 
 
 def note(ex: Exchange, check: Check, started: float, tool: str | None = None) -> None:

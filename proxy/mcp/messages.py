@@ -173,6 +173,32 @@ def readable(method: str, result: Any) -> bool:
     return True
 
 
+# Object keys are text too (a model reads `{"<sentence>": 1}`): one that is not a short
+# name is classified with the values.
+_NAME = re.compile(r"[A-Za-z0-9_.$@:/#-]{0,24}")
+
+
+@dataclass(slots=True)
+class KeySlot(Slot):
+    """An object key classified like a value. It is not renamed in place: a redaction
+    that would rewrite it withholds the message instead (`rewritten`)."""
+
+    rewritten: bool = False
+
+    @property
+    def text(self) -> str:
+        return str(self.key)
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self.rewritten = self.rewritten or value != self.key
+
+
+def rewrites_a_key(slots: list[Slot]) -> bool:
+    """Whether a redaction would have rewritten an object key (see `KeySlot`)."""
+    return any(isinstance(slot, KeySlot) and slot.rewritten for slot in slots)
+
+
 def string_slots(holder: Any, role: str = "tool", skip: frozenset[str] = frozenset()) -> list[Slot]:
     """A slot for every string in a JSON value, depth first in document order, structure
     skipped, and the top-level keys in `skip` (slots point into `holder` itself, so a
@@ -193,6 +219,8 @@ def _collect(
         for key, value in holder.items():
             if key in skip:
                 continue
+            if not _NAME.fullmatch(key):
+                found.append(KeySlot(holder, key, role))
             if isinstance(value, str):
                 if value and not _structural(holder, key, value):
                     found.append(Slot(holder, key, role))
@@ -216,6 +244,8 @@ def _deep_slots(holder: Any, role: str) -> Iterator[Slot]:
     while stack:
         for container, key in stack[-1]:
             value = container[key]
+            if isinstance(key, str) and not _NAME.fullmatch(key):
+                yield KeySlot(container, key, role)
             if isinstance(value, str):
                 if value and not (isinstance(key, str) and _structural(container, key, value)):
                     yield Slot(container, key, role)
