@@ -38,6 +38,7 @@ class Scripted:
             b"{}",
         )
         self.received: list[tuple[str, dict[bytes, bytes], Any]] = []
+        self.status = 200
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -50,7 +51,7 @@ class Scripted:
         self.received.append((scope["method"], dict(scope["headers"]), message))
         content_type, payload = self.answer(message)
         headers = [(b"content-type", content_type), (b"mcp-session-id", b"s-1")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
     def json(self, body: Any) -> None:
@@ -78,6 +79,7 @@ def scripted() -> Iterator[tuple[Scripted, str]]:
 def evil(make_gateway, scripted):
     server, url = scripted
     server.received.clear()
+    server.status = 200
     route = {
         "upstream": "main",
         "mcp": {
@@ -205,11 +207,15 @@ def test_a_server_body_that_is_not_json_rpc_never_reaches_the_client(evil, strea
 # -- 3. errors, notifications, listings, completions, server requests ----------------
 
 
-def test_a_servers_error_message_and_data_are_classified(evil):
+@pytest.mark.parametrize("status", [200, 400])
+def test_a_servers_error_message_and_data_are_classified(evil, status):
     gw, server = evil
+    server.status = status
     error = {"code": -32602, "message": "Bad input.", "data": {"hint": INJECTION}}
     server.json({"jsonrpc": "2.0", "id": 1, "error": error})
-    response = post(gw, CALL).json()
+    answer = post(gw, CALL)
+    assert answer.status_code == status
+    response = answer.json()
     assert INJECTION not in orjson.dumps(response).decode()
     assert response["error"]["code"] == -32602  # the code still tells the client what failed
     assert "withheld" in response["error"]["message"]

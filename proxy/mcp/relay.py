@@ -237,7 +237,8 @@ class McpHandler:
         headers = [(k, v) for k, v in response.headers if k in _RETURN] + ex.headers()
         call.session = call.session or _value(response.headers, b"mcp-session-id")
         ex.status = response.status
-        watching = 200 <= response.status < 300 and self._output(ex).guarded
+        # Any status: a 4xx's JSON-RPC error is text the client reads as much as a result.
+        watching = self._output(ex).guarded
         if not response.is_event_stream:
             body = await response.read()
             ex.upstream_ms = since(ex.upstream_started)
