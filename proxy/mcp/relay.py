@@ -6,7 +6,8 @@ Each message the client POSTs and each one the server answers with (`application
 or every event of a `text/event-stream`) goes through `Screen` (proxy.mcp.screen), which
 applies the route's MCP policies: this module authenticates, routes, moves the bytes and
 records what happened. `Mcp-Session-Id`, `MCP-Protocol-Version`, `Last-Event-ID`,
-`Accept` and MCP 2026-07-28's routing headers go both ways; the client's gateway key
+`Accept` and MCP 2026-07-28's routing headers go both ways (`Mcp-Param-*` only as
+the gateway checked them: proxy.mcp.params); the client's gateway key
 never reaches the server, and the server's configured headers never reach the client.
 A server that is unknown or not on the key's routes is a 404 either way (no tenant
 learns another's server names).

@@ -6,7 +6,7 @@ rewritten (redacted arguments; a flagged answer to the server's own request repl
 by a JSON-RPC error). A message the server sends may pass byte for byte, be replaced
 (a withheld result, a tool list without the flagged tools, instructions dropped), or
 be withheld altogether (a flagged request to the client, which the server is then told
-about). The HTTP side (proxy.mcp.relay) only moves the bytes.
+about): proxy.mcp.outbound. The HTTP side (proxy.mcp.relay) only moves the bytes.
 """
 
 from __future__ import annotations
