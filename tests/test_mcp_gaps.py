@@ -340,3 +340,27 @@ def test_object_keys_are_text_too(evil):
     mailed = CALL | {"params": {"name": "echo", "arguments": {"to bob@example.com": "hi"}}}
     assert "'pii'" in post(gw, mailed).json()["result"]["content"][0]["text"]
     assert server.received == []
+
+
+def test_an_initialize_result_is_read_whole_not_only_its_instructions(evil):
+    gw, server = evil
+    init = {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "serverInfo": {"name": "x", "version": "1", "description": INJECTION},
+        "instructions": "Plain tools.",
+    }
+    server.json(result(1, init))
+    request = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+        },
+    }
+    response = post(gw, request)
+    assert INJECTION.encode() not in response.content
+    assert response.json()["error"]["code"] == -32050

@@ -32,6 +32,8 @@ _WHAT = {
     m.COMPLETE: "Completions suggested by the tool server:\n",
     "error": "Error message from the tool server:\n",
     "notification": "Notification from the tool server ({tool}):\n",
+    "request": "Request from the tool server to the client ({tool}):\n",
+    "server": "The tool server's description of itself:\n",
 }
 _ANY = "Message from the tool server:\n"
 

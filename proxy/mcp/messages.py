@@ -355,8 +355,9 @@ def blocked_arguments(tool: str | None, policies: list[str]) -> dict[str, Any]:
 
 
 def withheld_result(tool: str | None, policies: list[str]) -> dict[str, Any]:
+    which = f"tool '{tool}'" if tool else "a tool"
     return tool_error(
-        f"The gateway withheld the result of tool '{tool}': it was flagged by "
+        f"The gateway withheld the result of {which}: it was flagged by "
         f"{named(policies)} (for example, instructions hidden in the tool's output). "
         "Do not retry the same call expecting a different result."
     )

@@ -120,11 +120,18 @@ class Outbound:
         if method in m.LISTS:
             return await self._listing(ex, call, message, method)
         if method in (m.INITIALIZE, m.DISCOVER):
-            slots = m.result_slots(method, result)
-            check = await self._check(ex, method, None, slots)
+            rest = _text(result, "instructions", "protocolVersion", "supportedVersions")
+            about = await self._check(ex, "server", None, rest)
+            if about.decision == "error" and not any(isinstance(s, m.KeySlot) for s in rest):
+                for slot in rest:  # unchecked: the client connects without the text
+                    slot.text = ""
+            elif about.decision in ("block", "error"):
+                return _withheld(message, method, None, about, call.version)
+            check = await self._check(ex, method, None, m.result_slots(method, result))
             if check.decision in ("block", "error"):  # it still connects, without them
                 del result["instructions"]
-            return message.body if check.decision == "allow" else dict(message.body)
+            changed = about.decision in ("redact", "error") or check.decision != "allow"
+            return dict(message.body) if changed else message.body
         slots = _text(result)
         check = await self._check(ex, method, tool, slots)
         if check.decision in ("block", "error"):
@@ -211,9 +218,10 @@ class Outbound:
         )
 
 
-def _text(holder: Any) -> list[Slot]:
-    """Every string a message part carries, plumbing (`_meta`, cursors) aside."""
-    return m.string_slots(holder, skip=m.PLUMBING)
+def _text(holder: Any, *besides: str) -> list[Slot]:
+    """Every string a message part carries, plumbing (`_meta`, cursors) and the top-level
+    keys `besides` aside."""
+    return m.string_slots(holder, skip=m.PLUMBING.union(besides) if besides else m.PLUMBING)
 
 
 def _error_slots(message: m.Message) -> list[Slot]:
