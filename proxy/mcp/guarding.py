@@ -83,8 +83,7 @@ class McpGuard:
         context: str,
         side_name: str = "input",
     ) -> Check:
-        """What one message carries (redacted in place): a client's to the server on the
-        input side, a server's request to the client on the output side."""
+        """What one message carries (redacted in place), classified after `context`."""
         if not side.guarded or not slots:
             return ALLOWED
         result = await self._run(side, policies, [slots], context, side_name)
@@ -101,11 +100,8 @@ class McpGuard:
     ) -> Check:
         """A server's result, error or notification (its slots) before the client sees
         it, introduced by what it is (`method` None: a result whose request is unknown)."""
-        if not side.guarded or not slots:
-            return ALLOWED
-        context = _WHAT.get(method or "", _ANY).format(tool=tool, method=method)
-        outcome = await self._run(side, policies, [slots], context, "output")
-        return Check(outcome, _decided(outcome.decision(fail), slots))
+        context = _WHAT.get(method or "", _ANY).format(tool=tool)
+        return await self.text(side, policies, fail, slots, context, "output")
 
     async def items(
         self,
