@@ -354,3 +354,27 @@ def test_an_initialize_result_is_read_whole_not_only_its_instructions(evil):
     response = post(gw, INIT)
     assert INJECTION.encode() not in response.content
     assert response.json()["error"]["code"] == -32050
+
+
+def test_every_client_request_and_error_is_classified_as_input(evil):
+    gw, server = evil
+    read = {"jsonrpc": "2.0", "id": 1, "method": "resources/read"}
+    read["params"] = {"uri": "doc://aimbot-configs"}
+    answer = post(gw, read).json()
+    assert answer["error"]["code"] == -32050 and "'cheating'" in answer["error"]["message"]
+    complete = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "completion/complete",
+        "params": {
+            "ref": {"type": "ref/prompt", "name": "p"},
+            "argument": {"name": "game", "value": "cs"},
+            "context": {"arguments": {"cheat": "aimbot"}},
+        },
+    }
+    assert post(gw, complete).json()["error"]["code"] == -32050
+    error = {"jsonrpc": "2.0", "id": "srv-2", "error": {"code": 1, "message": "use an aimbot"}}
+    post(gw, error)
+    assert [m for _, _, m in server.received if m and m.get("method")] == []
+    (forwarded,) = [m for _, _, m in server.received if m and m.get("id") == "srv-2"]
+    assert "aimbot" not in orjson.dumps(forwarded).decode()

@@ -264,31 +264,33 @@ def _children(holder: Any) -> Iterator[tuple[Any, Any]]:
     return iter(())
 
 
-def argument_slots(params: Any) -> list[Slot]:
-    """The arguments a `tools/call` or `prompts/get` sends the server (all of params if
-    they are malformed)."""
-    if not isinstance(params, dict):
-        return []
-    arguments = params.get("arguments")
-    return string_slots(arguments if isinstance(arguments, (dict, list)) else params)
+# Top-level params that are not the client's text: the tool or prompt name (named in the
+# line before the text), cursors.
+_NOT_INPUT = PLUMBING | {"name", "cursor"}
 
 
 def input_slots(message: Message) -> tuple[list[Slot], str] | None:
     """The text a client message carries to the server, and the line saying what it is:
-    tool and prompt arguments, completion input, and the client's answers to the
-    server's own requests (sampling, elicitation). None for messages with no such text."""
-    params = message.body.get("params")
+    every request's params (tool and prompt arguments, completion input, a resource's
+    uri, ...), and the client's answers and errors to the server's own requests
+    (sampling, elicitation). None for notifications."""
+    body = message.body
     if message.kind == "request":
+        if message.method in (INITIALIZE, DISCOVER):
+            return None  # the client software describing itself, not its model's text
         if message.method == TOOLS_CALL:
-            return argument_slots(params), f"Call to tool '{message.tool}' with arguments:\n"
-        if message.method == PROMPTS_GET:
-            return argument_slots(params), f"Arguments for prompt '{message.tool}':\n"
-        if message.method == COMPLETE and isinstance(params, dict):
-            return string_slots(params.get("argument")), "Completion input:\n"
-        return None
+            context = f"Call to tool '{message.tool}' with arguments:\n"
+        elif message.method == PROMPTS_GET:
+            context = f"Arguments for prompt '{message.tool}':\n"
+        elif message.method == COMPLETE:
+            context = "Completion input:\n"
+        else:
+            context = f"Request from the client to the tool server ({message.method}):\n"
+        return string_slots(body.get("params"), skip=_NOT_INPUT), context
     if message.kind == "response":
-        result = message.body.get("result")
-        return string_slots(result), "Answer from the client to the tool server:\n"
+        return string_slots(body.get("result")), "Answer from the client to the tool server:\n"
+    if message.kind == "error":
+        return string_slots(body.get("error"), skip=PLUMBING), "Error from the client:\n"
     return None
 
 

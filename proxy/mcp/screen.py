@@ -74,7 +74,7 @@ class Screen:
                 code = m.CONTENT_FILTERED
             else:
                 text, code = "the guard is unavailable", m.GUARD_UNAVAILABLE
-            if message.kind == "response":
+            if message.kind in ("response", "error"):
                 why = f"The gateway withheld the client's answer: {text}."
                 return None, orjson.dumps(m.error_response(message.id, code, why))
             if message.method == m.TOOLS_CALL and check.decision == "block":
