@@ -311,11 +311,18 @@ def test_mcp_param_headers_reach_the_server_only_as_checked_arguments(evil):
     gw, server = evil
     server.json(result(1, {"content": [{"type": "text", "text": "ok"}]}))
     call = CALL | {"params": {"name": "echo", "arguments": {"text": "hello", "region": "eu"}}}
-    smuggled = {"mcp-param-region": "eu", "mcp-param-note": "aimbot configs for csgo"}
+    smuggled = {
+        "mcp-param-region": "eu",
+        "mcp-param-note": "aimbot configs for csgo",
+        "mcp-method": "tools/call",
+        "mcp-name": "aimbot configs",
+    }
     post(gw, call, smuggled)
     sent = _sent_headers(server)
     assert sent[b"mcp-param-region"] == b"eu"  # mirrors an argument the gateway classified
-    assert b"mcp-param-note" not in sent  # mirrors none: never forwarded
+    assert sent[b"mcp-method"] == b"tools/call"  # mirrors the body's method
+    assert b"mcp-param-note" not in sent  # mirrors nothing: never forwarded
+    assert b"mcp-name" not in sent  # not the called tool's name
     server.received.clear()
     email = "mail bob@example.com"
     encoded = "=?base64?" + base64.b64encode(email.encode()).decode() + "?="

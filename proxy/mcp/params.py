@@ -7,7 +7,8 @@ value is one of the `tools/call` arguments the gateway classified reaches the se
 matched to that argument before the check, and re-rendered from it after (a redaction
 rewrites the header too). Any other `Mcp-Param-*` header (one that matches no argument,
 or on another method) is not forwarded: a server that declared it then refuses the call
-as a header mismatch, as it would refuse a client that sent it wrong.
+as a header mismatch, as it would refuse a client that sent it wrong. The routing
+headers `Mcp-Method` and `Mcp-Name` are held to the body the same way.
 """
 
 from __future__ import annotations
@@ -27,34 +28,47 @@ _SAFE = re.compile(r"[\x20-\x7E]*")
 Path = tuple[str | int, ...]
 
 
+ROUTING = (b"mcp-method", b"mcp-name")
+
+
 def matched(headers: Iterable[tuple[bytes, bytes]], message: m.Message) -> list[tuple[bytes, Path]]:
-    """Each `Mcp-Param-*` header of a `tools/call` with the argument it mirrors (its path
-    in `arguments`); headers that mirror none are left out."""
-    found = [(k, v) for k, v in headers if k.startswith(PREFIX)]
-    if not found or message.kind != "request" or message.method != m.TOOLS_CALL:
-        return []
-    params = message.body.get("params")
-    arguments = params.get("arguments") if isinstance(params, dict) else None
-    values = dict(_scalars(arguments, ())) if isinstance(arguments, dict) else {}
-    by_value: dict[str, Path] = {}
-    for path, value in values.items():
-        by_value.setdefault(value, path)
-    kept = []
-    for name, raw in found:
-        path = by_value.get(_decode(raw.decode("latin-1")) or "")
-        if path is not None:
-            kept.append((name, path))
+    """Each header that mirrors the body with the place it mirrors (a path into the
+    message): `Mcp-Method` its method, `Mcp-Name` its params' name or uri, and on a
+    `tools/call` each `Mcp-Param-*` one of the arguments. Headers that mirror nothing
+    are left out."""
+    body = message.body
+    params = body.get("params") if isinstance(body.get("params"), dict) else {}
+    kept: list[tuple[bytes, Path]] = []
+    by_value: dict[str, Path] | None = None
+    for name, raw in headers:
+        value = None
+        if name == b"mcp-method" or name == b"mcp-name":
+            value = _decode(raw.decode("latin-1"))
+            places: tuple[Path, ...] = (
+                (("method",),) if name == b"mcp-method" else (("params", "name"), ("params", "uri"))
+            )
+            for place in places:
+                if value is not None and _scalar(_at(body, place)) == value:
+                    kept.append((name, place))
+                    break
+        elif name.startswith(PREFIX) and message.method == m.TOOLS_CALL:
+            if by_value is None:
+                arguments = params.get("arguments")
+                by_value = {}
+                for path, text in _scalars(arguments if isinstance(arguments, dict) else {}, ()):
+                    by_value.setdefault(text, ("params", "arguments", *path))
+            path = by_value.get(_decode(raw.decode("latin-1")) or "")
+            if path is not None:
+                kept.append((name, path))
     return kept
 
 
 def rendered(found: list[tuple[bytes, Path]], message: m.Message) -> list[tuple[bytes, bytes]]:
-    """The headers to forward, each rendered from its argument as it is now (redacted or
-    not); one whose argument is no longer a scalar is dropped."""
-    params = message.body.get("params")
-    arguments = params.get("arguments") if isinstance(params, dict) else None
+    """The headers to forward, each rendered from the place it mirrors as it is now
+    (redacted or not); one whose value is no longer a scalar is dropped."""
     headers = []
     for name, path in found:
-        value = _scalar(_at(arguments, path))
+        value = _scalar(_at(message.body, path))
         if value is not None:
             headers.append((name, _encode(value).encode("latin-1")))
     return headers

@@ -49,8 +49,6 @@ _FORWARD = frozenset(
         b"mcp-session-id",
         b"mcp-protocol-version",
         b"last-event-id",
-        b"mcp-method",  # MCP 2026-07-28 routing headers, mirrored from the body
-        b"mcp-name",
     )
 )
 _RETURN = frozenset(
@@ -190,7 +188,8 @@ class McpHandler:
         extra: dict[str, str] = {}
         self.gw.telemetry.inject(extra, span)
         forwarded = [(k, v) for k, v in scope["headers"] if k in _FORWARD]
-        forwarded.extend(mirrored)  # Mcp-Param-*: only as the gateway checked them
+        # Mcp-Method, Mcp-Name, Mcp-Param-*: only as they mirror the body the gateway checked
+        forwarded.extend(mirrored)
         query = scope.get("query_string") or b""
         path = "?" + query.decode("latin-1") if query else ""
         ex.upstream_started = time.perf_counter()
