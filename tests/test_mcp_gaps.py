@@ -385,3 +385,14 @@ def test_every_client_request_and_error_is_classified_as_input(evil):
     assert [m for _, _, m in server.received if m and m.get("method")] == []
     (forwarded,) = [m for _, _, m in server.received if m and m.get("id") == "srv-2"]
     assert "aimbot" not in orjson.dumps(forwarded).decode()
+
+
+def test_a_flagged_client_notification_is_accepted_but_never_sent(evil):
+    gw, server = evil
+    server.answer = lambda _: (b"application/json", b"")
+    note = {"jsonrpc": "2.0", "method": "notifications/cancelled"}
+    flagged = post(gw, note | {"params": {"requestId": 3, "reason": "wallhack time"}})
+    assert flagged.status_code == 202 and flagged.content == b""
+    assert server.received == []
+    post(gw, note | {"params": {"requestId": 3, "reason": "user pressed stop"}})
+    assert [m["params"]["reason"] for _, _, m in server.received] == ["user pressed stop"]

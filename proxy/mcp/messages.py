@@ -269,11 +269,15 @@ def _children(holder: Any) -> Iterator[tuple[Any, Any]]:
 _NOT_INPUT = PLUMBING | {"name", "cursor"}
 
 
+# The gateway's answer to a client notification it did not send: 202, no body.
+ACCEPTED: dict[str, Any] = {}
+
+
 def input_slots(message: Message) -> tuple[list[Slot], str] | None:
     """The text a client message carries to the server, and the line saying what it is:
     every request's params (tool and prompt arguments, completion input, a resource's
     uri, ...), and the client's answers and errors to the server's own requests
-    (sampling, elicitation). None for notifications."""
+    (sampling, elicitation), notifications' params (a cancellation's reason, ...)."""
     body = message.body
     if message.kind == "request":
         if message.method in (INITIALIZE, DISCOVER):
@@ -291,7 +295,8 @@ def input_slots(message: Message) -> tuple[list[Slot], str] | None:
         return string_slots(body.get("result")), "Answer from the client to the tool server:\n"
     if message.kind == "error":
         return string_slots(body.get("error"), skip=PLUMBING), "Error from the client:\n"
-    return None
+    context = f"Notification from the client ({message.method}):\n"
+    return string_slots(body.get("params"), skip=PLUMBING), context
 
 
 def result_slots(method: str, result: dict[str, Any]) -> list[Slot]:

@@ -287,7 +287,12 @@ class McpHandler:
         return ex.route.mcp.output
 
     async def _answer(self, ex: Exchange, send: Sender, body: dict[str, Any]) -> None:
-        """The gateway answers a request itself (the server never sees it)."""
+        """The gateway answers a request itself (the server never sees it); a notification
+        it did not send is accepted (202), as the server would."""
+        if body is m.ACCEPTED:
+            ex.status = 202
+            await send.whole(202, ex.headers(), b"")
+            return
         ex.status = 200
         await send.whole(200, [(b"content-type", JSON), *ex.headers()], orjson.dumps(body))
 

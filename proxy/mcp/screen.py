@@ -77,6 +77,8 @@ class Screen:
             if message.kind in ("response", "error"):
                 why = f"The gateway withheld the client's answer: {text}."
                 return None, orjson.dumps(m.error_response(message.id, code, why))
+            if message.kind == "notification":
+                return m.ACCEPTED, raw  # not sent; a notification has no answer to refuse
             if message.method == m.TOOLS_CALL and check.decision == "block":
                 result = m.blocked_arguments(message.tool, check.flagged)
                 return m.result_response(message.id, result, call.version), raw
