@@ -396,3 +396,17 @@ def test_a_flagged_client_notification_is_accepted_but_never_sent(evil):
     assert server.received == []
     post(gw, note | {"params": {"requestId": 3, "reason": "user pressed stop"}})
     assert [m["params"]["reason"] for _, _, m in server.received] == ["user pressed stop"]
+
+
+def test_meta_is_read_too(evil):
+    """Clients show some of `_meta` to their model (a widget's description)."""
+    gw, server = evil
+    meta = {"openai/widgetDescription": INJECTION}
+    tool = {"name": "w", "inputSchema": {"type": "object"}, "_meta": meta}
+    clean = {"name": "v", "inputSchema": {"type": "object"}}
+    server.json(result(1, {"tools": [tool, clean]}))
+    listing = post(gw, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).json()
+    assert listing["result"]["tools"] == [clean]
+    server.json(result(1, {"content": [], "_meta": meta}))
+    response = post(gw, CALL)
+    assert INJECTION.encode() not in response.content

@@ -59,7 +59,8 @@ GUARDED_RESULTS: dict[str, type[BaseModel]] = {
 }
 
 # Keys of a result or params that are plumbing, not text: never classified.
-PLUMBING = frozenset(("_meta", "nextCursor", "resultType"))
+# (`_meta` is not: clients show some of it to their model, e.g. a widget's description.)
+PLUMBING = frozenset(("nextCursor", "cursor", "resultType"))
 
 # JSON-RPC error codes: the standard ones, and the gateway's in the server range.
 PARSE_ERROR = -32700
@@ -266,7 +267,7 @@ def _children(holder: Any) -> Iterator[tuple[Any, Any]]:
 
 # Top-level params that are not the client's text: the tool or prompt name (named in the
 # line before the text), cursors.
-_NOT_INPUT = PLUMBING | {"name", "cursor"}
+_NOT_INPUT = PLUMBING | {"name"}
 
 
 # The gateway's answer to a client notification it did not send: 202, no body.
@@ -300,7 +301,7 @@ def input_slots(message: Message) -> tuple[list[Slot], str] | None:
 
 
 def result_slots(method: str, result: dict[str, Any]) -> list[Slot]:
-    """The text of a tools/call, resources/read or prompts/get result (`_meta` aside),
+    """The text of a tools/call, resources/read or prompts/get result,
     or the server's `instructions` in an initialize result."""
     if method in (INITIALIZE, DISCOVER):
         return [Slot(result, "instructions", "tool")] if result.get("instructions") else []
@@ -308,12 +309,12 @@ def result_slots(method: str, result: dict[str, Any]) -> list[Slot]:
 
 
 _ITEM_HEAD = ("name", "title", "description")
-_NOT_REST = frozenset((*_ITEM_HEAD, "_meta"))
+_NOT_REST = frozenset(_ITEM_HEAD)
 
 
 def item_slots(items: list[Any]) -> list[list[Slot]]:
     """Per item of a listing (a tool, prompt, resource): name, title and description
-    first, then every other string (schemas, arguments, annotations, `_meta` aside)."""
+    first, then every other string (schemas, arguments, annotations, `_meta`)."""
     per_item: list[list[Slot]] = []
     for item in items:
         if not isinstance(item, dict):

@@ -219,7 +219,7 @@ class Outbound:
 
 
 def _text(holder: Any, *besides: str) -> list[Slot]:
-    """Every string a message part carries, plumbing (`_meta`, cursors) and the top-level
+    """Every string a message part carries, plumbing (cursors) and the top-level
     keys `besides` aside."""
     return m.string_slots(holder, skip=m.PLUMBING.union(besides) if besides else m.PLUMBING)
 
