@@ -173,6 +173,9 @@ def test_each_message_of_a_servers_batch_is_screened(evil):
     assert INJECTION.encode() not in response.content
     (withheld,) = response.json()  # the server's request never reaches the client
     assert withheld["id"] == 1 and withheld["result"]["isError"] is True
+    server.json([ask])  # nothing left: the client still gets an answer to its request
+    alone = post(gw, CALL | {"id": 2}).json()
+    assert alone["id"] == 2 and alone["error"]["code"] == -32050
     deadline = time.monotonic() + 5  # the gateway refuses the server's request in the background
     while not (refusals := [m for _, _, m in server.received if m and m.get("id") == "srv-1"]):
         assert time.monotonic() < deadline
@@ -194,8 +197,10 @@ def test_a_server_body_that_is_not_json_rpc_never_reaches_the_client(evil, strea
     if stream:
         server.sse(garbage, {"jsonrpc": "2.0", "content": INJECTION})
     else:
-        server.json(garbage)
+        server.answer = lambda _: (b"text/html", garbage)
     response = post(gw, CALL)
+    if not stream:
+        assert response.headers["content-type"] == "application/json"
     assert INJECTION.encode() not in response.content
     answers = events(response) if stream else [response.json()]
     assert len(answers) == (2 if stream else 1)

@@ -243,7 +243,14 @@ class McpHandler:
             body = await response.read()
             ex.upstream_ms = since(ex.upstream_started)
             if watching and body:
-                body = await self.screen.server_message(ex, call, body, expect)
+                screened = await self.screen.server_message(ex, call, body, expect)
+                if screened is not body:  # the gateway's JSON now, whatever the server said
+                    headers = [(k, v) for k, v in headers if k != b"content-type"]
+                    headers.append((b"content-type", JSON))
+                if not screened and expect is not None:  # all withheld: the client still waits
+                    why = "The gateway withheld the MCP server's whole answer."
+                    screened = orjson.dumps(m.error_response(expect.id, m.CONTENT_FILTERED, why))
+                body = screened
             await send.whole(response.status, headers, body)
             return
         await send.start(response.status, headers)
