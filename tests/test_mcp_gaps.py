@@ -273,19 +273,17 @@ def test_listings_other_than_tools_drop_their_flagged_items(evil, method):
     assert record["decision"] == "block"
 
 
+def completion(rpc_id: int, argument: dict, context: dict | None = None) -> dict[str, Any]:
+    params = {"ref": {"type": "ref/prompt", "name": "p"}, "argument": argument}
+    if context:
+        params["context"] = context
+    return {"jsonrpc": "2.0", "id": rpc_id, "method": "completion/complete", "params": params}
+
+
 def test_completion_values_are_classified(evil):
     gw, server = evil
     server.json(result(1, {"completion": {"values": ["paris", INJECTION]}}))
-    request = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "completion/complete",
-        "params": {
-            "ref": {"type": "ref/prompt", "name": "p"},
-            "argument": {"name": "city", "value": "pa"},
-        },
-    }
-    response = post(gw, request)
+    response = post(gw, completion(1, {"name": "city", "value": "pa"}))
     assert INJECTION.encode() not in response.content
     assert response.json()["error"]["code"] == -32050
 
@@ -374,16 +372,7 @@ def test_every_client_request_and_error_is_classified_as_input(evil):
     read["params"] = {"uri": "doc://aimbot-configs"}
     answer = post(gw, read).json()
     assert answer["error"]["code"] == -32050 and "'cheating'" in answer["error"]["message"]
-    complete = {
-        "jsonrpc": "2.0",
-        "id": 2,
-        "method": "completion/complete",
-        "params": {
-            "ref": {"type": "ref/prompt", "name": "p"},
-            "argument": {"name": "game", "value": "cs"},
-            "context": {"arguments": {"cheat": "aimbot"}},
-        },
-    }
+    complete = completion(2, {"name": "game", "value": "cs"}, {"arguments": {"cheat": "aimbot"}})
     assert post(gw, complete).json()["error"]["code"] == -32050
     error = {"jsonrpc": "2.0", "id": "srv-2", "error": {"code": 1, "message": "use an aimbot"}}
     post(gw, error)
