@@ -1,16 +1,22 @@
-"""Chat Completions: text in `messages` (every role, parts, names, tool calls), `tools`
-and `response_format` descriptions; answers per choice, tool calls each on their own."""
+"""Chat Completions: text in `messages` (every role, parts, names, tool calls, reasoning
+sent back), `tools` and `response_format` descriptions, and the fields self-hosted servers
+(vLLM, SGLang) render into the prompt: `documents`, `chat_template_kwargs`. Fields that
+replace the text the guard reads (token ids, embeddings, a client's own chat template)
+are refused. Answers per choice: content, refusal and audio transcript as one piece, each
+tool call on its own, reasoning when the route guards it."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from proxy.openai_api import bad_request
 from proxy.surfaces.text import (
     Piece,
     Slot,
     as_list,
     as_object,
     descriptions,
+    leaves,
     texts,
     tool_defs,
     wrong_type,
@@ -19,11 +25,16 @@ from proxy.surfaces.text import (
 ENDPOINT = "/v1/chat/completions"
 PROMPT_PARAM = "messages"
 # Keys of a message (and of what it nests) that carry text the model reads.
+# `thinking` parts and `reasoning_content`/`reasoning` of earlier turns: templates that
+# keep reasoning render it into the prompt.
 MESSAGE_KEYS = frozenset(
     ("content", "text", "refusal", "output", "name", "tool_calls", "function_call", "function",
-     "arguments", "custom", "input")
+     "arguments", "custom", "input", "thinking", "reasoning_content", "reasoning")
 )  # fmt: skip
 CONTENT_KEYS = frozenset(("content", "text", "refusal"))
+# Prompts that are not text, or a template that turns the text read into other text: a
+# guarded route cannot classify what the model would read, so it refuses them.
+UNREADABLE = ("chat_template", "input_ids", "prompt_token_ids", "prompt_embeds", "input_embeds")
 
 
 def input_pieces(body: dict[str, Any]) -> list[Piece]:
@@ -41,8 +52,14 @@ def input_pieces(body: dict[str, Any]) -> list[Piece]:
             raise wrong_type((*where, "role"), role, "a string")
         slots = texts(message, where, MESSAGE_KEYS)
         pieces.append(Piece(role, tuple(slots)))
+        if isinstance(message.get("tools"), list):  # SGLang: tools on a system message
+            tools = descriptions(message["tools"], (*where, "tools"))
+            if tools:
+                pieces.append(Piece("tools", tuple(tools)))
+    refuse_unreadable(body, UNREADABLE)
     pieces += tool_defs(as_list(body, "tools"), "tools")
     pieces += tool_defs(as_list(body, "functions"), "functions")
+    pieces += _extensions(body)
     prediction = body.get("prediction")  # Predicted Outputs: text the model reads too
     if isinstance(prediction, dict):
         slots = texts(prediction, ("prediction",), CONTENT_KEYS)
@@ -51,8 +68,41 @@ def input_pieces(body: dict[str, Any]) -> list[Piece]:
     response_format = body.get("response_format")
     if isinstance(response_format, dict):
         slots = descriptions(response_format, ("response_format",))
+        schema = response_format.get("json_schema")
+        if isinstance(schema, dict) and isinstance(schema.get("name"), str):
+            slots.insert(0, Slot(("response_format", "json_schema", "name"), schema["name"]))
         if slots:
             pieces.append(Piece("tools", tuple(slots)))
+    return pieces
+
+
+def refuse_unreadable(body: dict[str, Any], names: tuple[str, ...]) -> None:
+    """400 naming the first field set whose prompt the guard cannot read as text."""
+    for name in names:
+        if body.get(name) is not None:
+            raise bad_request(
+                f"A guarded route reads the prompt as text: '{name}' is not accepted here.",
+                "unsupported_parameter",
+                name,
+            )
+
+
+def _extensions(body: dict[str, Any]) -> list[Piece]:
+    """vLLM's `documents` (RAG documents the chat template puts into the prompt) and the
+    string values of `chat_template_kwargs` (a template may render any of them)."""
+    pieces = []
+    documents = body.get("documents")
+    if documents is not None:
+        where = ("documents",)
+        for index, document in enumerate(as_list(body, "documents")):
+            slots = leaves(document, (*where, index))
+            if slots:
+                pieces.append(Piece("tool", tuple(slots)))
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is not None:
+        slots = leaves(as_object(kwargs, ("chat_template_kwargs",)), ("chat_template_kwargs",))
+        if slots:
+            pieces.append(Piece("system", tuple(slots)))
     return pieces
 
 

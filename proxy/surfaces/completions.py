@@ -1,6 +1,7 @@
 """Legacy Completions: text in `prompt` (a string or an array of strings) and `suffix`;
-answers in `choices[].text`. Token-id prompts cannot be read without the upstream's
-tokenizer, so a guarded route refuses them."""
+answers in `choices[].text`. Token-id prompts and prompt embeddings (vLLM's
+`prompt_embeds`, SGLang's `input_ids`/`input_embeds`) cannot be read without the upstream's
+tokenizer or model, so a guarded route refuses them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ PROMPT_PARAM = "prompt"
 annotate = chat.annotate
 
 
+UNREADABLE = ("prompt_embeds", "input_ids", "prompt_token_ids", "input_embeds")
+
+
 def input_pieces(body: dict[str, Any]) -> list[Piece]:
+    chat.refuse_unreadable(body, UNREADABLE)
     pieces = []
     prompt = body.get("prompt")
     if isinstance(prompt, str):

@@ -1,12 +1,21 @@
 """Responses API: text in `instructions`, `input` (a string or items of every kind:
 messages and their parts, function calls and their outputs, reasoning summaries),
-`tools` descriptions and `prompt` variables; answers per output item."""
+`tools` descriptions, `prompt` variables and the structured-output format (`text.format`:
+its name and every description in its schema); answers per output item."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from proxy.surfaces.text import Piece, Slot, as_object, texts, tool_defs, wrong_type
+from proxy.surfaces.text import (
+    Piece,
+    Slot,
+    as_object,
+    descriptions,
+    texts,
+    tool_defs,
+    wrong_type,
+)
 
 ENDPOINT = "/v1/responses"
 PROMPT_PARAM = "input"
@@ -57,6 +66,15 @@ def input_pieces(body: dict[str, Any]) -> list[Piece]:
         slots = texts(variables, where, frozenset((*variables, "text")), strict=False)
         if slots:
             pieces.append(Piece("user", tuple(slots)))
+    text = body.get("text")
+    form = text.get("format") if isinstance(text, dict) else None
+    if isinstance(form, dict):
+        where = ("text", "format")
+        slots = descriptions(form, where)
+        if isinstance(form.get("name"), str):
+            slots.insert(0, Slot((*where, "name"), form["name"]))
+        if slots:
+            pieces.append(Piece("tools", tuple(slots)))
     return pieces
 
 

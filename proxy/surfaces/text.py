@@ -117,6 +117,21 @@ def texts(node: Any, path: Path, keys: frozenset[str], strict: bool = True) -> l
     return out
 
 
+def leaves(value: Any, path: Path) -> list[Slot]:
+    """Every string inside a JSON value (a tool call's input), in document order."""
+    out: list[Slot] = []
+    stack: list[tuple[Any, Path]] = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, str):
+            out.append(Slot(where, node))
+        elif isinstance(node, dict):
+            stack.extend(reversed([(v, (*where, k)) for k, v in node.items()]))
+        elif isinstance(node, list):
+            stack.extend(reversed([(v, (*where, i)) for i, v in enumerate(node)]))
+    return out
+
+
 def descriptions(node: Any, path: Path) -> list[Slot]:
     """Every `description` string anywhere in a tool definition (its JSON Schema too)."""
     out: list[Slot] = []
