@@ -17,7 +17,7 @@ from typing import Any
 
 from proxy import anthropic_api
 from proxy.anthropic_api import MESSAGES
-from proxy.bodies import GZIP, IDENTITY, content_coding, gunzip
+from proxy.bodies import GZIP, IDENTITY, as_read, content_coding, gunzip, refuse_repeated_model
 from proxy.config import host_port
 from proxy.decision import Refuse, on_request, on_response
 from proxy.endpoints import FORWARD, MODELS_KIND, OTHER, Table, Target
@@ -165,6 +165,8 @@ class ProxyHandler:
                 param="model",
             )
         ex.route = route
+        if ex.tenant.routes:  # routed by model: a repeated `model` must not pick the route
+            refuse_repeated_model(raw)
         anthropic = ex.endpoint in anthropic_api.ENDPOINTS
         if (self.gw.config.upstreams[route.upstream].api == "anthropic") != anthropic:
             if anthropic:
@@ -321,6 +323,8 @@ class ProxyHandler:
             return
         surface = surface_for(ex.endpoint)
         pieces = surface.input_pieces(body) if side.guarded or self.keep_content else ()
+        if side.guarded:  # the upstream gets what the guard read (duplicate keys resolved)
+            raw = as_read(body, raw)
         if self.keep_content:
             ex.content["input"] = render(pieces, True)
         pending: asyncio.Future[UpstreamResponse] | None = None
