@@ -387,10 +387,8 @@ class ProxyHandler:
             ex.status = response.status
             return
         surface = surface_for(ex.endpoint)
-        if ex.endpoint == MESSAGES:  # thinking blocks are guarded when the route says so
-            pieces = surface.output_pieces(body, route.output.thinking)
-        else:
-            pieces = surface.output_pieces(body)
+        # reasoning (thinking blocks, reasoning_content, reasoning items) when the route says so
+        pieces = surface.output_pieces(body, route.output.thinking)
         if self.keep_content:
             ex.content["output"] = render(pieces, False)
         outputs = SideResult()

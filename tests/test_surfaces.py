@@ -312,10 +312,12 @@ def test_rewrite_makes_a_new_body_and_leaves_the_original_alone() -> None:
 # --- output ----------------------------------------------------------------------------------
 
 
-def out(endpoint: str, body: dict) -> list[tuple[int | None, str | None, list[str]]]:
+def out(
+    endpoint: str, body: dict, thinking: bool = False
+) -> list[tuple[int | None, str | None, list[str]]]:
     return [
         (p.choice, p.tool, [s.text for s in p.slots])
-        for p in surface_for(endpoint).output_pieces(body)
+        for p in surface_for(endpoint).output_pieces(body, thinking)
     ]
 
 
@@ -370,11 +372,11 @@ def test_responses_output_per_item_with_text() -> None:
             {"type": "web_search_call", "id": "ws"},
         ]
     }
-    assert out(RESPONSES, body) == [
-        (0, None, ["thinking"]),
+    assert out(RESPONSES, body) == [  # reasoning only when the route guards it
         (1, None, ["part one", "part two"]),
         (2, "f", ['{"x": 1}']),
     ]
+    assert out(RESPONSES, body, thinking=True)[0] == (0, None, ["thinking"])
 
 
 @pytest.mark.parametrize("endpoint", [CHAT, COMPLETIONS, RESPONSES])

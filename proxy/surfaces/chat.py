@@ -32,6 +32,15 @@ MESSAGE_KEYS = frozenset(
      "arguments", "custom", "input", "thinking", "reasoning_content", "reasoning")
 )  # fmt: skip
 CONTENT_KEYS = frozenset(("content", "text", "refusal"))
+# An answer's text: content, refusal and a spoken answer's transcript (`audio.transcript`).
+ANSWER_KEYS = CONTENT_KEYS | {"audio", "transcript"}
+# A model's reasoning as self-hosted servers and routers send it: vLLM/SGLang/DeepSeek
+# `reasoning_content`, vLLM/OpenRouter `reasoning`, OpenRouter `reasoning_details` parts.
+REASONING_KEYS = frozenset(("reasoning_content", "reasoning", "reasoning_details", "text",
+                            "summary"))  # fmt: skip
+# Withheld with a flagged choice (besides its content): everything else the model wrote.
+WITHHELD = frozenset(("tool_calls", "function_call", "audio", "reasoning_content", "reasoning",
+                      "reasoning_details"))  # fmt: skip
 # Prompts that are not text, or a template that turns the text read into other text: a
 # guarded route cannot classify what the model would read, so it refuses them.
 UNREADABLE = ("chat_template", "input_ids", "prompt_token_ids", "prompt_embeds", "input_embeds")
@@ -106,8 +115,10 @@ def _extensions(body: dict[str, Any]) -> list[Piece]:
     return pieces
 
 
-def output_pieces(body: dict[str, Any]) -> list[Piece]:
-    """Per choice: its content and refusal as one piece, each tool call as another."""
+def output_pieces(body: dict[str, Any], thinking: bool = False) -> list[Piece]:
+    """Per choice: its content, refusal and audio transcript as one piece, each tool call
+    as another, and its reasoning (`reasoning_content`, `reasoning`, `reasoning_details`)
+    as another when the route guards reasoning (`output.thinking`)."""
     pieces = []
     choices = body.get("choices")
     for index, choice in enumerate(choices if isinstance(choices, list) else ()):
@@ -116,11 +127,20 @@ def output_pieces(body: dict[str, Any]) -> list[Piece]:
             continue
         where = ("choices", index, "message")
         content, calls = message.get("content"), message.get("tool_calls")
-        if type(content) is str and not calls and not message.get("refusal"):
+        if (
+            type(content) is str
+            and not calls
+            and not message.get("refusal")
+            and ("audio" not in message)
+        ):
             slots = (Slot((*where, "content"), content),)
         else:
-            slots = tuple(texts(message, where, CONTENT_KEYS, False))
+            slots = tuple(texts(message, where, ANSWER_KEYS, False))
         pieces.append(Piece("assistant", slots, choice=index))
+        if thinking and not REASONING_KEYS.isdisjoint(message):
+            reasoning = tuple(texts(message, where, REASONING_KEYS, False))
+            if reasoning:
+                pieces.append(Piece("assistant", reasoning, choice=index))
         for n, call in enumerate(calls if isinstance(calls, list) else ()):
             kind = _call_kind(call)  # a function call, or a custom tool's free-form input
             if kind is not None:
@@ -147,7 +167,8 @@ def _call(function: dict[str, Any], where: tuple[str | int, ...], choice: int) -
 
 
 def withhold(body: dict[str, Any], choices: frozenset[int]) -> dict[str, Any]:
-    """The flagged choices' text and tool calls removed, finishing with content_filter."""
+    """The flagged choices' text, tool calls, audio and reasoning removed, finishing with
+    content_filter."""
     if not choices:
         return body
     out = dict(body, choices=list(body["choices"]))
@@ -155,7 +176,7 @@ def withhold(body: dict[str, Any], choices: frozenset[int]) -> dict[str, Any]:
         choice = dict(out["choices"][index], finish_reason="content_filter")
         message = choice.get("message")
         if isinstance(message, dict):
-            message = {k: v for k, v in message.items() if k not in ("tool_calls", "function_call")}
+            message = {k: v for k, v in message.items() if k not in WITHHELD}
             message["content"] = None
             if "refusal" in message:
                 message["refusal"] = None

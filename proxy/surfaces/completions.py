@@ -47,7 +47,7 @@ def _token_ids(value: Any) -> bool:
     )
 
 
-def output_pieces(body: dict[str, Any]) -> list[Piece]:
+def output_pieces(body: dict[str, Any], thinking: bool = False) -> list[Piece]:
     choices = body.get("choices")
     return [
         Piece("assistant", (Slot(("choices", i, "text"), c["text"]),), choice=i)

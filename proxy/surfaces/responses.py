@@ -22,7 +22,12 @@ PROMPT_PARAM = "input"
 ITEM_KEYS = frozenset(
     ("content", "text", "refusal", "output", "arguments", "input", "summary", "name")
 )
-OUTPUT_KEYS = ITEM_KEYS - {"name"}
+# Answers also carry what hosted tools were asked and did: a code interpreter's `code` and
+# `outputs[].logs`, a web search's `action.query`/`queries`/`pattern`, a computer's typed
+# `action.text`, shell `action.command`/`commands`.
+OUTPUT_KEYS = (ITEM_KEYS - {"name"}) | {
+    "code", "outputs", "logs", "action", "query", "queries", "pattern", "command", "commands"
+}  # fmt: skip
 ROLE_OF = {
     "function_call_output": "tool",
     "custom_tool_call_output": "tool",
@@ -78,17 +83,22 @@ def input_pieces(body: dict[str, Any]) -> list[Piece]:
     return pieces
 
 
-def output_pieces(body: dict[str, Any]) -> list[Piece]:
-    """One piece per output item with text: messages, function calls (named), summaries."""
+def output_pieces(body: dict[str, Any], thinking: bool = False) -> list[Piece]:
+    """One piece per output item with text: messages, tool calls (named) with what their
+    tools did (code and its logs, search queries, MCP output), and reasoning items (summary
+    and reasoning text) when the route guards reasoning (`output.thinking`)."""
     pieces = []
     items = body.get("output")
     for index, item in enumerate(items if isinstance(items, list) else ()):
         if not isinstance(item, dict):
             continue
+        kind = item.get("type")
+        if kind == "reasoning" and not thinking:
+            continue
         slots = texts(item, ("output", index), OUTPUT_KEYS, False)
         if not slots:
             continue
-        name = item.get("name") if item.get("type") != "message" else None
+        name = item.get("name") if kind != "message" else None
         tool = name if isinstance(name, str) else None
         pieces.append(Piece("assistant", tuple(slots), tool=tool, choice=index))
     return pieces
