@@ -63,6 +63,15 @@ _CALL_TEXT = {
     "mcp_call": "arguments",
     "code_interpreter_call": "code",
 }
+# Items whose text is read by `_item_paths` (not a message's content parts).
+_TOOL_ITEMS = frozenset(
+    (*_CALL_TEXT, "web_search_call", "reasoning", "computer_call", "local_shell_call", "shell_call")
+)
+# A shell call's commands stream one by one: event -> the field with the whole command.
+_SHELL_COMMAND = {
+    "response.shell_call_command.added": "command",
+    "response.shell_call_command.done": "command",
+}
 _CHAT_REASONING = ("reasoning_content", "reasoning")
 
 
@@ -322,6 +331,11 @@ def _responses(data: dict[str, Any], event: Event, thinking: bool = False) -> No
         for j, item in enumerate(data["response"].get("output") or ()):
             if isinstance(item, dict):
                 _item_finals(item, j, event, thinking)
+    elif kind == "response.shell_call_command.delta":
+        if isinstance(data.get("delta"), str) and data["delta"]:
+            event.texts = {(i, "commands", _index(data.get("command_index"))): data["delta"]}
+    elif kind in _SHELL_COMMAND and isinstance(data.get("command"), str):
+        event.finals = {(i, "commands", _index(data.get("command_index"))): data["command"]}
     elif thinking and kind in _REASONING_DELTAS:
         if isinstance(data.get("delta"), str) and data["delta"]:
             channel, at = _REASONING_DELTAS[kind]
@@ -353,6 +367,13 @@ def _item_paths(item: dict[str, Any], thinking: bool) -> list[tuple[Key | None, 
         paths += [((f, 0), ("action", f)) for f in ("query", "pattern")]  # type: ignore[misc]
         for j, _ in enumerate(action.get("queries") or ()):
             paths.append((("queries", j), ("action", "queries", j)))  # type: ignore[arg-type]
+    elif kind == "computer_call":  # text the computer types
+        paths.append((("text", 0), ("action", "text")))  # type: ignore[arg-type]
+    elif kind in ("local_shell_call", "shell_call") and isinstance(item.get("action"), dict):
+        field = "command" if kind == "local_shell_call" else "commands"
+        commands = item["action"].get(field)
+        for j, _ in enumerate(commands if isinstance(commands, list) else ()):
+            paths.append((("commands", j), ("action", field, j)))  # type: ignore[arg-type]
     elif kind == "reasoning" and thinking:
         for field, channel in (("summary", "summary"), ("content", "reasoning")):
             for j, _ in enumerate(item.get(field) or ()):
@@ -373,7 +394,7 @@ def _at(node: Any, path: tuple[Any, ...]) -> Any:
 
 def _item_finals(item: dict[str, Any], i: int, event: Event, thinking: bool = False) -> None:
     kind = item.get("type")
-    if kind in _CALL_TEXT or kind in ("web_search_call", "reasoning"):
+    if kind in _TOOL_ITEMS:
         if kind in _CALL_TEXT and isinstance(item.get("name"), str):
             event.names = {**event.names, i: item["name"]}
         finals = {}
@@ -464,7 +485,7 @@ def restated(event: Event, texts: dict[Key, str]) -> dict[str, Any]:
     data = _copy(event)
 
     def fix_item(item: dict[str, Any], i: int) -> None:
-        if item.get("type") in _CALL_TEXT or item.get("type") in ("web_search_call", "reasoning"):
+        if item.get("type") in _TOOL_ITEMS:
             for channel, path in _item_paths(item, True):
                 key = i if channel is None else (i, *channel)
                 if key in texts and isinstance(_at(item, path), str):
@@ -487,6 +508,10 @@ def restated(event: Event, texts: dict[Key, str]) -> dict[str, Any]:
             data["text"] = texts[key]
         elif key in texts and isinstance(data.get("part"), dict):
             data["part"]["text"] = texts[key]
+    elif kind in _SHELL_COMMAND:
+        key = (i, "commands", _index(data.get("command_index")))
+        if key in texts:
+            data["command"] = texts[key]
     elif kind == "response.refusal.done" and (i, "refusal", 0) in texts:
         data["refusal"] = texts[(i, "refusal", 0)]
     elif kind in ("response.content_part.added", "response.content_part.done"):

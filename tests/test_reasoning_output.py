@@ -219,14 +219,32 @@ REASONING_TEXT = {"type": "reasoning", "id": "rs", "summary": [], "content": [
     {"type": "reasoning_text", "text": f"Plan: {FLAGGED}"}]}  # fmt: skip
 CODE = {"type": "code_interpreter_call", "id": "ci", "status": "completed", "container_id": "c",
         "code": f"print('{FLAGGED}')", "outputs": []}  # fmt: skip
+TYPED = {"type": "computer_call", "id": "cu", "call_id": "c", "status": "completed",
+         "pending_safety_checks": [], "action": {"type": "type", "text": FLAGGED}}  # fmt: skip
+SHELL = {"type": "shell_call", "id": "sh", "call_id": "c", "status": "completed",
+         "action": {"commands": ["ls", f"echo '{FLAGGED}'"]}}  # fmt: skip
 SEARCH = {"type": "web_search_call", "id": "ws", "status": "completed",
           "action": {"type": "search", "query": FLAGGED}}  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("item", "thinking"),
-    [(REASONING, True), (REASONING_TEXT, True), (CODE, False), (SEARCH, False)],
-    ids=["reasoning summary", "reasoning text", "code interpreter code", "web search query"],
+    [
+        (REASONING, True),
+        (REASONING_TEXT, True),
+        (CODE, False),
+        (SEARCH, False),
+        (TYPED, False),
+        (SHELL, False),
+    ],
+    ids=[
+        "reasoning summary",
+        "reasoning text",
+        "code interpreter code",
+        "web search query",
+        "computer typing",
+        "shell command",
+    ],
 )
 def test_flagged_response_items_are_withheld(make_gateway, scripted, item, thinking) -> None:
     gw = gateway(make_gateway, scripted, thinking=thinking)
@@ -322,3 +340,19 @@ def test_a_search_query_restated_only_when_done_is_guarded(make_gateway, scripte
     assert events[-1].type == "response.incomplete"
     (record,) = audit_records(gw)
     assert record["decision"] == "block"
+
+
+def test_streamed_flagged_shell_commands_are_never_sent(make_gateway, scripted) -> None:
+    gw = gateway(make_gateway, scripted, thinking=False)
+    command = f"echo 'a long enough preamble first and then {FLAGGED}'"
+    added = {"type": "response.output_item.added", "output_index": 0, "sequence_number": 1,
+             "item": {**SHELL, "status": "in_progress", "action": {"commands": []}}}  # fmt: skip
+    deltas = [
+        {"type": "response.shell_call_command.delta", "output_index": 0, "command_index": 0,
+         "sequence_number": 2 + n, "delta": part}
+        for n, part in enumerate(split(command))
+    ]  # fmt: skip
+    scripted[0].events = responses_events(added, *deltas)
+    events = streamed_response(gw)
+    assert "kill" not in str([e.model_dump() for e in events])
+    assert events[-1].type == "response.incomplete"
