@@ -28,6 +28,7 @@ from proxy.anthropic_api import MESSAGES
 from proxy.openai_api import COMPLETIONS, RESPONSES
 
 Key = Union[int, tuple[int, str, int]]  # noqa: UP007 (a runtime alias)
+Channel = Union[tuple[str, int], None]  # noqa: UP007 (an item's own text, or another of its)
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 # Responses events that end a stream (`error` included: the upstream said why it stopped)
@@ -349,35 +350,35 @@ def _responses(data: dict[str, Any], event: Event, thinking: bool = False) -> No
             event.finals = {(i, "summary", _index(data.get("summary_index"))): part["text"]}
 
 
-def _item_paths(item: dict[str, Any], thinking: bool) -> list[tuple[Key | None, tuple[Any, ...]]]:
+def _item_paths(item: dict[str, Any], thinking: bool) -> list[tuple[Channel, tuple[Any, ...]]]:
     """Where a Responses output item other than a message keeps text: (its channel, or
     None for the item's own index, and its path inside the item)."""
     kind = item.get("type")
-    paths: list[tuple[Key | None, tuple[Any, ...]]] = []
+    paths: list[tuple[Channel, tuple[Any, ...]]] = []
     if kind in _CALL_TEXT:
         paths.append((None, (_CALL_TEXT[kind],)))
     if kind == "mcp_call":
-        paths.append((("output", 0), ("output",)))  # type: ignore[arg-type]
+        paths.append((("output", 0), ("output",)))
     elif kind == "code_interpreter_call":
         for j, output in enumerate(item.get("outputs") or ()):
             if isinstance(output, dict):
-                paths.append((("logs", j), ("outputs", j, "logs")))  # type: ignore[arg-type]
+                paths.append((("logs", j), ("outputs", j, "logs")))
     elif kind == "web_search_call" and isinstance(item.get("action"), dict):
         action = item["action"]
-        paths += [((f, 0), ("action", f)) for f in ("query", "pattern")]  # type: ignore[misc]
+        paths += [((f, 0), ("action", f)) for f in ("query", "pattern")]
         for j, _ in enumerate(action.get("queries") or ()):
-            paths.append((("queries", j), ("action", "queries", j)))  # type: ignore[arg-type]
+            paths.append((("queries", j), ("action", "queries", j)))
     elif kind == "computer_call":  # text the computer types
-        paths.append((("text", 0), ("action", "text")))  # type: ignore[arg-type]
+        paths.append((("text", 0), ("action", "text")))
     elif kind in ("local_shell_call", "shell_call") and isinstance(item.get("action"), dict):
         field = "command" if kind == "local_shell_call" else "commands"
         commands = item["action"].get(field)
         for j, _ in enumerate(commands if isinstance(commands, list) else ()):
-            paths.append((("commands", j), ("action", field, j)))  # type: ignore[arg-type]
+            paths.append((("commands", j), ("action", field, j)))
     elif kind == "reasoning" and thinking:
         for field, channel in (("summary", "summary"), ("content", "reasoning")):
             for j, _ in enumerate(item.get(field) or ()):
-                paths.append(((channel, j), (field, j, "text")))  # type: ignore[arg-type]
+                paths.append(((channel, j), (field, j, "text")))
     return paths
 
 
@@ -397,13 +398,13 @@ def _item_finals(item: dict[str, Any], i: int, event: Event, thinking: bool = Fa
     if kind in _TOOL_ITEMS:
         if kind in _CALL_TEXT and isinstance(item.get("name"), str):
             event.names = {**event.names, i: item["name"]}
-        finals = {}
+        finals: dict[Key, str] = {}
         for channel, path in _item_paths(item, thinking):
             text = _at(item, path)
             if isinstance(text, str):
                 finals[i if channel is None else (i, *channel)] = text
         if finals:
-            event.finals = {**event.finals, **finals}  # type: ignore[dict-item]
+            event.finals = {**event.finals, **finals}
         return
     texts, refusals = [], []
     for part in item.get("content") or ():

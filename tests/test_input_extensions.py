@@ -109,6 +109,7 @@ def test_safe_extension_text_is_forwarded(make_gateway, upstream) -> None:
             "type": "object", "properties": {"x": {"type": "string", "description": FLAGGED}}}}},
         {"format": {"type": "json_schema", "name": "buy_an_aimbot", "schema": SCHEMA}},
     ],
+    ids=["description", "schema description", "name"],
 )  # fmt: skip
 def test_responses_text_format_is_classified(make_gateway, upstream, text: dict) -> None:
     gw = make_gateway(guarded=GUARDED, policies=POLICIES)
@@ -162,3 +163,13 @@ def test_anthropic_search_results_and_nested_documents_are_classified(
             model="claude-1", max_tokens=16, messages=ANTHROPIC_PLACEMENTS[placement]
         )
     assert messages_upstream[0].requests == []
+
+
+def test_responses_mcp_server_description_is_classified(make_gateway, upstream) -> None:
+    gw = make_gateway(guarded=GUARDED, policies=POLICIES)
+    tool = {"type": "mcp", "server_label": "shop", "server_url": "https://mcp.example.com",
+            "server_description": FLAGGED, "require_approval": "never"}  # fmt: skip
+    with pytest.raises(openai.BadRequestError) as err:
+        client(gw).responses.create(model="guarded-1", input="hello", tools=[tool])
+    assert err.value.code == "content_filter"
+    assert upstream[0].requests == []

@@ -132,6 +132,9 @@ def leaves(value: Any, path: Path) -> list[Slot]:
     return out
 
 
+DESCRIPTIONS = frozenset(("description", "server_description"))  # an MCP tool's server's
+
+
 def descriptions(node: Any, path: Path) -> list[Slot]:
     """Every `description` string anywhere in a tool definition (its JSON Schema too)."""
     out: list[Slot] = []
@@ -141,7 +144,7 @@ def descriptions(node: Any, path: Path) -> list[Slot]:
         if isinstance(value, dict):
             children = []
             for k, v in value.items():
-                if k == "description" and isinstance(v, str):
+                if k in DESCRIPTIONS and isinstance(v, str):
                     out.append(Slot((*where, k), v))
                 elif isinstance(v, (dict, list)):
                     children.append((v, (*where, k)))
