@@ -165,8 +165,9 @@ class ProxyHandler:
                 param="model",
             )
         ex.route = route
-        if ex.tenant.routes:  # routed by model: a repeated `model` must not pick the route
-            refuse_repeated_model(raw)
+        tenant = ex.tenant
+        if len(tenant.routes) > (0 if tenant.route else 1):  # the model picks among routes:
+            refuse_repeated_model(raw)  # a repeated `model` must not pick one
         anthropic = ex.endpoint in anthropic_api.ENDPOINTS
         if (self.gw.config.upstreams[route.upstream].api == "anthropic") != anthropic:
             if anthropic:

@@ -314,16 +314,29 @@ def test_streamed_reasoning_summary_redaction_is_rewritten(make_gateway, scripte
     assert EMAIL not in str([e.model_dump() for e in events])
 
 
-def test_streamed_flagged_code_interpreter_code_is_never_sent(make_gateway, scripted) -> None:
+STREAMED_TOOLS = {
+    "code interpreter code": (
+        {**CODE, "code": "", "status": "in_progress"},
+        {"type": "response.code_interpreter_call_code.delta", "item_id": "ci"},
+    ),
+    "shell command": (
+        {**SHELL, "status": "in_progress", "action": {"commands": []}},
+        {"type": "response.shell_call_command.delta", "command_index": 0},
+    ),
+}
+
+
+@pytest.mark.parametrize("tool", STREAMED_TOOLS)
+def test_streamed_flagged_tool_text_is_never_sent(make_gateway, scripted, tool: str) -> None:
     gw = gateway(make_gateway, scripted, thinking=False)
-    code = f"# a long enough program\nprint('{FLAGGED}')\n"
+    item, delta = STREAMED_TOOLS[tool]
+    text = f"# a long enough preamble first\nprint('{FLAGGED}')\n"
     added = {"type": "response.output_item.added", "output_index": 0, "sequence_number": 1,
-             "item": {**CODE, "code": "", "status": "in_progress"}}  # fmt: skip
+             "item": item}  # fmt: skip
     deltas = [
-        {"type": "response.code_interpreter_call_code.delta", "item_id": "ci", "output_index": 0,
-         "sequence_number": 2 + n, "delta": part}
-        for n, part in enumerate(split(code))
-    ]  # fmt: skip
+        {**delta, "output_index": 0, "sequence_number": 2 + n, "delta": part}
+        for n, part in enumerate(split(text))
+    ]
     scripted[0].events = responses_events(added, *deltas)
     events = streamed_response(gw)
     assert "kill" not in str([e.model_dump() for e in events])
@@ -340,19 +353,3 @@ def test_a_search_query_restated_only_when_done_is_guarded(make_gateway, scripte
     assert events[-1].type == "response.incomplete"
     (record,) = audit_records(gw)
     assert record["decision"] == "block"
-
-
-def test_streamed_flagged_shell_commands_are_never_sent(make_gateway, scripted) -> None:
-    gw = gateway(make_gateway, scripted, thinking=False)
-    command = f"echo 'a long enough preamble first and then {FLAGGED}'"
-    added = {"type": "response.output_item.added", "output_index": 0, "sequence_number": 1,
-             "item": {**SHELL, "status": "in_progress", "action": {"commands": []}}}  # fmt: skip
-    deltas = [
-        {"type": "response.shell_call_command.delta", "output_index": 0, "command_index": 0,
-         "sequence_number": 2 + n, "delta": part}
-        for n, part in enumerate(split(command))
-    ]  # fmt: skip
-    scripted[0].events = responses_events(added, *deltas)
-    events = streamed_response(gw)
-    assert "kill" not in str([e.model_dump() for e in events])
-    assert events[-1].type == "response.incomplete"
