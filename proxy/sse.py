@@ -283,9 +283,24 @@ def _choices(data: dict[str, Any], event: Event, completions: bool, thinking: bo
 
 
 def _reasoning(delta: dict[str, Any]) -> str:
-    """A chat delta's reasoning text (servers that send both fields send the same text)."""
+    """A chat delta's reasoning text: `reasoning_content`, `reasoning` and the text of
+    OpenRouter's `reasoning_details` (servers that send several send the same text)."""
     found = [t for k in _CHAT_REASONING if (t := delta.get(k)) and isinstance(t, str)]
+    if details := "".join(text for _, _, text in _details(delta)):
+        found.append(details)
     return found[0] if len(set(found)) == 1 else "".join(found)
+
+
+def _details(delta: dict[str, Any]) -> list[tuple[dict[str, Any], str, str]]:
+    """The text parts of a delta's `reasoning_details`: (part, its text field, text)."""
+    details = delta.get("reasoning_details")
+    return [
+        (part, key, part[key])
+        for part in (details if isinstance(details, list) else ())
+        if isinstance(part, dict)
+        for key in ("text", "summary")
+        if isinstance(part.get(key), str) and part[key]
+    ]
 
 
 def _tool_kind(tool: Any) -> str | None:
@@ -469,11 +484,15 @@ def with_texts(event: Event, endpoint: str, texts: dict[Key, str]) -> bytes:
 
 def _set_reasoning(delta: dict[str, Any], text: str) -> None:
     """A chat delta's reasoning rewritten: each field that carried the same text gets the
-    new text; where two fields differed, the first carries it all (see `_reasoning`)."""
+    new text; where they differed, the first carries it all (see `_reasoning`)."""
     found = [k for k in _CHAT_REASONING if delta.get(k) and isinstance(delta[k], str)]
-    same = len({delta[k] for k in found}) == 1
+    parts = _details(delta)
+    texts = [delta[k] for k in found] + (["".join(t for _, _, t in parts)] if parts else [])
+    same = len(set(texts)) == 1
     for n, key in enumerate(found):
         delta[key] = text if same or n == 0 else ""
+    for n, (part, key, _) in enumerate(parts):
+        part[key] = text if n == 0 and (same or not found) else ""
 
 
 def with_final_text(event: Event, texts: dict[Key, str]) -> bytes:

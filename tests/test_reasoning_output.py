@@ -182,6 +182,24 @@ def test_streamed_reasoning_redaction_is_rewritten(make_gateway, scripted) -> No
     assert EMAIL not in raw
 
 
+def test_streamed_reasoning_details_are_rewritten_with_reasoning(make_gateway, scripted) -> None:
+    gw = gateway(make_gateway, scripted, thinking=True, policies=["pii"])
+    parts = split(f"I should write to {EMAIL} about it.")
+    scripted[0].events = chat_events(  # OpenRouter: the same text twice, in two shapes
+        [{"reasoning": p, "reasoning_details": [{"type": "reasoning.text", "text": p}]}
+         for p in parts]
+    )  # fmt: skip
+    chunks, raw = streamed_chat(gw)
+    details = [
+        d["text"]
+        for c in chunks
+        if c.choices
+        for d in (c.choices[0].delta.model_extra or {}).get("reasoning_details") or ()
+    ]
+    assert "".join(details) == "I should write to [REDACTED:EMAIL] about it."
+    assert EMAIL not in raw
+
+
 def test_streamed_reasoning_flows_when_the_route_leaves_it(make_gateway, scripted) -> None:
     gw = gateway(make_gateway, scripted, thinking=False)
     scripted[0].events = chat_events([{"reasoning_content": FLAGGED}, {"content": "ok"}])

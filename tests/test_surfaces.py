@@ -437,3 +437,21 @@ def test_chat_output_reads_a_custom_tool_calls_input_named_after_its_tool() -> N
     body = {"choices": [{"index": 0, "message": {"role": "assistant", "tool_calls": [call]}}]}
     pieces = chat.output_pieces(body)
     assert [(p.tool, [s.text for s in p.slots]) for p in pieces if p.tool] == [("sh", ["rm -rf /"])]
+
+
+def test_chat_output_reads_audio_always_and_reasoning_when_asked() -> None:
+    message = {
+        "role": "assistant",
+        "content": None,
+        "audio": {"id": "a", "data": "AAAA", "transcript": "spoken"},
+        "reasoning_content": "thought",
+        "reasoning_details": [{"type": "reasoning.summary", "summary": "sum"}],
+    }
+    body = {"choices": [{"index": 0, "message": message}]}
+    assert out(CHAT, body) == [(0, None, ["spoken"])]
+    assert out(CHAT, body, thinking=True) == [
+        (0, None, ["spoken"]),
+        (0, None, ["thought", "sum"]),
+    ]
+    withheld = chat.withhold(body, frozenset({0}))["choices"][0]["message"]
+    assert withheld == {"role": "assistant", "content": None}
