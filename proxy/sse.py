@@ -453,10 +453,14 @@ def with_texts(event: Event, endpoint: str, texts: dict[Key, str]) -> bytes:
     if endpoint == RESPONSES:
         key = next(iter(event.texts), 0)
         data["delta"] = texts.get(key, "")
+        if data.get("logprobs"):  # their tokens would spell out the text replaced
+            data["logprobs"] = []
         return serialize(data, event.name)
     for choice in data.get("choices") or ():
         if not isinstance(choice, dict):
             continue
+        if choice.get("logprobs") is not None:  # their tokens would spell out the text replaced
+            choice["logprobs"] = None
         i = _index(choice.get("index"))
         if endpoint == COMPLETIONS:
             if i in texts:
@@ -514,6 +518,8 @@ def restated(event: Event, texts: dict[Key, str]) -> dict[str, Any]:
         for part in item.get("content") or ():
             if part.get("type") == "output_text" and i in texts:
                 part["text"] = texts[i]
+                if part.get("logprobs"):
+                    part["logprobs"] = []
             elif part.get("type") == "refusal" and (i, "refusal", 0) in texts:
                 part["refusal"] = texts[(i, "refusal", 0)]
 
@@ -521,6 +527,8 @@ def restated(event: Event, texts: dict[Key, str]) -> dict[str, Any]:
     kind = data.get("type")
     if kind in _RESPONSES_DONE and i in texts:
         data[_RESPONSES_DONE[kind]] = texts[i]
+        if data.get("logprobs"):
+            data["logprobs"] = []
     elif kind in _REASONING_DONE or kind == "response.reasoning_summary_part.done":
         channel, at = _REASONING_DONE.get(kind, ("summary", "summary_index"))
         key = (i, channel, _index(data.get(at)))

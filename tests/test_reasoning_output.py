@@ -371,3 +371,50 @@ def test_a_search_query_restated_only_when_done_is_guarded(make_gateway, scripte
     assert events[-1].type == "response.incomplete"
     (record,) = audit_records(gw)
     assert record["decision"] == "block"
+
+
+# -- logprobs: their tokens spell out the text ----------------------------------------------
+
+
+def logprobs(text: str) -> dict:
+    return {"content": [{"token": w, "logprob": -0.1, "bytes": list(w.encode()),
+                         "top_logprobs": []} for w in text.split(" ")]}  # fmt: skip
+
+
+@pytest.mark.parametrize("policy", ["violence", "pii"])
+def test_a_withheld_or_redacted_choice_loses_its_logprobs(make_gateway, scripted, policy) -> None:
+    gw = gateway(make_gateway, scripted, thinking=False, policies=[policy])
+    text = f"{FLAGGED} {EMAIL}"
+    answer = completion(content=text)
+    answer["choices"][0]["logprobs"] = logprobs(text)
+    scripted[0].answer = answer
+    raw = chat(gw)
+    assert raw.headers["x-safeguard-decision"] == ("block" if policy == "violence" else "redact")
+    assert raw.parse().choices[0].logprobs is None
+    assert "kill" not in raw.http_response.text or policy == "pii"
+    assert EMAIL not in raw.http_response.text or policy == "violence"
+
+
+def test_redacted_stream_chunks_lose_their_logprobs(make_gateway, scripted) -> None:
+    gw = gateway(make_gateway, scripted, thinking=False, policies=["pii"])
+    events = chat_events([{"content": p} for p in split(f"Please write to {EMAIL} today.")])
+    for event in events[1:-2]:
+        event["choices"][0]["logprobs"] = logprobs(event["choices"][0]["delta"]["content"])
+    scripted[0].events = events
+    chunks, raw = streamed_chat(gw)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        "Please write to [REDACTED:EMAIL] today."
+    )
+    assert "ne.doe" not in raw and "examp" not in raw  # nor in the chunks' logprobs
+
+
+def test_a_redacted_response_text_loses_its_logprobs(make_gateway, scripted) -> None:
+    gw = gateway(make_gateway, scripted, thinking=False, policies=["pii"])
+    text = f"write to {EMAIL}"
+    part = {"type": "output_text", "text": text, "annotations": [],
+            "logprobs": [{"token": t, "logprob": -0.1, "bytes": [], "top_logprobs": []}
+                         for t in text.split(" ")]}  # fmt: skip
+    scripted[0].answer = {**response(), "output": [{**ANSWER, "content": [part]}]}
+    raw = sdk(gw).responses.with_raw_response.create(model="guarded-1", input="hi")
+    assert raw.parse().output[0].content[0].text == "write to [REDACTED:EMAIL]"
+    assert EMAIL not in raw.http_response.text

@@ -174,6 +174,8 @@ def withhold(body: dict[str, Any], choices: frozenset[int]) -> dict[str, Any]:
     out = dict(body, choices=list(body["choices"]))
     for index in choices:
         choice = dict(out["choices"][index], finish_reason="content_filter")
+        if choice.get("logprobs") is not None:  # its tokens are the withheld text
+            choice["logprobs"] = None
         message = choice.get("message")
         if isinstance(message, dict):
             message = {k: v for k, v in message.items() if k not in WITHHELD}
@@ -196,7 +198,16 @@ def annotate(
     choices = body.get("choices")
     if per_choice and isinstance(choices, list):
         out["choices"] = [
-            dict(c, content_filter_results=per_choice.get(i, {})) if isinstance(c, dict) else c
+            _filtered(c, per_choice.get(i, {})) if isinstance(c, dict) else c
             for i, c in enumerate(choices)
         ]
+    return out
+
+
+def _filtered(choice: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    """A choice with its filter results; a redacted choice loses its `logprobs`, whose
+    tokens would spell out the text the redaction replaced."""
+    out = dict(choice, content_filter_results=results)
+    if out.get("logprobs") is not None and any(r.get("redacted") for r in results.values()):
+        out["logprobs"] = None
     return out

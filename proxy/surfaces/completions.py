@@ -61,5 +61,8 @@ def withhold(body: dict[str, Any], choices: frozenset[int]) -> dict[str, Any]:
         return body
     out = dict(body, choices=list(body["choices"]))
     for index in choices:
-        out["choices"][index] = dict(out["choices"][index], text="", finish_reason="content_filter")
+        choice = out["choices"][index]
+        out["choices"][index] = dict(choice, text="", finish_reason="content_filter")
+        if choice.get("logprobs") is not None:  # its tokens are the withheld text
+            out["choices"][index]["logprobs"] = None
     return out

@@ -121,5 +121,22 @@ def withhold(body: dict[str, Any], choices: frozenset[int]) -> dict[str, Any]:
 def annotate(
     body: dict[str, Any], prompt: dict[str, Any] | None, per_choice: dict[int, dict[str, Any]]
 ) -> dict[str, Any]:
-    """The Responses API has no filter-result fields: the headers carry the decision."""
-    return body
+    """The Responses API has no filter-result fields: the headers carry the decision. A
+    redacted item's text parts lose their `logprobs` (their tokens spell out the text the
+    redaction replaced)."""
+    items = body.get("output")
+    redacted = [
+        i for i, results in per_choice.items() if any(r.get("redacted") for r in results.values())
+    ]
+    if not redacted or not isinstance(items, list):
+        return body
+    items = list(items)
+    for i in redacted:
+        item = items[i] if i < len(items) else None
+        if isinstance(item, dict) and isinstance(item.get("content"), list):
+            parts = [
+                dict(p, logprobs=[]) if isinstance(p, dict) and p.get("logprobs") else p
+                for p in item["content"]
+            ]
+            items[i] = dict(item, content=parts)
+    return dict(body, output=items)
