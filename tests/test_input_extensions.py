@@ -173,3 +173,18 @@ def test_responses_mcp_server_description_is_classified(make_gateway, upstream) 
         client(gw).responses.create(model="guarded-1", input="hello", tools=[tool])
     assert err.value.code == "content_filter"
     assert upstream[0].requests == []
+
+
+def test_anthropic_server_tool_queries_in_answers_are_read() -> None:
+    from proxy.surfaces import messages
+
+    body = {"content": [
+        {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search",
+         "input": {"query": "where to buy an aimbot"}},
+        {"type": "text", "text": "Here is what I found."},
+    ]}  # fmt: skip
+    pieces = messages.output_pieces(body)
+    assert [(p.choice, p.tool, p.text()) for p in pieces] == [
+        (0, "web_search", "where to buy an aimbot"),
+        (1, None, "Here is what I found."),
+    ]

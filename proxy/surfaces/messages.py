@@ -128,7 +128,7 @@ def output_pieces(body: dict[str, Any], thinking: bool = False) -> list[Piece]:
         kind = block.get("type")
         if kind == "text" and isinstance(block.get("text"), str):
             pieces.append(Piece("assistant", (Slot((*at, "text"), block["text"]),), choice=index))
-        elif kind == "tool_use":
+        elif kind in TOOL_CALLS:  # a server tool's too (the model's web search query)
             name = block.get("name") if isinstance(block.get("name"), str) else ""
             slots = tuple(leaves(block.get("input"), (*at, "input")))
             pieces.append(Piece("assistant", slots, tool=name, choice=index))
