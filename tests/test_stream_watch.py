@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
+from proxy.anthropic_api import MESSAGES
 from proxy.openai_api import CHAT, RESPONSES
 from proxy.stream_watch import Terminator
 
@@ -34,3 +36,36 @@ def test_a_stream_cut_before_its_terminator_is_not_terminated(endpoint: str, str
         ends = Terminator(endpoint)
         ends.see(stream[:cut])
         assert not ends.terminated, cut
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "said"),
+    [
+        (RESPONSES, "response.completed"),
+        (RESPONSES, "event: response.completed\n"),
+        (RESPONSES, '{"type":"response.failed"}'),
+        (MESSAGES, "event: message_stop\n"),
+        (MESSAGES, "error"),
+    ],
+)
+def test_a_model_writing_the_end_events_name_does_not_end_the_stream(
+    endpoint: str, said: str
+) -> None:
+    # The upstream drops the stream right after a text delta naming the ending event.
+    if endpoint == RESPONSES:
+        data = {"type": "response.output_text.delta", "output_index": 0, "delta": said}
+        event = b"event: response.output_text.delta\ndata: " + orjson.dumps(data) + b"\n\n"
+    else:
+        data = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta",
+                "text": said}}  # fmt: skip
+        event = b"event: content_block_delta\ndata: " + orjson.dumps(data) + b"\n\n"
+    ends = Terminator(endpoint)
+    ends.see(event)
+    assert not ends.terminated
+
+
+def test_an_end_event_without_an_event_line_still_ends_the_stream() -> None:
+    ends = Terminator(RESPONSES)
+    ends.see(b'data: {"type":"response.output_text.delta","delta":"hi"}\n\n')
+    ends.see(b'data: {"type":"response.completed","response":{}}\n\n')
+    assert ends.terminated

@@ -29,7 +29,7 @@ from proxy.guard.stream_machine import (
 )
 from proxy.guard.window import Sealed, Window, hold_chars
 from proxy.policies import Policy
-from proxy.sse import EventSplitter, Key, choice_of, parse_event
+from proxy.sse import EventReader, Key, choice_of
 from proxy.stream_watch import StreamWatch, Terminator
 from proxy.upstream import UpstreamError
 
@@ -127,19 +127,20 @@ class StreamGuard:
             apply(machine.tick(loop.time()))
 
         async def read() -> None:
-            splitter, watch, endpoint = EventSplitter(), self.watch, self.endpoint
-            thinking = self.side.thinking
+            reader, watch = EventReader(self.endpoint, self.side.thinking), self.watch
             try:
                 async for chunk in chunks:
-                    events = [parse_event(raw, endpoint, thinking) for raw in splitter.feed(chunk)]
+                    events = reader.feed(chunk)
                     if watch is not None:
                         for event in events:
                             watch.event(event)
                     apply(machine.events(events, loop.time()))
                     if machine.ended is not None:
                         return
-                if rest := splitter.rest():
-                    apply(machine.event(parse_event(rest, endpoint, thinking), loop.time()))
+                if (rest := reader.rest()) is not None:
+                    if watch is not None:
+                        watch.event(rest)
+                    apply(machine.event(rest, loop.time()))
                 apply(machine.upstream_end())
             except UpstreamError as exc:
                 apply(machine.upstream_error(exc.code))
