@@ -142,6 +142,7 @@ class EventReader:
         self.endpoint, self.thinking = endpoint, thinking
         self._splitter = EventSplitter()
         self._head = self._tail = b""  # the shape: the bytes around a plain delta's text
+        self._ends = (0, 0)  # where the text starts, and ends (from the event's end)
         self._key: Key = 0
         self._name: str | None = None
         self._used = True  # the current shape matched an event since it was learned
@@ -158,8 +159,9 @@ class EventReader:
     def _read(self, raw: bytes) -> Event:
         head, tail = self._head, self._tail
         if head and raw.startswith(head) and raw.endswith(tail):
-            body = raw[len(head) : len(raw) - len(tail)]
-            if len(raw) >= len(head) + len(tail) and not _NOT_PLAIN.search(body):
+            start, end = self._ends
+            body = raw[start:end]
+            if len(raw) >= start - end and not _NOT_PLAIN.search(body):
                 try:
                     text = body.decode()
                 except UnicodeDecodeError:
@@ -191,7 +193,7 @@ class EventReader:
         if not self._used:
             self._unused += 1
         self._head, self._tail, self._key, self._name = head, tail, key, event.name
-        self._used = False
+        self._ends, self._used = (len(head), -len(tail)), False
 
 
 def _plain(event: Event) -> bool:

@@ -65,6 +65,7 @@ class StreamGuard:
         self.machine = machine_for(side, policies, endpoint, fail)
         self.watch = watch
         self.shadow: list[asyncio.Future[Outcome | None]] = []  # audited, never enforced
+        self.finished = False  # the frame `run` yields now is its last
 
     @property
     def outcomes(self) -> list[Outcome]:
@@ -150,9 +151,21 @@ class StreamGuard:
             lambda task: task.cancelled() or task.exception() is None or out.put_nowait(None)
         )
         try:
-            while (data := await out.get()) is not None:
-                yield data
-            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+            while True:
+                # What is ready goes out in one piece (verdicts often arrive together).
+                frames, item = [], await out.get()
+                while item is not None:
+                    frames.append(item)
+                    if out.empty():
+                        break
+                    item = out.get_nowait()
+                failed = reader.done() and not reader.cancelled() and reader.exception()
+                self.finished = item is None and not failed  # this frame is the last
+                if frames:
+                    yield b"".join(frames) if len(frames) > 1 else frames[0]
+                if item is None:
+                    break
+            if failed:
                 raise reader.exception()  # type: ignore[misc]
         finally:
             reader.cancel()  # a block or a gone client stops the upstream read
@@ -228,6 +241,7 @@ class Relay:
     def __init__(self, endpoint: str, watch: StreamWatch | None = None) -> None:
         self.endpoint, self.watch = endpoint, watch
         self.failure: str | None = None
+        self.finished = False  # never known before the upstream's end
 
     async def run(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         ends, watch = Terminator(self.endpoint), self.watch

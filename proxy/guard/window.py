@@ -124,7 +124,10 @@ class Window:
         parts: dict[Key, list[str]] = {}
         for event in events:
             for key, text in event.texts.items():
-                parts.setdefault(key, []).append(text)
+                if (part := parts.get(key)) is not None:
+                    part.append(text)
+                else:
+                    parts[key] = [text]
         texts = {key: "".join(p) for key, p in parts.items()}
         if texts and self._next is not None and self.size is not None:
             self._next = min(self._next * 2, self.size)
