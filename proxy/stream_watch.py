@@ -46,10 +46,18 @@ class StreamWatch:
         last = self._last
         return last.data if isinstance(last, Event) else last
 
-    def event(self, event: Event) -> None:
-        if event.plain:  # a text delta: nothing to note but that it came last
-            if self.endpoint != RESPONSES and self.endpoint != MESSAGES:
+    def events(self, events: list[Event]) -> None:
+        """A read's events. A plain text delta has nothing to note but that it came last."""
+        chat = self.endpoint != RESPONSES and self.endpoint != MESSAGES
+        for event in events:
+            if not event.plain:
+                self.event(event)
+            elif chat:
                 self._last = event
+
+    def event(self, event: Event) -> None:
+        if event.plain:
+            self.events([event])
             return
         data = event.data
         if data is None:

@@ -7,7 +7,8 @@ import pytest
 
 from proxy.anthropic_api import MESSAGES
 from proxy.openai_api import CHAT, RESPONSES
-from proxy.stream_watch import Terminator
+from proxy.sse import EventReader, EventSplitter, parse_event
+from proxy.stream_watch import StreamWatch, Terminator
 
 CHAT_STREAM = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
 RESPONSES_STREAM = (
@@ -69,3 +70,39 @@ def test_an_end_event_without_an_event_line_still_ends_the_stream() -> None:
     ends.see(b'data: {"type":"response.output_text.delta","delta":"hi"}\n\n')
     ends.see(b'data: {"type":"response.completed","response":{}}\n\n')
     assert ends.terminated
+
+
+def test_the_watch_notes_a_stream_read_by_its_shape_like_one_parsed_whole() -> None:
+    def chunk(i: int, **extra: object) -> bytes:
+        choice = {"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}
+        return (
+            b"data: "
+            + orjson.dumps({"id": "c1", "model": "m", "choices": [choice]} | extra)
+            + b"\n\n"
+        )
+
+    body = b"".join(chunk(i) for i in range(5))
+    usage = {"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6}
+    end = {
+        "id": "c1",
+        "model": "m",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+    }
+    tail = b"data: " + orjson.dumps(end | {"usage": usage}) + b"\n\ndata: [DONE]\n\n"
+    read, parsed = StreamWatch(CHAT), StreamWatch(CHAT)
+    events = EventReader(CHAT).feed(body + chunk(9))
+    assert not any(isinstance(e._data, dict) for e in events[1:])  # read by the shape
+    read.events(events)
+    assert read.last == orjson.loads(chunk(9)[6:])  # a cut stream: its last chunk
+    read.events(EventReader(CHAT).feed(tail))
+    for raw in EventSplitter().feed(body + chunk(9) + tail):
+        parsed.event(parse_event(raw, CHAT))
+    assert (
+        (read.last, read.usage, read.finish_reasons)
+        == (
+            parsed.last,
+            parsed.usage,
+            parsed.finish_reasons,
+        )
+        == (end | {"usage": usage}, usage, ["stop"])
+    )

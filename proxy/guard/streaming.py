@@ -133,8 +133,7 @@ class StreamGuard:
                 async for chunk in chunks:
                     events = reader.feed(chunk)
                     if watch is not None:
-                        for event in events:
-                            watch.event(event)
+                        watch.events(events)
                     apply(machine.events(events, loop.time()))
                     if machine.ended is not None:
                         return
