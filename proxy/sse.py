@@ -135,7 +135,8 @@ class EventReader:
     stream's shape: a later event with exactly those bytes around a JSON string body with
     nothing escaped in it is the same event with another text, read without parsing (its
     `data` is parsed only if asked for). The shape is checked once, by parsing it with a
-    probe text in place: only if that text comes out as the delta's text is it used.
+    probe text in place (used only if that text comes out as the delta's text and nothing
+    else changes) and with an empty one (which must come out as no text).
     """
 
     def __init__(self, endpoint: str, thinking: bool = False) -> None:
@@ -189,6 +190,9 @@ class EventReader:
         head, tail = raw[: at + 1], raw[at + len(literal) - 1 :]
         probe = parse_event(head + _PROBE + tail, self.endpoint, self.thinking)
         if not _plain(probe) or probe.texts != {key: _PROBE.decode()}:
+            return
+        empty = parse_event(head + tail, self.endpoint, self.thinking)  # an empty text: none
+        if empty.texts or empty.names or empty.finals or empty.terminal or empty.finishing:
             return
         if not self._used:
             self._unused += 1
