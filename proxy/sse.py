@@ -125,6 +125,8 @@ class Event:
 
 _NOT_PLAIN = re.compile(rb'["\\\x00-\x1f]')  # what a JSON string's body holds only escaped
 _PROBE = b"sg-probe-text-0"
+_COUNTER = re.compile(rb'"sequence_number": ?([0-9]+)')  # Responses events count themselves
+_NUMBER = re.compile(rb"0|[1-9][0-9]*")
 
 
 class EventReader:
@@ -134,15 +136,17 @@ class EventReader:
     choice or block). Once one such delta is parsed, the bytes around its text are the
     stream's shape: a later event with exactly those bytes around a JSON string body with
     nothing escaped in it is the same event with another text, read without parsing (its
-    `data` is parsed only if asked for). The shape is checked once, by parsing it with a
-    probe text in place (used only if that text comes out as the delta's text and nothing
-    else changes) and with an empty one (which must come out as no text).
+    `data` is parsed only if asked for). A Responses event's `sequence_number` may differ
+    too. The shape is checked once, by parsing it with a probe text (and another number)
+    in place, used only if that text comes out as the delta's text and nothing else
+    changes, and with an empty text, which must come out as no text.
     """
 
     def __init__(self, endpoint: str, thinking: bool = False) -> None:
         self.endpoint, self.thinking = endpoint, thinking
         self._splitter = EventSplitter()
         self._head = self._tail = b""  # the shape: the bytes around a plain delta's text
+        self._after = b""  # with a counter in the head: the head's bytes after it
         self._ends = (0, 0)  # where the text starts, and ends (from the event's end)
         self._key: Key = 0
         self._name: str | None = None
@@ -158,22 +162,13 @@ class EventReader:
         return self._read(raw) if raw else None
 
     def _read(self, raw: bytes) -> Event:
-        head, tail = self._head, self._tail
-        if head and raw.startswith(head) and raw.endswith(tail):
-            start, end = self._ends
-            body = raw[start:end]
-            if len(raw) >= start - end and not _NOT_PLAIN.search(body):
-                try:
-                    text = body.decode()
-                except UnicodeDecodeError:
-                    pass  # not UTF-8: parsed below, and found garbled
-                else:
-                    self._used = True
-                    event = Event(raw, self._name)
-                    event._data, event.plain = _UNREAD, True
-                    if text:
-                        event.texts = {self._key: text}
-                    return event
+        if self._head and (text := self._shaped(raw)) is not None:
+            self._used = True
+            event = Event(raw, self._name)
+            event._data, event.plain = _UNREAD, True
+            if text:
+                event.texts = {self._key: text}
+            return event
         event = parse_event(raw, self.endpoint, self.thinking)
         if _plain(event):
             event.plain = True
@@ -181,23 +176,48 @@ class EventReader:
                 self._learn(event)
         return event
 
+    def _shaped(self, raw: bytes) -> str | None:
+        """The text of an event of the stream's shape (None: not of that shape)."""
+        if not (raw.startswith(self._head) and raw.endswith(self._tail)):
+            return None
+        start, end = self._ends
+        if self._after:  # a counter, then more of the head
+            number = _NUMBER.match(raw, start)
+            if number is None or not raw.startswith(self._after, number.end()):
+                return None
+            start = number.end() + len(self._after)
+        if len(raw) + end < start:
+            return None
+        body = raw[start:end]
+        if _NOT_PLAIN.search(body):
+            return None
+        try:
+            return body.decode()
+        except UnicodeDecodeError:
+            return None  # not UTF-8: parsed, and found garbled
+
     def _learn(self, event: Event) -> None:
         ((key, text),) = event.texts.items()
         raw, literal = event.raw, orjson.dumps(text)
         at = raw.find(literal)
         if at < 0 or raw.find(literal, at + 1) >= 0 or _PROBE in raw:
             return  # written otherwise (escaped differently), or not only once
-        head, tail = raw[: at + 1], raw[at + len(literal) - 1 :]
-        probe = parse_event(head + _PROBE + tail, self.endpoint, self.thinking)
-        if not _plain(probe) or probe.texts != {key: _PROBE.decode()}:
+        head, tail, after = raw[: at + 1], raw[at + len(literal) - 1 :], b""
+        if (counter := _COUNTER.search(head)) is not None:  # it changes from event to event
+            head, after = head[: counter.start(1)], head[counter.end(1) :]
+        other = b"1" if counter is not None and counter[1] == b"0" else b"0"
+        probe = head + (other if counter else b"") + after
+        found = parse_event(probe + _PROBE + tail, self.endpoint, self.thinking)
+        if not _plain(found) or found.texts != {key: _PROBE.decode()}:
             return
-        empty = parse_event(head + tail, self.endpoint, self.thinking)  # an empty text: none
+        empty = parse_event(probe + tail, self.endpoint, self.thinking)  # an empty text: none
         if empty.texts or empty.names or empty.finals or empty.terminal or empty.finishing:
             return
         if not self._used:
             self._unused += 1
-        self._head, self._tail, self._key, self._name = head, tail, key, event.name
-        self._ends, self._used = (len(head), -len(tail)), False
+        self._head, self._after, self._tail = head, after, tail
+        self._key, self._name, self._used = key, event.name, False
+        self._ends = (len(head), -len(tail))
 
 
 def _plain(event: Event) -> bool:
