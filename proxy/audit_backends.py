@@ -8,6 +8,7 @@ spilled and the store reopened). Readers: proxy.audit_store.open_reader.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,3 +69,34 @@ def describe_store(cfg: Audit) -> str:
 
         return redact_url(cfg.url)
     return cfg.path
+
+
+def ensure_schema(cfg: Audit, *, create: bool = False) -> bool:
+    """Create or migrate the store's schema as its writer does on opening (for a reader
+    that also writes: the console). A SQLite file not created yet is left alone (False:
+    the gateway's writer makes it) unless `create`."""
+    if not (cfg.url or create or Path(cfg.path).is_file()):
+        return False
+    open_writer(cfg).close()
+    return True
+
+
+def open_writable(cfg: Audit) -> Any:
+    """A read-write connection in sqlite3's call shape, outside the writer thread (the
+    console's reviews and sign-outs): PostgreSQL (autocommit) for `audit.url`, else the
+    SQLite file (which must exist: `ensure_schema`)."""
+    if cfg.url:
+        from proxy.audit_pg import PgConnection
+
+        return PgConnection(cfg.url, read_only=False)
+    return sqlite3.connect(cfg.path, timeout=5.0)
+
+
+def is_postgres(conn: Any) -> bool:
+    """A PostgreSQL connection (proxy.audit_pg's), else sqlite3's."""
+    return not isinstance(conn, sqlite3.Connection)
+
+
+def transaction(conn: Any) -> Any:
+    """sqlite3's commit-or-rollback block; a PostgreSQL connection here autocommits."""
+    return conn if not is_postgres(conn) else contextlib.nullcontext()

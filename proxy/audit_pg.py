@@ -1,10 +1,11 @@
 """The PostgreSQL audit store (`audit.url: postgresql://...`): schema, migrations, COPY writes.
 
-The same two tables as the SQLite store (proxy.audit_store), so both share its query layer:
-`PgReader` gives a psycopg connection the sqlite3 call shape that layer uses (`execute` with
-`?` placeholders). The gateway creates and migrates the schema itself: `safeguard_schema`
-holds the version, and each step in `_MIGRATIONS` runs once, under an advisory lock, so many
-workers and pods starting at once migrate it exactly once.
+The same tables as the SQLite store (proxy.audit_schema writes them once for both), so
+both share its query layer: `PgConnection` gives a psycopg connection the sqlite3 call shape
+that layer and proxy.reviews use (`execute` with `?` placeholders). The gateway creates and
+migrates the schema itself: `safeguard_schema` holds the version, and each step in
+`_MIGRATIONS` runs once, under an advisory lock, so many workers and pods starting at once
+migrate it exactly once.
 
 Writes (the recorder's writer thread, never the request path) are one transaction a batch:
 an advisory transaction lock keeps ids in commit order across every writer of the fleet
@@ -21,35 +22,22 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
+from proxy.audit_schema import (
+    POSTGRES,
+    REQUEST_COLUMNS,
+    SCHEMA_VERSION,
+    VERDICT_COLUMNS,
+    schema_steps,
+)
 from proxy.audit_store import RECORD, VERDICTS, Row
 
 ERRORS = (psycopg.Error, OSError)
 _LOCK = 0x5AFE_A0D1  # advisory lock key: schema migrations and id allocation
 CONNECT_TIMEOUT_S = 5
 
-# Version n is reached by running _MIGRATIONS[n - 1]; append, never edit a shipped step.
-_MIGRATIONS = (
-    """
-    CREATE TABLE IF NOT EXISTS requests (
-        id BIGINT PRIMARY KEY, request_id TEXT, time DOUBLE PRECISION, tenant TEXT,
-        route TEXT, endpoint TEXT, model TEXT, decision TEXT, status INTEGER,
-        record TEXT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS requests_time ON requests(time);
-    CREATE INDEX IF NOT EXISTS requests_tenant ON requests(tenant, time);
-    CREATE INDEX IF NOT EXISTS requests_route ON requests(route, time);
-    CREATE INDEX IF NOT EXISTS requests_decision ON requests(decision, time);
-    CREATE INDEX IF NOT EXISTS requests_request_id ON requests(request_id);
-    CREATE TABLE IF NOT EXISTS verdicts (
-        request BIGINT NOT NULL REFERENCES requests(id) ON DELETE CASCADE, policy TEXT,
-        version TEXT, side TEXT, label TEXT, category TEXT, action TEXT,
-        shadow INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX IF NOT EXISTS verdicts_policy ON verdicts(policy, request);
-    CREATE INDEX IF NOT EXISTS verdicts_request ON verdicts(request);
-    """,
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
+# Version n is reached by running _MIGRATIONS[n - 1] (proxy.audit_schema: both engines'
+# tables, reviews included, written once).
+_MIGRATIONS = schema_steps(POSTGRES)
 
 
 def redact_url(url: str) -> str:
@@ -83,6 +71,10 @@ def migrate(conn: psycopg.Connection) -> int:
     return found
 
 
+_COPY_REQUESTS = f"COPY requests ({', '.join(REQUEST_COLUMNS)}) FROM STDIN"
+_COPY_VERDICTS = f"COPY verdicts ({', '.join(VERDICT_COLUMNS)}) FROM STDIN"
+
+
 class PgWriter:
     """The recorder's read-write connection (one per writer thread)."""
 
@@ -105,16 +97,10 @@ class PgWriter:
             row = conn.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()
             first = (row[0] if row else 0) + 1
             with conn.cursor() as cur:
-                with cur.copy(
-                    "COPY requests (id, request_id, time, tenant, route, endpoint, model,"
-                    " decision, status, record) FROM STDIN"
-                ) as copy:
+                with cur.copy(_COPY_REQUESTS) as copy:
                     for rid, r in enumerate(rows, first):
                         copy.write_row((rid, *_request_columns(r)))
-                with cur.copy(
-                    "COPY verdicts (request, policy, version, side, label, category, action,"
-                    " shadow) FROM STDIN"
-                ) as copy:
+                with cur.copy(_COPY_VERDICTS) as copy:
                     for rid, r in enumerate(rows, first):
                         for v in r[VERDICTS]:
                             copy.write_row((rid, *map(_text, v[:-1]), int(bool(v[-1]))))
@@ -161,11 +147,13 @@ def pg_sql(sql: str) -> str:
     return "".join(parts)
 
 
-class PgReader:
-    """A read-only connection with the sqlite3 calls the query layer makes."""
+class PgConnection:
+    """A connection with the sqlite3 calls the query layer and proxy.reviews make
+    (`execute` with `?` placeholders); read-only unless asked (reviews write)."""
 
-    def __init__(self, url: str) -> None:
-        self.conn = connect(url, autocommit=True, options="-c default_transaction_read_only=on")
+    def __init__(self, url: str, *, read_only: bool = True) -> None:
+        options = {"options": "-c default_transaction_read_only=on"} if read_only else {}
+        self.conn = connect(url, autocommit=True, **options)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor:
         return self.conn.execute(pg_sql(sql), list(params))

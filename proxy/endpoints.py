@@ -75,13 +75,21 @@ def not_found(method: str, path: str) -> OpenAIError:
     return OpenAIError(404, f"Invalid URL ({method} {shown})", code="unknown_url")
 
 
-def not_allowed(method: str, path: str, methods: Iterable[str]) -> OpenAIError:
-    allowed = ", ".join(sorted(methods))
-    return OpenAIError(
-        405,
-        f"Method {method} is not allowed for {path} (use {allowed}).",
-        code="method_not_allowed",
-    )
+class MethodNotAllowed(OpenAIError):
+    """405, with the `Allow` header RFC 9110 asks of it (the methods the path serves)."""
+
+    def __init__(self, method: str, path: str, methods: Iterable[str]) -> None:
+        allowed = ", ".join(sorted(methods))
+        super().__init__(
+            405,
+            f"Method {method} is not allowed for {path} (use {allowed}).",
+            code="method_not_allowed",
+        )
+        self.headers = [(b"allow", allowed.encode())]
+
+
+def not_allowed(method: str, path: str, methods: Iterable[str]) -> MethodNotAllowed:
+    return MethodNotAllowed(method, path, methods)
 
 
 class Table:

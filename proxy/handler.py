@@ -20,7 +20,7 @@ from proxy.anthropic_api import MESSAGES
 from proxy.bodies import GZIP, IDENTITY, content_coding, gunzip
 from proxy.config import host_port
 from proxy.decision import Refuse, on_request, on_response
-from proxy.endpoints import FORWARD, MODELS_KIND, OTHER, Table, Target
+from proxy.endpoints import FORWARD, MODELS_KIND, OTHER, MethodNotAllowed, Table, Target
 from proxy.exchange import Exchange, json_or_none, since, trace_id_of
 from proxy.gateway import Gateway
 from proxy.guard.engine import Outcome, SideResult, worse
@@ -478,7 +478,10 @@ class ProxyHandler:
             if ex.endpoint in anthropic_api.ENDPOINTS
             else exc.body()
         )
-        await send.whole(exc.status, [(b"content-type", JSON), *ex.headers()], body)
+        headers = [(b"content-type", JSON), *ex.headers()]
+        if isinstance(exc, MethodNotAllowed):
+            headers += exc.headers  # Allow
+        await send.whole(exc.status, headers, body)
 
     def _finish(self, ex: Exchange, span: Any) -> None:
         total_s = time.perf_counter() - ex.started

@@ -6,14 +6,13 @@ verdicts become labeled cases that `policy test --cases` reads as they are: the 
 label when the reviewer found it correct, the other label when wrong (unsure ones, failed
 classifications and content not kept in clear are left out).
 
-The SQL is plain enough for SQLite and PostgreSQL alike (`ON CONFLICT ... DO UPDATE`).
+The table is part of the audit store's schema (proxy.audit_schema, version 2); the SQL here
+is plain enough for SQLite and PostgreSQL alike (`ON CONFLICT ... DO UPDATE`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
-import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -21,22 +20,10 @@ from typing import Any
 
 import orjson
 
-from proxy.config import Audit
+from proxy.audit_backends import is_postgres, transaction
 
 MARKS = ("correct", "wrong", "unsure")
-_PG_LOCK = 0x5AFE_A0D2  # beside proxy.audit_pg's 0x5AFE_A0D1
 MAX_NOTE = 4000
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS reviews (
-    request BIGINT NOT NULL, verdict INTEGER NOT NULL, policy TEXT, side TEXT,
-    shadow INTEGER NOT NULL DEFAULT 0, model_label TEXT, mark TEXT NOT NULL, note TEXT,
-    reviewer TEXT, time DOUBLE PRECISION NOT NULL, PRIMARY KEY (request, verdict)
-);
-CREATE INDEX IF NOT EXISTS reviews_time ON reviews(time);
-CREATE INDEX IF NOT EXISTS reviews_policy ON reviews(policy, time);
-CREATE INDEX IF NOT EXISTS verdicts_shadow ON verdicts(shadow, request);
-"""
 
 
 class ReviewError(ValueError):
@@ -55,53 +42,6 @@ class Review:
     note: str
     reviewer: str
     time: float
-
-
-def is_postgres(conn: Any) -> bool:
-    """A PostgreSQL connection (proxy.audit_pg's), else sqlite3's."""
-    return not isinstance(conn, sqlite3.Connection)
-
-
-def ensure_schema(conn: Any) -> bool:
-    """The reviews table and the console's indexes (idempotent). False when the audit
-    tables are not there yet (the gateway's writer makes them). On PostgreSQL under an
-    advisory lock: workers may start it at once."""
-    if not is_postgres(conn):
-        with conn:
-            conn.executescript(SCHEMA)
-        return True
-    if not conn.execute("SELECT to_regclass('verdicts') IS NOT NULL").fetchone()[0]:
-        return False
-    conn.execute("SELECT pg_advisory_lock(?)", (_PG_LOCK,))
-    try:
-        for statement in filter(str.strip, SCHEMA.split(";")):
-            conn.execute(statement)
-    finally:
-        conn.execute("SELECT pg_advisory_unlock(?)", (_PG_LOCK,))
-    return True
-
-
-def open_writable(cfg: Audit) -> Any:
-    """A read-write connection for reviews: PostgreSQL (autocommit) for `audit.url`, else
-    the SQLite file (which must exist: the audit writer creates it)."""
-    if cfg.url:
-        from proxy.audit_pg import connect, pg_sql
-
-        return _PgConnection(connect(cfg.url, autocommit=True), pg_sql)
-    return sqlite3.connect(cfg.path, timeout=5.0)
-
-
-class _PgConnection:
-    """psycopg with the sqlite3 calls this module makes (`?` placeholders)."""
-
-    def __init__(self, conn: Any, translate: Any) -> None:
-        self.conn, self._sql = conn, translate
-
-    def execute(self, sql: str, params: Any = ()) -> Any:
-        return self.conn.execute(self._sql(sql), list(params))
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 def save(
@@ -136,7 +76,7 @@ def save(
         reviewer,
         time.time() if now is None else now,
     )
-    with _transaction(conn):
+    with transaction(conn):
         conn.execute(
             "INSERT INTO reviews (request, verdict, policy, side, shadow, model_label, mark,"
             " note, reviewer, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -250,11 +190,6 @@ def case_text(stored: str) -> str:
     if len(turns) == 1 and stored.startswith(f"[{turns[0]}] "):
         return stored[len(turns[0]) + 3 :]
     return stored
-
-
-def _transaction(conn: Any) -> Any:
-    """sqlite3's commit-or-rollback block; a PostgreSQL connection here autocommits."""
-    return conn if not is_postgres(conn) else contextlib.nullcontext()
 
 
 _COLUMNS = "request, verdict, policy, side, shadow, model_label, mark, note, reviewer, time"

@@ -24,13 +24,23 @@ class KeyRing(Generic[T]):
     def __init__(self, owners: Iterable[tuple[str, T]]) -> None:
         self._entries = tuple((key_digest(key), owner) for key, owner in owners)
 
+    @classmethod
+    def of_digests(cls, owners: Iterable[tuple[bytes, T]]) -> KeyRing[T]:
+        """A ring of secrets already digested (or MACs: anything compared as bytes)."""
+        ring: KeyRing[T] = cls(())
+        ring._entries = tuple(owners)
+        return ring
+
     def __bool__(self) -> bool:
         return bool(self._entries)
 
     def owner(self, presented: str | None) -> T | None:
         if not presented:
             return None
-        digest = hashlib.sha256(presented.encode()).digest()
+        return self.match(hashlib.sha256(presented.encode()).digest())
+
+    def match(self, digest: bytes) -> T | None:
+        """The owner of this digest: every entry is compared, no early exit."""
         found: T | None = None
         for expected, owner in self._entries:
             if hmac.compare_digest(digest, expected):

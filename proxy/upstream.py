@@ -38,20 +38,30 @@ FORWARDED_REQUEST_HEADERS = frozenset(
     )
 )
 _SDK_PREFIX = "x-stainless-"  # the official SDKs' client description (lang, version, retry)
-# Never passed back to the client: hop-by-hop and framing (the body may be re-encoded).
-_DROP_RESPONSE = frozenset(
+# The upstream's response headers passed back to the client: an allowlist too. What the
+# SDKs read (content type, request ids, rate limits and retry hints, processing time) and
+# the MCP transport's own (proxy.mcp.relay narrows them to its list). Everything else stays
+# here: account identifiers (anthropic-organization-id, openai-organization,
+# openai-project: they tell a tenant whose upstream account serves it), cookies, the
+# upstream's infrastructure headers (server, via, cf-ray, x-envoy-*, ...), hop-by-hop and
+# framing headers (the body may be re-encoded), and the upstream's x-request-id (the
+# gateway's own replaces it).
+RETURNED_RESPONSE_HEADERS = frozenset(
     (
-        b"connection",
-        b"keep-alive",
-        b"transfer-encoding",
-        b"content-length",
-        b"content-encoding",
-        b"server",
-        b"date",
-        b"set-cookie",
-        b"x-request-id",
+        b"content-type",
+        b"cache-control",
+        b"request-id",  # Anthropic's request id (the SDKs' `_request_id`)
+        b"retry-after",
+        b"retry-after-ms",
+        b"x-should-retry",  # the SDKs' retry override
+        b"openai-processing-ms",
+        b"openai-version",
+        b"mcp-session-id",
+        b"mcp-protocol-version",
+        b"allow",
     )
 )
+RETURNED_PREFIXES = (b"x-ratelimit-", b"anthropic-ratelimit-")
 
 
 class UpstreamError(Exception):
@@ -70,7 +80,10 @@ class UpstreamResponse:
         self._name = name
         self.status = response.status
         self.headers: list[tuple[bytes, bytes]] = [
-            (k.lower(), v) for k, v in response.raw_headers if k.lower() not in _DROP_RESPONSE
+            (name, v)
+            for k, v in response.raw_headers
+            if (name := k.lower()) in RETURNED_RESPONSE_HEADERS
+            or name.startswith(RETURNED_PREFIXES)
         ]
         self.content_type = response.headers.get("content-type", "")
         self.upstream_request_id = response.headers.get("x-request-id")

@@ -512,3 +512,19 @@ async def test_audit_page(store, tmp_path):
     ):
         with pytest.raises(AuditQueryError):
             await audit_page(store, bad)
+
+
+def test_the_policy_filter_probes_each_request_rather_than_listing_all_its_verdicts(tmp_path):
+    """`audit query --policy`, /admin/audit and the console share one filter: a correlated
+    probe of the newest requests' verdicts (a page of a policy most requests have takes a
+    millisecond), not the list of every request the policy ever saw, sorted (seconds)."""
+    with closing(audit_store.open_store(tmp_path / "a.db")) as conn:
+        where, params = audit_store.Filters.build(policy="pi, pii").where()
+        plan = conn.execute(
+            f"EXPLAIN QUERY PLAN SELECT r.id FROM requests r WHERE {where}"
+            " ORDER BY r.time DESC, r.id DESC LIMIT 100",
+            params,
+        ).fetchall()
+    steps = " / ".join(row[-1] for row in plan)
+    assert "CORRELATED" in steps and "LIST SUBQUERY" not in steps, steps
+    assert params == ["pi", "pii"]

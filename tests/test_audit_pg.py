@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -43,6 +45,51 @@ def test_schema_is_created_versioned_and_migrated_once(postgres_server):
         indexes = {n for (n,) in conn.execute("SELECT indexname FROM pg_indexes")}
         assert migrate(conn) == SCHEMA_VERSION
     assert {"requests_tenant", "requests_route", "requests_decision", "verdicts_policy"} <= indexes
+
+
+def test_a_version_1_database_is_migrated_to_reviews_and_both_engines_match(
+    postgres_server, tmp_path
+):
+    from proxy.audit_backends import open_writable
+    from proxy.audit_schema import POSTGRES, tables_sql
+    from proxy.audit_store import audit_row
+    from proxy.reviews import export_cases, save
+
+    url = postgres_server.new_database()
+    with psycopg.connect(url, autocommit=True) as conn:  # what a gateway of version 1 made
+        conn.execute(tables_sql(POSTGRES))
+        conn.execute("CREATE TABLE safeguard_schema (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO safeguard_schema (version) VALUES (1)")
+    writer = PgWriter(url)
+    writer.insert([audit_row(r) for r in sample()])
+    writer.close()
+    with closing(open_writable(Audit(url=url))) as conn:
+        save(conn, 2, 0, "wrong", "pg", "admin:1")
+        assert [c["note"] for c in export_cases(conn)] == ["pg"]
+    lite = SqliteWriter(tmp_path / "a.db")
+    lite.close()
+
+    def columns(conn, sql: str) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for table, column in conn.execute(sql).fetchall():
+            found.setdefault(table, []).append(column)
+        return found
+
+    with psycopg.connect(url) as conn:
+        assert [v for (v,) in conn.execute("SELECT version FROM safeguard_schema")] == [1, 2, 3]
+        pg = columns(
+            conn,
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_name"
+            " IN ('requests', 'verdicts', 'reviews', 'console_logouts')"
+            " ORDER BY table_name, ordinal_position",
+        )
+    with closing(sqlite3.connect(tmp_path / "a.db")) as conn:
+        sqlite = columns(
+            conn,
+            "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p"
+            " WHERE m.type = 'table' ORDER BY m.name, p.cid",
+        )
+    assert pg == sqlite and set(pg) == {"requests", "verdicts", "reviews", "console_logouts"}
 
 
 def test_same_records_queries_and_stats_on_both_backends(postgres_server, tmp_path):

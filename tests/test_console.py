@@ -297,11 +297,113 @@ def test_sessions_end_when_forged_expired_or_the_key_is_removed():
     cookie = sessions.sign_in("sk-r", now=1000)
     assert sessions.session(cookie, now=1001).role == "reviewer"
     assert sessions.session(cookie, now=1000 + 13 * 3600) is None
-    tag, issued, sig = cookie.split(".")
-    assert sessions.session(f"{tag}.{int(issued) + 1}.{sig}", now=1001) is None
+    tag, issued, sid, sig = cookie.split(".")
+    assert sessions.session(f"{tag}.{int(issued) + 1}.{sid}.{sig}", now=1001) is None
+    assert sessions.session(f"{tag}.{issued}.{sid[::-1]}.{sig}", now=1001) is None
     assert Sessions(["sk-a"], []).session(cookie, now=1001) is None
     assert sessions.sign_in("sk-nope") is None
     assert "sk-r" not in cookie
+
+
+def test_a_signed_out_cookie_is_refused_by_every_worker(make_gateway):
+    """Two gateways on one audit store stand for two workers (or pods): signing out on
+    one ends the session on both, and a copy of the cookie replayed later is refused."""
+    first, second = start(make_gateway), start(make_gateway)
+    client = sign_in(first)
+    cookie = client.cookies.get("sg_console")
+    page = client.get("/console/policies")
+    assert page.status_code == 200
+    with httpx.Client(base_url=second.url, cookies={"sg_console": cookie}) as other:
+        assert other.get("/console/policies").status_code == 200
+        out = client.post("/console/logout", data={"csrf": csrf_of(page.text)})
+        assert out.status_code == 303 and out.headers["location"] == "/console/login"
+        assert "sg_console=" in out.headers["set-cookie"]
+        assert other.get("/console/policies").status_code == 303
+    with httpx.Client(base_url=first.url, cookies={"sg_console": cookie}) as replay:
+        answer = replay.get("/console/decisions")
+        assert answer.status_code == 303 and "/console/login" in answer.headers["location"]
+    assert sign_in(first).get("/console/policies").status_code == 200  # a new session works
+
+
+def _login_attempt(client: httpx.Client, key: str, **headers: str) -> httpx.Response:
+    form = client.get("/console/login", headers=headers)
+    return client.post(
+        "/console/login", data={"key": key, "csrf": csrf_of(form.text)}, headers=headers
+    )
+
+
+def test_failed_sign_ins_are_limited_per_address_and_per_key_prefix(make_gateway, monkeypatch):
+    monkeypatch.setenv("SAFEGUARD_CONSOLE_COOKIE_SECURE", "0")  # "remote" clients on http
+    gw = start(make_gateway)
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        for i in range(10):
+            assert _login_attempt(client, f"sk-guess-{i}").status_code == 401
+        limited = _login_attempt(client, ADMIN_KEY)  # even the right key, from there
+        assert limited.status_code == 429
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        assert "sg_console=" not in limited.headers.get("set-cookie", "")
+        # another address (through the loopback proxy uvicorn trusts) is not limited...
+        elsewhere = {"x-forwarded-for": "198.51.100.7"}
+        assert _login_attempt(client, ADMIN_KEY, **elsewhere).status_code == 303
+        # ...but ten addresses guessing at one key prefix are
+        for i in range(10):
+            spread = {"x-forwarded-for": f"198.51.100.{20 + i}"}
+            assert _login_attempt(client, f"sk-admin{i}", **spread).status_code == 401
+        again = _login_attempt(client, "sk-admin-x", **{"x-forwarded-for": "198.51.100.99"})
+        assert again.status_code == 429 and int(again.headers["retry-after"]) >= 1
+
+
+def test_sign_in_limit_window_slides():
+    from proxy.console.limits import SignInLimit
+
+    limit = SignInLimit(most=3, window_s=60)
+    for t in (0, 10, 20):
+        assert limit.retry_after("10.0.0.1", "sk-x", now=t) == 0
+        limit.failed("10.0.0.1", "sk-x", now=t)
+    assert limit.retry_after("10.0.0.1", "sk-other", now=30) == 30  # the address is out
+    assert limit.retry_after("10.0.0.2", "sk-x", now=30) == 30  # so is the key prefix
+    assert limit.retry_after("10.0.0.2", "sk-other", now=30) == 0
+    assert limit.retry_after("10.0.0.1", "sk-x", now=60.5) == 0  # the first one has left
+    limit.failed("10.0.0.1", "sk-x", now=60.5)
+    assert limit.retry_after("10.0.0.1", "sk-x", now=61) == 9  # until the second leaves
+    assert limit.retry_after("10.0.0.1", "sk-x", now=70) == 0
+
+
+def test_session_cookie_is_secure_unless_plain_http_from_loopback(make_gateway, monkeypatch):
+    from proxy.console.session import COOKIE_SECURE_ENV, secure_cookie
+
+    assert not secure_cookie("http", "127.0.0.1", None)
+    assert not secure_cookie("http", "::1", None)
+    assert secure_cookie("https", "127.0.0.1", None)
+    assert secure_cookie("http", "127.0.0.1", "https")  # a TLS proxy on the same host
+    assert secure_cookie("http", "10.0.0.5", None)  # a proxy or browser elsewhere
+    assert secure_cookie("http", "10.0.0.5", "http")  # a header cannot take it away
+    assert secure_cookie("http", None, None)
+    monkeypatch.setenv(COOKIE_SECURE_ENV, "0")
+    assert not secure_cookie("http", "10.0.0.5", None)
+    monkeypatch.setenv(COOKIE_SECURE_ENV, "1")
+    assert secure_cookie("http", "127.0.0.1", None)
+    monkeypatch.delenv(COOKIE_SECURE_ENV)
+    gw = start(make_gateway)
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        local = _login_attempt(client, ADMIN_KEY)
+        assert "secure" not in local.headers["set-cookie"].lower()
+        # a browser elsewhere, through a proxy uvicorn trusts: the client is not loopback
+        form = client.get("/console/login")
+        remote = client.post(
+            "/console/login",
+            data={"key": ADMIN_KEY, "csrf": csrf_of(form.text)},
+            headers={"x-forwarded-for": "203.0.113.9"},
+        )
+        assert remote.status_code == 303
+        assert "; secure" in remote.headers["set-cookie"].lower()
+        # served over plain http elsewhere, the browser dropped the form's Secure cookie
+        dropped = httpx.post(
+            gw.url + "/console/login",
+            data={"key": ADMIN_KEY, "csrf": "x"},
+            headers={"x-forwarded-for": "203.0.113.9"},
+        )
+        assert dropped.status_code == 401 and "SAFEGUARD_CONSOLE_COOKIE_SECURE=0" in dropped.text
 
 
 def test_console_reviews_and_exports_on_postgresql(make_gateway, postgres_server, tmp_path):
@@ -345,6 +447,11 @@ def test_console_reviews_and_exports_on_postgresql(make_gateway, postgres_server
             yaml.safe_load(cli_config(gw, tmp_path).read_text()) | {"audit": {"url": url}}
         )
     )
+    cookie = client.cookies["sg_console"]
+    out = client.post("/console/logout", data={"csrf": csrf_of(page)})
+    assert out.status_code == 303
+    replay = httpx.Client(base_url=gw.url, cookies={"sg_console": cookie})
+    assert replay.get("/console/decisions").status_code == 303  # signed out in PostgreSQL
     done = subprocess.run(
         [sys.executable, "-m", "proxy", "audit", "export", "--reviewed", "--config", str(config)],
         capture_output=True,

@@ -114,9 +114,12 @@ def test_no_spelling_of_a_generation_path_reaches_the_upstream(gateway, upstream
     ],
 )
 def test_a_wrong_method_on_a_served_path_is_405(gateway, upstream, method, target):
-    status, _, body = send(gateway, method, target, CHAT_BODY if method != "GET" else None)
+    status, headers, body = send(gateway, method, target, CHAT_BODY if method != "GET" else None)
     assert status == 405
     assert body["error"]["code"] == "method_not_allowed"
+    assert {k.lower(): v for k, v in headers.items()}["allow"] == (
+        "GET" if target.startswith("/v1/models") else "POST"
+    )
     assert upstream[0].requests == []
 
 

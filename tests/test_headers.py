@@ -174,3 +174,132 @@ def test_a_route_cannot_opt_in_the_gateway_key_or_framing(name):
     data["routes"]["r"]["forward_headers"] = [name]
     with pytest.raises(ConfigError, match=r"routes\.r\.forward_headers"):
         parse_config(data)
+
+
+# What real upstreams send beside the answer: ids and limits the SDKs read, and account
+# and infrastructure headers no tenant should see.
+UPSTREAM_HEADERS = {
+    "request-id": "req_upstream_9",
+    "x-request-id": "upstream-own-id",
+    "x-ratelimit-remaining-requests": "499",
+    "anthropic-ratelimit-requests-remaining": "49",
+    "openai-processing-ms": "12",
+    "retry-after": "3",
+    "anthropic-organization-id": "org-gateway-account",
+    "openai-organization": "org-gateway-account",
+    "openai-project": "proj_gateway",
+    "x-envoy-upstream-service-time": "11",
+    "x-internal-account": "acct-7",
+    "server": "upstream/1.0",
+    "set-cookie": "__cf_bm=abc; path=/",
+    "cf-ray": "8a1b2c3d4e5f-SJC",
+}
+LEAKS = (
+    "anthropic-organization-id",
+    "openai-organization",
+    "openai-project",
+    "x-envoy-upstream-service-time",
+    "x-internal-account",
+    "set-cookie",
+    "cf-ray",
+)
+
+
+def _account_upstream():
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    chat = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "hello"},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    chunk = {k: v for k, v in chat.items() if k != "choices"} | {
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"content": "hello"}, "finish_reason": "stop"}],
+    }
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-x",
+        "content": [{"type": "text", "text": "hello"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 1, "output_tokens": 1},
+    }
+
+    async def completions(request: Request) -> Response:
+        if (await request.json()).get("stream"):
+            body = b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
+            return Response(body, media_type="text/event-stream", headers=UPSTREAM_HEADERS)
+        return Response(orjson.dumps(chat), media_type="application/json", headers=UPSTREAM_HEADERS)
+
+    async def messages(request: Request) -> Response:
+        body = orjson.dumps(message)
+        return Response(body, media_type="application/json", headers=UPSTREAM_HEADERS)
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", completions, methods=["POST"]),
+            Route("/v1/messages", messages, methods=["POST"]),
+        ]
+    )
+
+
+def test_upstream_account_headers_never_reach_the_client_but_ids_and_limits_do(make_gateway):
+    import anthropic
+
+    from tests.fakes.serve import serve
+
+    server = serve(_account_upstream())
+    try:
+        gw = make_gateway(
+            raw={
+                "upstreams": {
+                    "acct": {"base_url": server.url + "/v1", "api_key": "sk-up"},
+                    "claude": {
+                        "base_url": server.url + "/v1",
+                        "api_key": "sk-up",
+                        "api": "anthropic",
+                    },
+                }
+            },
+            acct={"upstream": "acct"},
+            claude={"upstream": "claude"},
+        )
+        client = openai.OpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0)
+        request = {"model": "acct-1", "messages": [{"role": "user", "content": "hi"}]}
+        plain = client.chat.completions.with_raw_response.create(**request)
+        with client.chat.completions.with_streaming_response.create(
+            **request, stream=True
+        ) as streamed:
+            assert "".join(streamed.iter_text()).endswith("[DONE]\n\n")
+        claude = anthropic.Anthropic(base_url=gw.url, api_key=KEY, max_retries=0)
+        message = claude.messages.with_raw_response.create(
+            model="claude-1", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert message.parse()._request_id == "req_upstream_9"
+        for response in (plain, streamed, message):
+            headers = response.headers
+            for name in LEAKS:
+                assert name not in headers, name
+            assert headers["request-id"] == "req_upstream_9"
+            assert headers["x-ratelimit-remaining-requests"] == "499"
+            assert headers["anthropic-ratelimit-requests-remaining"] == "49"
+            assert headers["openai-processing-ms"] == "12"
+            assert headers["retry-after"] == "3"
+            assert headers["x-request-id"] != "upstream-own-id"  # the gateway's own
+            assert headers.get("server") != "upstream/1.0"
+    finally:
+        server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -180,3 +181,30 @@ async def test_the_request_names_its_host_path_and_key() -> None:
     assert b"content-type: application/json" in lines
     assert any(line.startswith(b"host: 127.0.0.1:") for line in lines)
     assert body == client.request_body(POLICY, "content")
+
+
+def _gzip_bomb(decoded: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 16 + 15: a gzip member
+    zeros = b"\0" * (1 << 20)
+    return b"".join(packer.compress(zeros) for _ in range(decoded >> 20)) + packer.flush()
+
+
+async def test_a_gzip_bomb_from_the_classifier_is_refused_within_the_bound() -> None:
+    bomb = _gzip_bomb(64 << 20)  # 64 MiB of zeros in ~64 KiB
+    assert len(bomb) < 1 << 18
+
+    async for url, _ in serve(keep_alive(bomb, b"content-encoding: gzip\r\n")):
+        client = SafeguardClient(url, "m")
+        with pytest.raises(ClassifierError) as caught:
+            await client.classify(POLICY, "content")
+        await client.aclose()
+        assert caught.value.kind == "unreachable"
+        assert "once decoded" in caught.value.detail
+        origin = Origin(url, {}, max_answer=len(bomb) - 1)  # the bound holds as sent, too
+        with pytest.raises(ConnectionError, match="answer over"):
+            await origin.request("POST", "/chat/completions", b"{}", 5)
+        origin.close()
+        small = Origin(url, {}, max_answer=65 << 20)  # within a larger bound it decodes
+        status, body = await small.request("POST", "/chat/completions", b"{}", 20)
+        small.close()
+        assert status == 200 and len(body) == 64 << 20

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from proxy.audit_schema import SCHEMA_VERSION
 from proxy.audit_store import audit_row, insert_rows, open_store
 from proxy.config import ConfigError, parse_config
 from proxy.reviews import (
     ReviewError,
     case_text,
-    ensure_schema,
     export_cases,
     for_request,
     save,
@@ -40,7 +40,6 @@ def record(text: str, label: str, *, retention: str = "full", side: str = "input
 @pytest.fixture
 def conn(tmp_path: Path):
     with closing(open_store(tmp_path / "audit.db")) as c:
-        ensure_schema(c)
         insert_rows(
             c,
             [
@@ -118,15 +117,29 @@ def test_config_takes_reviewer_keys_and_a_trace_url():
         parse_config(base | {"admin": {"reviewer_keys": "r1"}})
 
 
-def test_reviews_table_is_plain_sql(tmp_path: Path):
-    """The schema script runs on a bare SQLite too (no gateway-specific pragmas)."""
-    with closing(sqlite3.connect(tmp_path / "x.db")) as c:
-        c.executescript(
-            "CREATE TABLE requests (id INTEGER PRIMARY KEY, record TEXT);"
-            "CREATE TABLE verdicts (request INTEGER, shadow INTEGER);"
-        )
-        ensure_schema(c)
-        assert c.execute("SELECT COUNT(*) FROM reviews").fetchone() == (0,)
+# What open_store made before reviews joined the schema (version 1).
+V1_SQLITE = """
+CREATE TABLE requests (
+    id INTEGER PRIMARY KEY, request_id TEXT, time REAL, tenant TEXT, route TEXT,
+    endpoint TEXT, model TEXT, decision TEXT, status INTEGER, record TEXT NOT NULL
+);
+CREATE TABLE verdicts (
+    request INTEGER NOT NULL REFERENCES requests(id), policy TEXT, version TEXT, side TEXT,
+    label TEXT, category TEXT, action TEXT, shadow INTEGER NOT NULL DEFAULT 0
+);
+PRAGMA user_version = 1;
+"""
+
+
+def test_an_older_sqlite_store_gains_the_reviews_table_when_the_writer_opens_it(tmp_path):
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path)) as c:
+        c.executescript(V1_SQLITE)
+    with closing(open_store(path)) as c:
+        insert_rows(c, [audit_row(record("buy now, cheap pills", "violation"))])
+        assert c.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        save(c, 1, 0, "correct", "", "admin:1")
+        assert [case["label"] for case in export_cases(c)] == [1]
 
 
 def test_a_config_of_sha256_keys_is_not_enough_to_forge_a_console_session():

@@ -27,11 +27,20 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from proxy import reviews
-from proxy.audit_backends import store_errors
+from proxy.audit_backends import ensure_schema, open_writable, store_errors
 from proxy.audit_cli import flagged
-from proxy.audit_store import AuditQueryError, StoreMissing, open_reader, open_store
+from proxy.audit_store import AuditQueryError, StoreMissing, open_reader
 from proxy.console import charts, store
-from proxy.console.session import COOKIE, LOGIN_COOKIE, Session, Sessions, same_token
+from proxy.console.limits import SignInLimit
+from proxy.console.session import (
+    COOKIE,
+    COOKIE_SECURE_ENV,
+    LOGIN_COOKIE,
+    Session,
+    Sessions,
+    same_token,
+    secure_cookie,
+)
 from proxy.guard.safeguard import ClassifierError
 from proxy.policies import Policy, PolicyError, parse_policy
 
@@ -102,6 +111,7 @@ class Console:
         self._schema_ready = False
         self._readers: list[Any] = []  # idle PostgreSQL read connections (list ops are atomic)
         self._errors = store_errors(self.audit)
+        self.limit = SignInLimit()
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -143,15 +153,9 @@ class Console:
             raise StoreUnavailable from None
 
     def _ensure_schema(self) -> None:
-        """The reviews table and the console's indexes, once the store exists."""
-        if self._schema_ready or not (self.audit.url or Path(self.audit.path).is_file()):
-            return
-        opened = (
-            reviews.open_writable(self.audit) if self.audit.url else open_store(self.audit.path)
-        )
-        with closing(opened) as conn:
-            reviews.ensure_schema(conn)
-        self._schema_ready = True
+        """The store's schema (reviews included) at its current version, once it exists."""
+        if not self._schema_ready:
+            self._schema_ready = ensure_schema(self.audit)
 
     def gate(self, handler: Handler, *, admin: bool = False) -> Callable[[Request], Awaitable]:
         """Session (else sign-in), CSRF token on POST (else 403), admin role where needed."""
@@ -159,24 +163,20 @@ class Console:
         async def endpoint(request: Request) -> Response:
             if not self.sessions:
                 return Response("The review console is disabled (no admin keys).", 404)
-            session = self.sessions.session(request.cookies.get(COOKIE))
-            if session is None:
-                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                if request.method != "GET":  # a form can't be re-sent after sign-in
-                    target = self.url(request, "/decisions")
-                login = self.url(request, "/login", {"next": target})
-                return RedirectResponse(login, status_code=303)
-            request.scope["console_session"] = session
-            if request.method == "POST":
-                form = await self.form(request)
-                if form is None or not same_token(session.csrf, form.get("csrf")):
-                    return self.page(
-                        request, "error.html", 403, message="Missing or bad CSRF token."
-                    )
-                request.scope["console_form"] = form
-            if admin and not session.admin:
-                return self.page(request, "error.html", 403, message="Admins only.")
             try:
+                session = await self._session(request)
+                if session is None:
+                    return self._to_sign_in(request)
+                request.scope["console_session"] = session
+                if request.method == "POST":
+                    form = await self.form(request)
+                    if form is None or not same_token(session.csrf, form.get("csrf")):
+                        return self.page(
+                            request, "error.html", 403, message="Missing or bad CSRF token."
+                        )
+                    request.scope["console_form"] = form
+                if admin and not session.admin:
+                    return self.page(request, "error.html", 403, message="Admins only.")
                 return await handler(request, session)
             except StoreUnavailable:
                 return self.page(
@@ -184,6 +184,21 @@ class Console:
                 )
 
         return endpoint
+
+    def _to_sign_in(self, request: Request) -> Response:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if request.method != "GET":  # a form can't be re-sent after sign-in
+            target = self.url(request, "/decisions")
+        return RedirectResponse(self.url(request, "/login", {"next": target}), status_code=303)
+
+    async def _session(self, request: Request) -> Session | None:
+        """The cookie's session unless it was signed out (on any worker: the store says)."""
+        session = self.sessions.session(request.cookies.get(COOKIE))
+        if session is None:
+            return None
+        if await self.read(lambda conn: store.signed_out(conn, session.id)):
+            return None
+        return session
 
     @staticmethod
     async def form(request: Request) -> dict[str, str] | None:
@@ -210,14 +225,31 @@ class Console:
         if request.method == "POST":
             form = await self.form(request) or {}
             nonce = request.cookies.get(LOGIN_COOKIE)
+            client = request.client.host if request.client else None
+            key = form.get("key", "")
+            if wait := self.limit.retry_after(client, key):
+                response = self.page(
+                    request,
+                    "error.html",
+                    429,
+                    message=f"Too many failed sign-ins: try again in {wait} s.",
+                )
+                response.headers["retry-after"] = str(wait)
+                return response
             if not self.sessions.check_login_token(nonce, form.get("csrf")):
                 error = "The sign-in form expired; try again."
-            elif cookie := self.sessions.sign_in(form.get("key", "")):
+                if nonce is None and self._secure(request) and request.url.scheme == "http":
+                    error += (
+                        " Browsers keep this console's Secure cookies only over https: serve"
+                        f" it over https (or set {COOKIE_SECURE_ENV}=0 on a private network)."
+                    )
+            elif cookie := self.sessions.sign_in(key):
                 response = RedirectResponse(_local(form.get("next"), target), status_code=303)
                 self._cookie(request, response, COOKIE, cookie, self.sessions.max_age_s)
-                response.delete_cookie(LOGIN_COOKIE, path=self._path(request))
+                self._drop_cookie(request, response, LOGIN_COOKIE)
                 return response
             else:
+                self.limit.failed(client, key)
                 error = "That key is not an admin or reviewer key."
         nonce = self.sessions.login_nonce()
         response = self.page(
@@ -234,6 +266,11 @@ class Console:
     def _path(self, request: Request) -> str:
         return request.scope.get("root_path", "") or "/"
 
+    @staticmethod
+    def _secure(request: Request) -> bool:
+        client = request.client.host if request.client else None
+        return secure_cookie(request.url.scheme, client, request.headers.get("x-forwarded-proto"))
+
     def _cookie(self, request: Request, response: Response, name: str, value: str, age) -> None:
         response.set_cookie(
             name,
@@ -242,12 +279,34 @@ class Console:
             path=self._path(request),
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=self._secure(request),
+        )
+
+    def _drop_cookie(self, request: Request, response: Response, name: str) -> None:
+        response.delete_cookie(
+            name,
+            path=self._path(request),
+            httponly=True,
+            samesite="strict",
+            secure=self._secure(request),
         )
 
     async def logout(self, request: Request, session: Session) -> Response:
+        """Ends the session for every worker: its id is kept in the store until it would
+        have expired, and a replayed cookie is refused."""
+
+        def write() -> None:
+            self._schema_ready = ensure_schema(self.audit, create=True)
+            with closing(open_writable(self.audit)) as conn:
+                store.sign_out(conn, session.id, session.expires, time.time())
+
+        try:
+            await asyncio.to_thread(write)
+        except self._errors as exc:
+            log.warning("console: sign-out not stored (%s)", type(exc).__name__)
+            raise StoreUnavailable from None
         response = RedirectResponse(self.url(request, "/login"), status_code=303)
-        response.delete_cookie(COOKIE, path=self._path(request))
+        self._drop_cookie(request, response, COOKIE)
         return response
 
     # -- decisions ---------------------------------------------------------------------
@@ -321,7 +380,7 @@ class Console:
 
         def write() -> reviews.Review:
             self._ensure_schema()
-            with closing(reviews.open_writable(self.audit)) as conn:
+            with closing(open_writable(self.audit)) as conn:
                 return reviews.save(
                     conn,
                     row_id,

@@ -1,19 +1,21 @@
 """Console sign-in: an admin or reviewer key, exchanged once for a signed session cookie.
 
 The cookie never holds the key or its digest: it carries a tag (HMAC of the key's digest
-under the console secret), the time it was issued and a signature. The secret is the
-server's own (`server_secret`) mixed with every configured key's digest, so all workers
-of a gateway agree on it, a config's `sha256:` keys forge nothing, and rotating the keys
-ends every session. On each request the tag is looked
-up again in constant time against every configured key, so a removed key's session ends
-and a reviewer's cookie cannot become an admin's. CSRF tokens are HMACs of the session,
-so a form posted from elsewhere (or without its token) is refused.
+under the console secret), the time it was issued, a random session id and a signature.
+The secret is the server's own (`server_secret`) mixed with every configured key's digest,
+so all workers of a gateway agree on it, a config's `sha256:` keys forge nothing, and
+rotating the keys ends every session. On each request the tag is looked up again in
+constant time against every configured key, so a removed key's session ends and a
+reviewer's cookie cannot become an admin's. CSRF tokens are HMACs of the session, so a
+form posted from elsewhere (or without its token) is refused. Signing out records the
+session id in the audit store (proxy.console.store), where every worker looks it up.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 import time
@@ -21,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from proxy.config import key_digest
+from proxy.tenancy import KeyRing
 
 COOKIE = "sg_console"
 LOGIN_COOKIE = "sg_console_login"
@@ -33,6 +36,8 @@ class Session:
     role: str  # admin | reviewer
     who: str  # "<role>:<8 hex>", a stable pseudonym of the key (what reviews record)
     csrf: str
+    id: str = ""  # random per sign-in: what signing out revokes
+    expires: float = 0.0  # unix seconds
 
     @property
     def admin(self) -> bool:
@@ -59,15 +64,18 @@ class Sessions:
         *,
         max_age_s: float = MAX_AGE_S,
     ) -> None:
-        keys = [(key_digest(k), ADMIN) for k in admin_keys]
-        keys += [(key_digest(k), REVIEWER) for k in reviewer_keys]
-        material = b"".join(sorted(digest for digest, _ in keys))
+        keys = [(k, key_digest(k), ADMIN) for k in admin_keys]
+        keys += [(k, key_digest(k), REVIEWER) for k in reviewer_keys]
+        material = b"".join(sorted(digest for _, digest, _ in keys))
         # The key digests alone are no secret (a config may list them as sha256:<hex>):
         # a secret of the server's own goes in, so reading the config forges nothing.
         self._secret = hashlib.sha256(
             b"safeguard-console/v1\0" + server_secret() + b"\0" + material
         ).digest()
-        self._keys = tuple((digest, self._mac(b"key", digest), role) for digest, role in keys)
+        tagged = [(k, self._mac(b"key", digest), role) for k, digest, role in keys]
+        # key -> (its tag, its role); a cookie's tag -> the role (both constant time)
+        self._keys = KeyRing((k, (tag, role)) for k, tag, role in tagged)
+        self._tags = KeyRing.of_digests((tag, role) for _, tag, role in tagged)
         self.max_age_s = max_age_s
 
     def __bool__(self) -> bool:
@@ -78,41 +86,32 @@ class Sessions:
 
     def sign_in(self, presented: str, *, now: float | None = None) -> str | None:
         """The session cookie for a configured key, else None (constant time over keys)."""
-        if not presented:
-            return None
-        digest = hashlib.sha256(presented.encode()).digest()
-        found = None
-        for expected, tag, _role in self._keys:
-            if hmac.compare_digest(digest, expected):
-                found = tag
+        found = self._keys.owner(presented)
         if found is None:
             return None
         issued = int(time.time() if now is None else now)
-        payload = f"{found.hex()}.{issued}"
+        payload = f"{found[0].hex()}.{issued}.{secrets.token_hex(16)}"
         return f"{payload}.{self._mac(b'cookie', payload.encode()).hex()}"
 
     def session(self, cookie: str | None, *, now: float | None = None) -> Session | None:
-        """The session a cookie proves, or None (forged, expired, or its key removed)."""
-        if not cookie or cookie.count(".") != 2:
+        """The session a cookie proves, or None (forged, expired, or its key removed);
+        whether it was signed out is the store's to say."""
+        if not cookie or cookie.count(".") != 3:
             return None
         payload, _, signature = cookie.rpartition(".")
         if not hmac.compare_digest(
             signature.encode(), self._mac(b"cookie", payload.encode()).hex().encode()
         ):
             return None
-        tag_hex, _, issued = payload.partition(".")
+        tag_hex, issued, sid = payload.split(".")
         current = time.time() if now is None else now
         if not issued.isdigit() or not 0 <= current - int(issued) < self.max_age_s:
             return None
-        tag = bytes.fromhex(tag_hex) if _is_hex(tag_hex) else b""
-        role = None
-        for _digest, expected, owner in self._keys:
-            if hmac.compare_digest(tag, expected):
-                role = owner
+        role = self._tags.match(bytes.fromhex(tag_hex) if _is_hex(tag_hex) else b"")
         if role is None:
             return None
         csrf = self._mac(b"csrf", payload.encode()).hex()[:40]
-        return Session(role, f"{role}:{tag_hex[:8]}", csrf)
+        return Session(role, f"{role}:{tag_hex[:8]}", csrf, sid, int(issued) + self.max_age_s)
 
     # -- the sign-in form's own CSRF token, bound to a random pre-session cookie ----------
 
@@ -139,3 +138,31 @@ def _is_hex(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+COOKIE_SECURE_ENV = "SAFEGUARD_CONSOLE_COOKIE_SECURE"
+
+
+def secure_cookie(scheme: str, client: str | None, forwarded_proto: str | None) -> bool:
+    """Whether the console's cookies get `Secure`: always, except for plain http from a
+    loopback peer (a browser on the gateway's own host, or the tests) that no proxy says
+    was https. `X-Forwarded-Proto: https` needs no trusted-proxy list here: it can only
+    add `Secure`. uvicorn already turns it into an https scheme for its trusted proxies
+    (`FORWARDED_ALLOW_IPS`, 127.0.0.1 by default), and a proxy elsewhere is no loopback
+    peer. `SAFEGUARD_CONSOLE_COOKIE_SECURE=1` forces it on, `=0` off (a console served
+    over plain http on a private network, where a browser drops Secure cookies)."""
+    setting = os.environ.get(COOKIE_SECURE_ENV, "").strip().lower()
+    if setting in ("1", "true", "yes", "on"):
+        return True
+    if setting in ("0", "false", "no", "off"):
+        return False
+    if scheme == "https" or (forwarded_proto or "").strip().lower() == "https":
+        return True
+    return not _loopback(client)
+
+
+def _loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -15,8 +15,9 @@ from typing import Any
 
 import orjson
 
+from proxy.audit_backends import is_postgres, transaction
 from proxy.audit_store import Filters
-from proxy.reviews import for_request, has_reviews, is_postgres
+from proxy.reviews import for_request, has_reviews
 
 PAGE = 50
 # Free text without a time range reads only the newest SEARCH_ROWS requests: the text is
@@ -29,9 +30,7 @@ QUEUES = {
 
 # A shadow verdict disagrees when its label differs from its side's enforced outcome
 # (flagged by any enforced policy of that side, or by none); failed checks are not compared.
-# Conditions on verdicts are correlated EXISTS, not `r.id IN (SELECT ...)`: SQLite then walks
-# requests newest first and probes each one's verdicts until the page is full (a
-# millisecond on a million records), where IN builds the whole list and sorts (seconds).
+# Conditions on verdicts are correlated EXISTS, as Filters.where's policy filter (why there).
 # Whether an enforced policy of the shadow verdict `s`'s side flagged its request.
 _ENFORCED_FLAGGED = (
     "EXISTS (SELECT 1 FROM verdicts e WHERE e.request = s.request AND e.shadow = 0"
@@ -83,17 +82,12 @@ class Query:
         where, params = Filters.build(
             tenant=self.tenant,
             route=self.route,
+            policy=self.policy,
             decision=self.decision,
             since=self.since,
             until=self.until,
         ).where()
         clauses = [where]
-        if names := [n.strip() for n in self.policy.split(",") if n.strip()]:
-            clauses.append(
-                "EXISTS (SELECT 1 FROM verdicts p WHERE p.request = r.id AND p.policy IN"
-                f" ({','.join('?' * len(names))}))"
-            )
-            params += names
         if self.shadow:
             clauses.append(
                 "EXISTS (SELECT 1 FROM verdicts v WHERE v.request = r.id AND v.shadow = 1)"
@@ -218,3 +212,20 @@ def policy_history(conn: Any, policy: str, since: float) -> PolicyHistory:
         ):
             agreement[hour] = (int(agree or 0), int(compared))
     return PolicyHistory([tuple(v) for v in versions], hourly, agreement, shadow)
+
+
+def signed_out(conn: Any, session: str) -> bool:
+    """Whether this console session was signed out (on any worker or pod)."""
+    found = conn.execute("SELECT 1 FROM console_logouts WHERE session = ?", (session,))
+    return found.fetchone() is not None
+
+
+def sign_out(conn: Any, session: str, expires: float, now: float) -> None:
+    """Keep the session's id until it would have expired (and forget expired ones)."""
+    with transaction(conn):
+        conn.execute("DELETE FROM console_logouts WHERE expires < ?", (now,))
+        conn.execute(
+            "INSERT INTO console_logouts (session, expires) VALUES (?, ?)"
+            " ON CONFLICT (session) DO NOTHING",
+            (session, expires),
+        )

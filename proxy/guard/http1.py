@@ -8,7 +8,10 @@ C parser uvicorn serves with, reads the answer): ~12% of a guarded 100-token str
 It does what the classifier needs: http and https, a bounded pool of kept-alive
 connections, Content-Length or chunked answers (or read to close), gzip/deflate, one
 retry when a reused connection turns out closed, and a total deadline per request.
-Errors are TimeoutError (deadline) or ConnectionError (anything else on the wire).
+An answer is bounded (`max_answer` bytes, 8 MiB: a verdict with its reasoning is a few
+KiB) as sent and once decoded, so a runaway or hostile server (a gzip bomb) costs at most
+that much memory. Errors are TimeoutError (deadline) or ConnectionError (anything else on
+the wire, an answer over the bound included).
 """
 
 from __future__ import annotations
@@ -21,15 +24,19 @@ from urllib.parse import urlsplit
 
 import httptools
 
+MAX_ANSWER = 8 << 20  # bytes of an answer, as sent and as decoded
+
 
 class _Conn(asyncio.Protocol):
     """One connection; at most one request in flight on it."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_answer: int = MAX_ANSWER) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.max_answer = max_answer
         self.body: list[bytes] = []
+        self.size = 0
         self.received = False  # any byte of the current answer
         self.headers_done = False
         self.sized = False  # Content-Length or chunked: the parser knows where it ends
@@ -59,6 +66,11 @@ class _Conn(asyncio.Protocol):
         self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size > self.max_answer:
+            self._fail(ConnectionError(f"answer over {self.max_answer} bytes"))
+            self.close()  # what else it sends is not read
+            return
         self.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -70,12 +82,12 @@ class _Conn(asyncio.Protocol):
         body, self.body = b"".join(self.body), []
         if waiter is None or waiter.done():
             return
-        try:
-            if self.encoding in (b"gzip", b"deflate"):
-                body = zlib.decompress(body, 47)  # 32 + 15: gzip or zlib header
-        except zlib.error as exc:
-            waiter.set_exception(ConnectionError(f"undecodable answer: {exc}"))
-            return
+        if self.encoding in (b"gzip", b"deflate"):
+            try:
+                body = _decoded(body, self.max_answer)
+            except ConnectionError as exc:
+                waiter.set_exception(exc)
+                return
         waiter.set_result((self.parser.get_status_code(), body))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -91,7 +103,7 @@ class _Conn(asyncio.Protocol):
             waiter.set_exception(exc)
 
     def send(self, data: bytes, waiter: asyncio.Future[tuple[int, bytes]]) -> None:
-        self.waiter, self.body, self.received = waiter, [], False
+        self.waiter, self.body, self.received, self.size = waiter, [], False, 0
         self.headers_done = self.sized = self.reusable = False
         self.encoding = b""
         self.transport.write(data)  # type: ignore[union-attr]
@@ -105,6 +117,20 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
+def _decoded(body: bytes, limit: int) -> bytes:
+    """A gzip or zlib body decoded, at most `limit` bytes of it (ConnectionError past)."""
+    decoder = zlib.decompressobj(47)  # 32 + 15: gzip or zlib header
+    try:
+        out = decoder.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ConnectionError(f"undecodable answer: {exc}") from None
+    if len(out) > limit or decoder.unconsumed_tail:
+        raise ConnectionError(f"answer over {limit} bytes once decoded")
+    if not decoder.eof:
+        raise ConnectionError("undecodable answer: truncated")
+    return out
+
+
 def _expire(waiter: asyncio.Future[tuple[int, bytes]]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
@@ -113,7 +139,14 @@ def _expire(waiter: asyncio.Future[tuple[int, bytes]]) -> None:
 class Origin:
     """Requests to one scheme://host:port, over at most `limit` kept-alive connections."""
 
-    def __init__(self, base_url: str, headers: dict[str, str], *, limit: int = 256) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        headers: dict[str, str],
+        *,
+        limit: int = 256,
+        max_answer: int = MAX_ANSWER,
+    ) -> None:
         parts = urlsplit(base_url)
         self._invalid = parts.scheme not in ("http", "https") or not parts.hostname
         self.host = parts.hostname or ""
@@ -124,6 +157,7 @@ class Origin:
         lines = [f"host: {authority}", *(f"{k}: {v}" for k, v in headers.items())]
         self._headers = ("\r\n".join(lines) + "\r\n").encode("latin-1")
         self._limit = max(1, limit)
+        self._max_answer = max_answer
         self._idle: list[_Conn] = []
         self._count = 0  # open connections, idle or busy
         self._slots: deque[asyncio.Future[None]] = deque()
@@ -185,7 +219,7 @@ class Origin:
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    _Conn, self.host, self.port, ssl=self.ssl,
+                    lambda: _Conn(self._max_answer), self.host, self.port, ssl=self.ssl,
                     server_hostname=self.host if self.ssl else None,
                 ),
                 max(0.0, deadline - loop.time()),

@@ -13,6 +13,7 @@ from tests.bench.harness import (
     KEY,
     Scenario,
     Settings,
+    answered,
     bracketed,
     closed,
     cluster,
@@ -200,10 +201,6 @@ def _audit_rows(path: Path) -> int | None:
         return None
 
 
-def _sent(runs: list[dict[str, Any]]) -> int:
-    return sum(sum(r["statuses"].values()) for r in runs)
-
-
 def observability(settings: Settings) -> Scenario:
     sc = Scenario("obs", "Audit + tracing overhead on the core scenario (issue 4)")
     sc.notes += [
@@ -264,7 +261,7 @@ def observability(settings: Settings) -> Scenario:
         r = ratio_spread(ratios[name])
         target, ok = (">= 0.80", r["median"] >= 0.8) if name == "both" else ("(info)", None)
         sc.check(f"{variants[name][0]} / both off, req/s at c=32", spread(r), target, ok)
-    traced = _sent(runs["tracing"]) + _sent(runs["both"])
+    traced = answered(runs["tracing"]) + answered(runs["both"])
     per_request = spans / traced if traced else 0.0
     sc.check(
         "spans received by the OTLP sink per traced request",
@@ -276,7 +273,7 @@ def observability(settings: Settings) -> Scenario:
         if name not in runs:
             continue
         rows_written = _audit_rows(tmp / name / "audit.db")
-        sent = _sent(runs[name])
+        sent = answered(runs[name])
         sc.check(
             f"audit rows written / requests answered ({variants[name][0]})",
             f"{rows_written} / {sent}",

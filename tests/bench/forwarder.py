@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import uvloop
@@ -22,6 +23,26 @@ from tests.bench.common import announce, prepare, server_args
 
 PATH = "/v1/chat/completions"
 JSON_HEADERS = {"content-type": "application/json"}
+
+
+async def relay(
+    request: web.Request,
+    status: int,
+    content_type: str | None,
+    read: Callable[[], Awaitable[bytes]],
+    chunks: AsyncIterator[bytes],
+) -> web.StreamResponse:
+    """The upstream's answer to the client: JSON whole, SSE chunk by chunk."""
+    content_type = content_type or "application/json"
+    headers = {"content-type": content_type}
+    if not content_type.startswith("text/event-stream"):
+        return web.Response(body=await read(), status=status, headers=headers)
+    response = web.StreamResponse(status=status, headers=headers)
+    await response.prepare(request)
+    async for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 def aiohttp_handler(upstream: str, path: str = PATH) -> tuple[Any, Any]:
@@ -35,20 +56,13 @@ def aiohttp_handler(upstream: str, path: str = PATH) -> tuple[Any, Any]:
             )
         body = await request.read()
         async with session.post(upstream + path, data=body, headers=JSON_HEADERS) as answer:
-            content_type = answer.headers.get("content-type", "application/json")
-            if not content_type.startswith("text/event-stream"):
-                data = await answer.read()
-                return web.Response(
-                    body=data, status=answer.status, headers={"content-type": content_type}
-                )
-            response = web.StreamResponse(
-                status=answer.status, headers={"content-type": content_type}
+            return await relay(
+                request,
+                answer.status,
+                answer.headers.get("content-type"),
+                answer.read,
+                answer.content.iter_any(),
             )
-            await response.prepare(request)
-            async for chunk in answer.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
 
     async def close() -> None:
         if session is not None:
@@ -67,20 +81,13 @@ def httpx_handler(upstream: str) -> tuple[Any, Any]:
         req = client.build_request("POST", upstream + PATH, content=body, headers=JSON_HEADERS)
         answer = await client.send(req, stream=True)
         try:
-            content_type = answer.headers.get("content-type", "application/json")
-            if not content_type.startswith("text/event-stream"):
-                data = await answer.aread()
-                return web.Response(
-                    body=data, status=answer.status_code, headers={"content-type": content_type}
-                )
-            response = web.StreamResponse(
-                status=answer.status_code, headers={"content-type": content_type}
+            return await relay(
+                request,
+                answer.status_code,
+                answer.headers.get("content-type"),
+                answer.aread,
+                answer.aiter_raw(),
             )
-            await response.prepare(request)
-            async for chunk in answer.aiter_raw():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
         finally:
             await answer.aclose()
 

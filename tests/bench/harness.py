@@ -214,6 +214,11 @@ def _cpu_us(run: dict[str, Any], name: str) -> float | None:
     return None if value is None or not run["rps"] else value / 100 / run["rps"] * 1e6
 
 
+def answered(runs: list[dict[str, Any]]) -> int:
+    """Requests answered (any status) over load generator runs."""
+    return sum(sum(r["statuses"].values()) for r in runs)
+
+
 def summary(runs: list[dict[str, Any]], cpu_of: str = "server") -> dict[str, Any]:
     """Medians over the runs of one measurement (each figure's own median)."""
 
