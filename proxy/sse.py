@@ -124,6 +124,7 @@ class Event:
 
 
 _NOT_PLAIN = re.compile(rb'["\\\x00-\x1f]')  # what a JSON string's body holds only escaped
+_ESCAPED = re.compile(rb'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*')  # a string body
 _PROBE = b"sg-probe-text-0"
 _COUNTER = re.compile(rb'"sequence_number": ?([0-9]+)')  # Responses events count themselves
 _NUMBER = re.compile(rb"0|[1-9][0-9]*")
@@ -134,10 +135,10 @@ class EventReader:
 
     A stream's bulk is text deltas that differ only in their text (same id, model,
     choice or block). Once one such delta is parsed, the bytes around its text are the
-    stream's shape: a later event with exactly those bytes around a JSON string body with
-    nothing escaped in it is the same event with another text, read without parsing (its
-    `data` is parsed only if asked for). A Responses event's `sequence_number` may differ
-    too. The shape is checked once, by parsing it with a probe text (and another number)
+    stream's shape: a later event with exactly those bytes around a JSON string body is
+    the same event with another text, read without parsing the event (its `data` is
+    parsed only if asked for). A Responses event's `sequence_number` may differ too. The
+    shape is checked once, by parsing it with a probe text (and another number)
     in place, used only if that text comes out as the delta's text and nothing else
     changes, and with an empty text, which must come out as no text.
     """
@@ -189,12 +190,14 @@ class EventReader:
         if len(raw) + end < start:
             return None
         body = raw[start:end]
-        if _NOT_PLAIN.search(body):
-            return None
         try:
-            return body.decode()
-        except UnicodeDecodeError:
-            return None  # not UTF-8: parsed, and found garbled
+            if _NOT_PLAIN.search(body) is None:
+                return body.decode()
+            if _ESCAPED.fullmatch(body) is not None:  # escapes (a line break, a quote)
+                return orjson.loads(b'"' + body + b'"')  # type: ignore[no-any-return]
+        except (UnicodeDecodeError, orjson.JSONDecodeError):
+            pass  # not UTF-8, a lone surrogate: parsed, and found garbled
+        return None
 
     def _learn(self, event: Event) -> None:
         ((key, text),) = event.texts.items()

@@ -175,6 +175,13 @@ def streams() -> list[tuple[str, list[bytes]]]:
     chat.insert(3, data(chat_chunk("x", finish_reason="stop")))
     chat.insert(5, data(chat_chunk("other choice", index=1)))
     chat.insert(7, data(chat_chunk(None) | {"usage": {"total_tokens": 3}}))
+    sglang = {"role": None, "reasoning_content": None, "tool_calls": None}  # nulls beside it
+    chat += [data(chat_chunk(None, delta={"content": t} | sglang)) for t in TEXTS[:4]]
+    call = {"index": 0, "function": {"arguments": ""}}
+    chat += [
+        data(chat_chunk(None, delta={"tool_calls": [call | {"function": {"arguments": t}}]}))
+        for t in ('{"path":', ' "/tmp"}', "")
+    ]
     completions = [data({"id": "c", "choices": [{"index": 0, "text": t}]}) for t in TEXTS]
     responses = [  # each event numbered, as OpenAI numbers them
         data({"type": "response.output_text.delta", "sequence_number": n} | delta_event(t),
@@ -200,7 +207,31 @@ def test_reader_reads_every_event_as_parse_event_does(endpoint: str, events: lis
         for event, raw in zip(got, events, strict=True):
             same(event, parse_event(raw, endpoint))
     shaped = [not isinstance(e._data, dict) for e in EventReader(endpoint).feed(whole)]
-    assert shaped.count(True) >= len(TEXTS) - 6  # the bulk is read by its shape
+    assert shaped.count(True) >= len(TEXTS) - 1  # all but the first, escapes included
+
+
+def test_reader_reads_runtimes_deltas_and_tool_arguments_by_their_shape() -> None:
+    nulls = {"role": None, "reasoning_content": None, "tool_calls": None}  # as SGLang sends
+    texts = [data(chat_chunk(None, delta={"content": t} | nulls)) for t in ("a", "b", "c")]
+    call = {"index": 0, "function": {"arguments": ""}}
+    calls = [
+        data(chat_chunk(None, delta={"tool_calls": [call | {"function": {"arguments": t}}]}))
+        for t in ('{"path":', ' "/tmp', '/x"}')
+    ]
+    got = EventReader(CHAT).feed(b"".join(texts + calls))
+    assert [e.texts for e in got] == [{0: "a"}, {0: "b"}, {0: "c"}] + [
+        {(0, "tool", 0): t} for t in ('{"path":', ' "/tmp', '/x"}')
+    ]
+    assert [isinstance(e._data, dict) for e in got] == [True, False, False] * 2  # shape-read
+    escaped = [  # a lone surrogate, a bad escape: the JSON is not valid, the event garbled
+        data(chat_chunk(None, delta={"content": "x"} | nulls)).replace(b'"x"', bad)
+        for bad in (b'"\\ud800"', b'"\\q"', b'"\\u12"')
+    ]
+    for event, raw in zip(
+        EventReader(CHAT).feed(texts[0] + b"".join(escaped)), [texts[0], *escaped], strict=True
+    ):
+        same(event, parse_event(raw, CHAT))
+        assert event.garbled == (raw != texts[0])
 
 
 def test_reader_reads_a_stream_that_is_not_utf8_or_not_json_as_garbled() -> None:
