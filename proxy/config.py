@@ -336,7 +336,7 @@ class OutputSide(Side):
     overlap_chars: Int = 120
     window_ms: Int = 1000  # the longest text waits in a window before it is checked
     first_window_chars: Int = 24  # the first window; each next one doubles up to window_chars
-    thinking: Bool = False  # Anthropic answers: guard `thinking` blocks too
+    thinking: Bool = False  # guard the model's reasoning too (every surface)
 
     def __post_init__(self) -> None:
         if self.window_ms < 10:

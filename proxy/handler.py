@@ -17,7 +17,7 @@ from typing import Any
 
 from proxy import anthropic_api
 from proxy.anthropic_api import MESSAGES
-from proxy.bodies import GZIP, IDENTITY, content_coding, gunzip
+from proxy.bodies import GZIP, IDENTITY, as_read, content_coding, gunzip, refuse_repeated_model
 from proxy.config import host_port
 from proxy.decision import Refuse, on_request, on_response
 from proxy.endpoints import FORWARD, MODELS_KIND, OTHER, MethodNotAllowed, Table, Target
@@ -165,6 +165,9 @@ class ProxyHandler:
                 param="model",
             )
         ex.route = route
+        tenant = ex.tenant
+        if len(tenant.routes) > (0 if tenant.route else 1):  # the model picks among routes:
+            refuse_repeated_model(raw)  # a repeated `model` must not pick one
         anthropic = ex.endpoint in anthropic_api.ENDPOINTS
         if (self.gw.config.upstreams[route.upstream].api == "anthropic") != anthropic:
             if anthropic:
@@ -344,6 +347,8 @@ class ProxyHandler:
             return
         surface = surface_for(ex.endpoint)
         pieces = surface.input_pieces(body) if side.guarded or self.keep_content else ()
+        if side.guarded:  # the upstream gets what the guard read (duplicate keys resolved)
+            raw = as_read(body, raw)
         if self.keep_content:
             ex.content["input"] = render(pieces, True)
         pending: asyncio.Future[UpstreamResponse] | None = None
@@ -406,10 +411,8 @@ class ProxyHandler:
             ex.status = response.status
             return
         surface = surface_for(ex.endpoint)
-        if ex.endpoint == MESSAGES:  # thinking blocks are guarded when the route says so
-            pieces = surface.output_pieces(body, route.output.thinking)
-        else:
-            pieces = surface.output_pieces(body)
+        # reasoning (thinking blocks, reasoning_content, reasoning items) when the route says so
+        pieces = surface.output_pieces(body, route.output.thinking)
         if self.keep_content:
             ex.content["output"] = render(pieces, False)
         outputs = SideResult()

@@ -5,8 +5,13 @@ the upstream sent; only an event whose text is redacted is re-serialized.
 
 Guardable text is keyed per channel: a choice's (or Responses output item's) content is
 its plain index; tool-call arguments, legacy `function_call` arguments and refusals of
-choice `i` are `(i, "tool", k)`, `(i, "function", 0)` and `(i, "refusal", 0)`. A Responses
-`function_call` item is an output item of its own, so its arguments are keyed by its index.
+choice `i` are `(i, "tool", k)`, `(i, "function", 0)` and `(i, "refusal", 0)`; a choice's
+audio transcript `(i, "audio", 0)` and, when the route guards reasoning (`thinking`), its
+`reasoning_content`/`reasoning` `(i, "reasoning", 0)`. A Responses tool call item
+(function, custom, MCP, code interpreter) is an output item of its own, so its streamed
+text is keyed by its index; what an item says besides is keyed `(i, field, n)` (MCP output,
+code logs, search queries; reasoning summaries `(i, "summary", n)` and reasoning text
+`(i, "reasoning", n)` when the route guards reasoning).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from proxy.anthropic_api import MESSAGES
 from proxy.openai_api import COMPLETIONS, RESPONSES
 
 Key = Union[int, tuple[int, str, int]]  # noqa: UP007 (a runtime alias)
+Channel = Union[tuple[str, int], None]  # noqa: UP007 (an item's own text, or another of its)
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 # Responses events that end a stream (`error` included: the upstream said why it stopped)
@@ -30,8 +36,44 @@ RESPONSES_TERMINAL = frozenset(
     ("response.completed", "response.incomplete", "response.failed", "error")
 )
 _RESPONSES_DELTAS = frozenset(
-    ("response.output_text.delta", "response.function_call_arguments.delta")
+    ("response.output_text.delta", "response.function_call_arguments.delta",
+     "response.custom_tool_call_input.delta", "response.mcp_call_arguments.delta",
+     "response.code_interpreter_call_code.delta")
+)  # fmt: skip
+# `*.done` events restating an item's streamed text whole: the field that holds it.
+_RESPONSES_DONE = {
+    "response.output_text.done": "text",
+    "response.function_call_arguments.done": "arguments",
+    "response.custom_tool_call_input.done": "input",
+    "response.mcp_call_arguments.done": "arguments",
+    "response.code_interpreter_call_code.done": "code",
+}
+# Reasoning events (guarded when the route says so): event -> (channel, its index field).
+_REASONING_DELTAS = {
+    "response.reasoning_text.delta": ("reasoning", "content_index"),
+    "response.reasoning_summary_text.delta": ("summary", "summary_index"),
+}
+_REASONING_DONE = {
+    "response.reasoning_text.done": ("reasoning", "content_index"),
+    "response.reasoning_summary_text.done": ("summary", "summary_index"),
+}
+# The streamed text of a tool call item: its type -> the field.
+_CALL_TEXT = {
+    "function_call": "arguments",
+    "custom_tool_call": "input",
+    "mcp_call": "arguments",
+    "code_interpreter_call": "code",
+}
+# Items whose text is read by `_item_paths` (not a message's content parts).
+_TOOL_ITEMS = frozenset(
+    (*_CALL_TEXT, "web_search_call", "reasoning", "computer_call", "local_shell_call", "shell_call")
 )
+# A shell call's commands stream one by one: event -> the field with the whole command.
+_SHELL_COMMAND = {
+    "response.shell_call_command.added": "command",
+    "response.shell_call_command.done": "command",
+}
+_CHAT_REASONING = ("reasoning_content", "reasoning")
 
 
 class EventSplitter:
@@ -242,7 +284,8 @@ def _index(value: Any) -> int:
 
 
 def parse_event(raw: bytes, endpoint: str, thinking: bool = False) -> Event:
-    """`thinking`: a Messages API stream's thinking deltas are guardable text too."""
+    """`thinking`: reasoning (Messages thinking deltas, Chat reasoning deltas, Responses
+    reasoning events) is guardable text too."""
     name, payload = _fields(raw)
     event = Event(raw, name)
     if payload is None:
@@ -259,11 +302,11 @@ def parse_event(raw: bytes, endpoint: str, thinking: bool = False) -> Event:
     if type(data) is dict:
         event._data = data
         if endpoint == RESPONSES:
-            _responses(data, event)
+            _responses(data, event, thinking)
         elif endpoint == MESSAGES:  # with or without its event: line
             anthropic_sse.read(data, event, thinking)
         elif not _plain_delta(data, event):
-            _choices(data, event, endpoint == COMPLETIONS)
+            _choices(data, event, endpoint == COMPLETIONS, thinking)
             event.terminal = "error" in data
     return event
 
@@ -308,7 +351,7 @@ def _plain_delta(data: dict[str, Any], event: Event) -> bool:
     return True
 
 
-def _choices(data: dict[str, Any], event: Event, completions: bool) -> None:
+def _choices(data: dict[str, Any], event: Event, completions: bool, thinking: bool = False) -> None:
     """Chat Completions and Completions chunks: every choice's text, tool calls, refusal."""
     choices = data.get("choices")
     if not choices or type(choices) is not list:
@@ -338,6 +381,11 @@ def _choices(data: dict[str, Any], event: Event, completions: bool) -> None:
         refusal = delta.get("refusal")
         if refusal and isinstance(refusal, str):
             texts[(i, "refusal", 0)] = refusal
+        audio = delta.get("audio")
+        if isinstance(audio, dict) and audio.get("transcript") and type(audio["transcript"]) is str:
+            texts[(i, "audio", 0)] = audio["transcript"]
+        if thinking and (reasoning := _reasoning(delta)):
+            texts[(i, "reasoning", 0)] = reasoning
         call = delta.get("function_call")
         if isinstance(call, dict):
             _call_piece(event, (i, "function", 0), call, texts)
@@ -347,6 +395,27 @@ def _choices(data: dict[str, Any], event: Event, completions: bool) -> None:
                 _call_piece(event, (i, "tool", _index(tool.get("index"))), tool[kind], texts)
     if texts:
         event.texts = texts
+
+
+def _reasoning(delta: dict[str, Any]) -> str:
+    """A chat delta's reasoning text: `reasoning_content`, `reasoning` and the text of
+    OpenRouter's `reasoning_details` (servers that send several send the same text)."""
+    found = [t for k in _CHAT_REASONING if (t := delta.get(k)) and isinstance(t, str)]
+    if details := "".join(text for _, _, text in _details(delta)):
+        found.append(details)
+    return found[0] if len(set(found)) == 1 else "".join(found)
+
+
+def _details(delta: dict[str, Any]) -> list[tuple[dict[str, Any], str, str]]:
+    """The text parts of a delta's `reasoning_details`: (part, its text field, text)."""
+    details = delta.get("reasoning_details")
+    return [
+        (part, key, part[key])
+        for part in (details if isinstance(details, list) else ())
+        if isinstance(part, dict)
+        for key in ("text", "summary")
+        if isinstance(part.get(key), str) and part[key]
+    ]
 
 
 def _tool_kind(tool: Any) -> str | None:
@@ -366,7 +435,7 @@ def _call_piece(event: Event, key: Key, function: dict[str, Any], texts: dict[Ke
         texts[key] = arguments
 
 
-def _responses(data: dict[str, Any], event: Event) -> None:
+def _responses(data: dict[str, Any], event: Event, thinking: bool = False) -> None:
     kind = data.get("type")
     event.terminal = kind in RESPONSES_TERMINAL or event.name == "error"
     event.finishing = kind == "response.completed"
@@ -377,32 +446,95 @@ def _responses(data: dict[str, Any], event: Event) -> None:
     elif kind == "response.refusal.delta":
         if isinstance(data.get("delta"), str) and data["delta"]:
             event.texts = {(i, "refusal", 0): data["delta"]}
-    elif kind == "response.output_item.added":
-        item = data.get("item")
-        if isinstance(item, dict) and item.get("type") == "function_call":
-            _item_finals(item | {"arguments": None}, i, event)  # its name; no text yet
-    elif kind in ("response.output_text.done", "response.function_call_arguments.done"):
-        text = data.get("text" if kind == "response.output_text.done" else "arguments")
+    elif kind in _RESPONSES_DONE:
+        text = data.get(_RESPONSES_DONE[kind])
         if isinstance(text, str):
             event.finals = {i: text}
     elif kind == "response.refusal.done" and isinstance(data.get("refusal"), str):
         event.finals = {(i, "refusal", 0): data["refusal"]}
-    elif kind == "response.content_part.done" and isinstance(data.get("part"), dict):
-        _item_finals({"content": [data["part"]]}, i, event)  # restates the part's text
-    elif kind == "response.output_item.done" and isinstance(data.get("item"), dict):
-        _item_finals(data["item"], i, event)
+    elif kind in ("response.content_part.added", "response.content_part.done"):
+        if isinstance(data.get("part"), dict):  # restates the part's text
+            _item_finals({"content": [data["part"]]}, i, event)
+    elif kind in ("response.output_item.added", "response.output_item.done"):
+        if isinstance(data.get("item"), dict):
+            _item_finals(data["item"], i, event, thinking)
     elif kind in RESPONSES_TERMINAL and isinstance(data.get("response"), dict):
         for j, item in enumerate(data["response"].get("output") or ()):
             if isinstance(item, dict):
-                _item_finals(item, j, event)
+                _item_finals(item, j, event, thinking)
+    elif kind == "response.shell_call_command.delta":
+        if isinstance(data.get("delta"), str) and data["delta"]:
+            event.texts = {(i, "commands", _index(data.get("command_index"))): data["delta"]}
+    elif kind in _SHELL_COMMAND and isinstance(data.get("command"), str):
+        event.finals = {(i, "commands", _index(data.get("command_index"))): data["command"]}
+    elif thinking and kind in _REASONING_DELTAS:
+        if isinstance(data.get("delta"), str) and data["delta"]:
+            channel, at = _REASONING_DELTAS[kind]
+            event.texts = {(i, channel, _index(data.get(at))): data["delta"]}
+    elif thinking and kind in _REASONING_DONE and isinstance(data.get("text"), str):
+        channel, at = _REASONING_DONE[kind]
+        event.finals = {(i, channel, _index(data.get(at))): data["text"]}
+    elif thinking and kind == "response.reasoning_summary_part.done":
+        part = data.get("part")
+        if isinstance(part, dict) and isinstance(part.get("text"), str):
+            event.finals = {(i, "summary", _index(data.get("summary_index"))): part["text"]}
 
 
-def _item_finals(item: dict[str, Any], i: int, event: Event) -> None:
-    if item.get("type") == "function_call":
-        if isinstance(item.get("arguments"), str):
-            event.finals = {**event.finals, i: item["arguments"]}
-        if isinstance(item.get("name"), str):
+def _item_paths(item: dict[str, Any], thinking: bool) -> list[tuple[Channel, tuple[Any, ...]]]:
+    """Where a Responses output item other than a message keeps text: (its channel, or
+    None for the item's own index, and its path inside the item)."""
+    kind = item.get("type")
+    paths: list[tuple[Channel, tuple[Any, ...]]] = []
+    if kind in _CALL_TEXT:
+        paths.append((None, (_CALL_TEXT[kind],)))
+    if kind == "mcp_call":
+        paths.append((("output", 0), ("output",)))
+    elif kind == "code_interpreter_call":
+        for j, output in enumerate(item.get("outputs") or ()):
+            if isinstance(output, dict):
+                paths.append((("logs", j), ("outputs", j, "logs")))
+    elif kind == "web_search_call" and isinstance(item.get("action"), dict):
+        action = item["action"]
+        paths += [((f, 0), ("action", f)) for f in ("query", "pattern")]
+        for j, _ in enumerate(action.get("queries") or ()):
+            paths.append((("queries", j), ("action", "queries", j)))
+    elif kind == "computer_call":  # text the computer types
+        paths.append((("text", 0), ("action", "text")))
+    elif kind in ("local_shell_call", "shell_call") and isinstance(item.get("action"), dict):
+        field = "command" if kind == "local_shell_call" else "commands"
+        commands = item["action"].get(field)
+        for j, _ in enumerate(commands if isinstance(commands, list) else ()):
+            paths.append((("commands", j), ("action", field, j)))
+    elif kind == "reasoning" and thinking:
+        for field, channel in (("summary", "summary"), ("content", "reasoning")):
+            for j, _ in enumerate(item.get(field) or ()):
+                paths.append(((channel, j), (field, j, "text")))
+    return paths
+
+
+def _at(node: Any, path: tuple[Any, ...]) -> Any:
+    for key in path:
+        if isinstance(node, dict):
+            node = node.get(key)
+        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+            node = node[key]
+        else:
+            return None
+    return node
+
+
+def _item_finals(item: dict[str, Any], i: int, event: Event, thinking: bool = False) -> None:
+    kind = item.get("type")
+    if kind in _TOOL_ITEMS:
+        if kind in _CALL_TEXT and isinstance(item.get("name"), str):
             event.names = {**event.names, i: item["name"]}
+        finals: dict[Key, str] = {}
+        for channel, path in _item_paths(item, thinking):
+            text = _at(item, path)
+            if isinstance(text, str):
+                finals[i if channel is None else (i, *channel)] = text
+        if finals:
+            event.finals = {**event.finals, **finals}
         return
     texts, refusals = [], []
     for part in item.get("content") or ():
@@ -436,10 +568,14 @@ def with_texts(event: Event, endpoint: str, texts: dict[Key, str]) -> bytes:
     if endpoint == RESPONSES:
         key = next(iter(event.texts), 0)
         data["delta"] = texts.get(key, "")
+        if data.get("logprobs"):  # their tokens would spell out the text replaced
+            data["logprobs"] = []
         return serialize(data, event.name)
     for choice in data.get("choices") or ():
         if not isinstance(choice, dict):
             continue
+        if choice.get("logprobs") is not None:  # their tokens would spell out the text replaced
+            choice["logprobs"] = None
         i = _index(choice.get("index"))
         if endpoint == COMPLETIONS:
             if i in texts:
@@ -452,6 +588,10 @@ def with_texts(event: Event, endpoint: str, texts: dict[Key, str]) -> bytes:
             delta["content"] = texts[i]
         if (i, "refusal", 0) in texts:
             delta["refusal"] = texts[(i, "refusal", 0)]
+        if (i, "audio", 0) in texts and isinstance(delta.get("audio"), dict):
+            delta["audio"]["transcript"] = texts[(i, "audio", 0)]
+        if (i, "reasoning", 0) in texts:
+            _set_reasoning(delta, texts[(i, "reasoning", 0)])
         if (i, "function", 0) in texts:
             delta["function_call"]["arguments"] = texts[(i, "function", 0)]
         for tool in delta.get("tool_calls") or ():
@@ -459,6 +599,19 @@ def with_texts(event: Event, endpoint: str, texts: dict[Key, str]) -> bytes:
             if key in texts and (kind := _tool_kind(tool)) is not None:
                 tool[kind]["arguments" if kind == "function" else "input"] = texts[key]
     return serialize(data, event.name)
+
+
+def _set_reasoning(delta: dict[str, Any], text: str) -> None:
+    """A chat delta's reasoning rewritten: each field that carried the same text gets the
+    new text; where they differed, the first carries it all (see `_reasoning`)."""
+    found = [k for k in _CHAT_REASONING if delta.get(k) and isinstance(delta[k], str)]
+    parts = _details(delta)
+    texts = [delta[k] for k in found] + (["".join(t for _, _, t in parts)] if parts else [])
+    same = len(set(texts)) == 1
+    for n, key in enumerate(found):
+        delta[key] = text if same or n == 0 else ""
+    for n, (part, key, _) in enumerate(parts):
+        part[key] = text if n == 0 and (same or not found) else ""
 
 
 def with_final_text(event: Event, texts: dict[Key, str]) -> bytes:
@@ -471,28 +624,45 @@ def restated(event: Event, texts: dict[Key, str]) -> dict[str, Any]:
     data = _copy(event)
 
     def fix_item(item: dict[str, Any], i: int) -> None:
-        if item.get("type") == "function_call" and i in texts:
-            item["arguments"] = texts[i]
+        if item.get("type") in _TOOL_ITEMS:
+            for channel, path in _item_paths(item, True):
+                key = i if channel is None else (i, *channel)
+                if key in texts and isinstance(_at(item, path), str):
+                    _at(item, path[:-1])[path[-1]] = texts[key]  # type: ignore[index]
+            return
         for part in item.get("content") or ():
             if part.get("type") == "output_text" and i in texts:
                 part["text"] = texts[i]
+                if part.get("logprobs"):
+                    part["logprobs"] = []
             elif part.get("type") == "refusal" and (i, "refusal", 0) in texts:
                 part["refusal"] = texts[(i, "refusal", 0)]
 
     i = _index(data.get("output_index"))
     kind = data.get("type")
-    if kind == "response.output_text.done" and i in texts:
-        data["text"] = texts[i]
-    elif kind == "response.function_call_arguments.done" and i in texts:
-        data["arguments"] = texts[i]
+    if kind in _RESPONSES_DONE and i in texts:
+        data[_RESPONSES_DONE[kind]] = texts[i]
+        if data.get("logprobs"):
+            data["logprobs"] = []
+    elif kind in _REASONING_DONE or kind == "response.reasoning_summary_part.done":
+        channel, at = _REASONING_DONE.get(kind, ("summary", "summary_index"))
+        key = (i, channel, _index(data.get(at)))
+        if key in texts and kind in _REASONING_DONE:
+            data["text"] = texts[key]
+        elif key in texts and isinstance(data.get("part"), dict):
+            data["part"]["text"] = texts[key]
+    elif kind in _SHELL_COMMAND:
+        key = (i, "commands", _index(data.get("command_index")))
+        if key in texts:
+            data["command"] = texts[key]
     elif kind == "response.refusal.done" and (i, "refusal", 0) in texts:
         data["refusal"] = texts[(i, "refusal", 0)]
-    elif kind == "response.content_part.done" and isinstance(data.get("part"), dict):
-        fix_item({"content": [data["part"]]}, i)
-    elif kind == "response.content_part.done" and isinstance(data.get("part"), dict):
-        _item_finals({"content": [data["part"]]}, i, event)  # restates the part's text
-    elif kind == "response.output_item.done" and isinstance(data.get("item"), dict):
-        fix_item(data["item"], i)
+    elif kind in ("response.content_part.added", "response.content_part.done"):
+        if isinstance(data.get("part"), dict):
+            fix_item({"content": [data["part"]]}, i)
+    elif kind in ("response.output_item.added", "response.output_item.done"):
+        if isinstance(data.get("item"), dict):
+            fix_item(data["item"], i)
     elif kind in RESPONSES_TERMINAL and isinstance(data.get("response"), dict):
         for j, item in enumerate(data["response"].get("output") or ()):
             if isinstance(item, dict):

@@ -312,10 +312,12 @@ def test_rewrite_makes_a_new_body_and_leaves_the_original_alone() -> None:
 # --- output ----------------------------------------------------------------------------------
 
 
-def out(endpoint: str, body: dict) -> list[tuple[int | None, str | None, list[str]]]:
+def out(
+    endpoint: str, body: dict, thinking: bool = False
+) -> list[tuple[int | None, str | None, list[str]]]:
     return [
         (p.choice, p.tool, [s.text for s in p.slots])
-        for p in surface_for(endpoint).output_pieces(body)
+        for p in surface_for(endpoint).output_pieces(body, thinking)
     ]
 
 
@@ -370,11 +372,11 @@ def test_responses_output_per_item_with_text() -> None:
             {"type": "web_search_call", "id": "ws"},
         ]
     }
-    assert out(RESPONSES, body) == [
-        (0, None, ["thinking"]),
+    assert out(RESPONSES, body) == [  # reasoning only when the route guards it
         (1, None, ["part one", "part two"]),
         (2, "f", ['{"x": 1}']),
     ]
+    assert out(RESPONSES, body, thinking=True)[0] == (0, None, ["thinking"])
 
 
 @pytest.mark.parametrize("endpoint", [CHAT, COMPLETIONS, RESPONSES])
@@ -435,3 +437,21 @@ def test_chat_output_reads_a_custom_tool_calls_input_named_after_its_tool() -> N
     body = {"choices": [{"index": 0, "message": {"role": "assistant", "tool_calls": [call]}}]}
     pieces = chat.output_pieces(body)
     assert [(p.tool, [s.text for s in p.slots]) for p in pieces if p.tool] == [("sh", ["rm -rf /"])]
+
+
+def test_chat_output_reads_audio_always_and_reasoning_when_asked() -> None:
+    message = {
+        "role": "assistant",
+        "content": None,
+        "audio": {"id": "a", "data": "AAAA", "transcript": "spoken"},
+        "reasoning_content": "thought",
+        "reasoning_details": [{"type": "reasoning.summary", "summary": "sum"}],
+    }
+    body = {"choices": [{"index": 0, "message": message}]}
+    assert out(CHAT, body) == [(0, None, ["spoken"])]
+    assert out(CHAT, body, thinking=True) == [
+        (0, None, ["spoken"]),
+        (0, None, ["thought", "sum"]),
+    ]
+    withheld = chat.withhold(body, frozenset({0}))["choices"][0]["message"]
+    assert withheld == {"role": "assistant", "content": None}

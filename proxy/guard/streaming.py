@@ -94,7 +94,8 @@ class StreamGuard:
         if isinstance(key, int) and key not in self.machine.tools:
             return f"choice {key}" if key else ""
         tool = self.machine.tools.get(key)
-        kind = "refusal" if isinstance(key, tuple) and key[1] == "refusal" else "tool"
+        named = isinstance(key, tuple) and key[1] in ("refusal", "reasoning", "summary", "audio")
+        kind = key[1] if named else "tool"  # type: ignore[index]
         return f"{kind} {tool}" if tool else kind
 
     async def run(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

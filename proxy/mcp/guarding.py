@@ -11,12 +11,14 @@ not confused with it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from proxy.config import Side
-from proxy.guard.engine import Guard, Outcome, SideResult, decide
+from proxy.exchange import Exchange
+from proxy.guard.engine import Guard, Outcome, SideResult, decide, worse
 from proxy.mcp import messages as m
 from proxy.openai_api import Slot
 from proxy.policies import Policy
@@ -27,22 +29,29 @@ _WHAT = {
     m.TOOLS_CALL: "Result of tool '{tool}':\n",
     m.RESOURCES_READ: "Contents of a resource read from the tool server:\n",
     m.PROMPTS_GET: "Prompt template from the tool server:\n",
+    m.COMPLETE: "Completions suggested by the tool server:\n",
+    "error": "Error message from the tool server:\n",
+    "notification": "Notification from the tool server ({tool}):\n",
+    "request": "Request from the tool server to the client ({tool}):\n",
+    "server": "The tool server's description of itself:\n",
 }
+_ANY = "Message from the tool server:\n"
 
 
 @dataclass(slots=True)
 class Check:
-    """What one check found: the outcomes, the decision, and for tools/list the tools
-    dropped (name -> why)."""
+    """What one check found: the outcomes and the decision."""
 
     result: SideResult
     decision: str
-    dropped: dict[str, str] = field(default_factory=dict)
 
     @property
     def flagged(self) -> list[str]:
-        """Policies whose verdict blocks."""
-        return sorted({o.policy.id for o in self.result.blocked()})
+        """Policies whose verdict blocks (or redacts, where that withholds: `_decided`)."""
+        blocked = self.result.blocked()
+        if not blocked and self.decision == "block":
+            blocked = [o for o in self.result.outcomes if o.effect == "redact"]
+        return sorted({o.policy.id for o in blocked})
 
 
 ALLOWED = Check(SideResult(), "allow")
@@ -74,52 +83,71 @@ class McpGuard:
         context: str,
         side_name: str = "input",
     ) -> Check:
-        """What one message carries (redacted in place): a client's to the server on the
-        input side, a server's request to the client on the output side."""
+        """What one message carries (redacted in place), classified after `context`."""
         if not side.guarded or not slots:
             return ALLOWED
         result = await self._run(side, policies, [slots], context, side_name)
-        return Check(result, result.decision(fail))
+        return Check(result, _decided(result.decision(fail), slots))
 
     async def result(
         self,
         side: Side,
         policies: Mapping[str, Policy],
         fail: str,
-        method: str,
+        method: str | None,
         tool: str | None,
         slots: list[Slot],
     ) -> Check:
-        """A tool result, resource contents or prompt (its `result_slots`) before the
-        client sees them."""
-        if not side.guarded or not slots:
-            return ALLOWED
-        context = _WHAT[method].format(tool=tool)
-        outcome = await self._run(side, policies, [slots], context, "output")
-        return Check(outcome, outcome.decision(fail))
+        """A server's result, error or notification (its slots) before the client sees
+        it, introduced by what it is (`method` None: a result whose request is unknown)."""
+        context = _WHAT.get(method or "", _ANY).format(tool=tool)
+        return await self.text(side, policies, fail, slots, context, "output")
 
-    async def tools(
-        self, side: Side, policies: Mapping[str, Policy], fail: str, tools: list[Any]
-    ) -> Check:
-        """Each tool definition of a `tools/list`: a flagged one (or, failing closed, an
-        unchecked one) is dropped from the list."""
-        per_tool = m.tool_slots(tools)
-        if not side.guarded or not any(per_tool):
-            return ALLOWED
-        result = await self._run(side, policies, per_tool, "Tool definition:\n", "output")
-        by_tool: dict[int, list[Outcome]] = {}
+    async def items(
+        self,
+        side: Side,
+        policies: Mapping[str, Policy],
+        fail: str,
+        method: str,
+        items: list[Any],
+        rest: list[Slot],
+    ) -> tuple[Check, dict[int, str]]:
+        """Each item of a listing (`m.LISTS`), and the `rest` of the result as one more:
+        the ones to drop (index -> why), flagged or, failing closed, unchecked. The
+        check's decision is the kept items' own."""
+        per_item = [*m.item_slots(items), rest]
+        if not side.guarded or not any(per_item):
+            return ALLOWED, {}
+        context = m.LISTS[method][1]
+        result = await self._run(side, policies, per_item, context, "output")
+        by_item: dict[int, list[Outcome]] = {}
         for outcome in result.outcomes:
-            by_tool.setdefault(outcome.choice or 0, []).append(outcome)
-            tool = tools[outcome.choice or 0]
-            outcome.tool = str(tool.get("name")) if isinstance(tool, dict) else None
-        dropped: dict[str, str] = {}
-        for index, outcomes in by_tool.items():
-            verdict = decide(outcomes, fail)
+            index = outcome.choice or 0
+            by_item.setdefault(index, []).append(outcome)
+            item = items[index] if index < len(items) else None
+            outcome.tool = str(item.get("name")) if isinstance(item, dict) else None
+        dropped: dict[int, str] = {}
+        for index, outcomes in by_item.items():
+            verdict = _decided(decide(outcomes, fail), per_item[index])
             if verdict in ("block", "error"):
-                name = tools[index].get("name") if isinstance(tools[index], dict) else None
-                why = sorted({o.policy.id for o in outcomes if o.effect == verdict})
-                dropped[str(name)] = (
+                effects = (verdict, "redact") if verdict == "block" else (verdict,)
+                why = sorted({o.policy.id for o in outcomes if o.effect in effects})
+                dropped[index] = (
                     f"flagged by {m.named(why)}" if verdict == "block" else "guard unavailable"
                 )
         kept_decision = decide([o for o in result.outcomes if o.effect != "block"], fail)
-        return Check(result, "block" if dropped else kept_decision, dropped)
+        return Check(result, "block" if dropped else kept_decision), dropped
+
+
+def _decided(decision: str, slots: list[Slot]) -> str:
+    """A redaction that would rewrite an object key blocks instead (keys stay as sent)."""
+    return "block" if decision == "redact" and m.rewrites_a_key(slots) else decision
+
+
+def note(ex: Exchange, check: Check, started: float, tool: str | None = None) -> None:
+    """The check's verdicts onto the exchange (each naming the tool it is about)."""
+    if tool is not None:
+        for outcome in check.result.outcomes:
+            outcome.tool = tool
+    ex.add(check.result, (time.perf_counter() - started) * 1000)
+    ex.decision = worse(ex.decision, check.decision)

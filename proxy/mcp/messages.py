@@ -12,6 +12,7 @@ know by name is still classified, never skipped.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,15 +34,33 @@ COMPLETE = "completion/complete"
 # Requests a server sends the client mid-call: their text reaches the client's model
 # (sampling) or its user (elicitation).
 SERVER_ASKS = frozenset(("sampling/createMessage", "elicitation/create"))
-# Requests whose results reach the client's model and are classified on the way back.
+# Listings whose items are screened one by one (a flagged item is dropped): the key of
+# the items in the result, and the line the classifier reads before each.
+LISTS = {
+    TOOLS_LIST: ("tools", "Tool definition:\n"),
+    "prompts/list": ("prompts", "Prompt listed by the tool server:\n"),
+    "resources/list": ("resources", "Resource listed by the tool server:\n"),
+    "resources/templates/list": (
+        "resourceTemplates",
+        "Resource template listed by the tool server:\n",
+    ),
+}
+# Requests whose results have a shape of their own (checked with the SDK's types).
 GUARDED_RESULTS: dict[str, type[BaseModel]] = {
     INITIALIZE: mcp_types.InitializeResult,  # its `instructions` go to the model
     DISCOVER: mcp_types.DiscoverResult,  # likewise
     TOOLS_CALL: mcp_types.CallToolResult,
     TOOLS_LIST: mcp_types.ListToolsResult,
+    "prompts/list": mcp_types.ListPromptsResult,
+    "resources/list": mcp_types.ListResourcesResult,
+    "resources/templates/list": mcp_types.ListResourceTemplatesResult,
     RESOURCES_READ: mcp_types.ReadResourceResult,
     PROMPTS_GET: mcp_types.GetPromptResult,
 }
+
+# Keys of a result or params that are plumbing, not text: never classified.
+# (`_meta` is not: clients show some of it to their model, e.g. a widget's description.)
+PLUMBING = frozenset(("nextCursor", "cursor", "resultType"))
 
 # JSON-RPC error codes: the standard ones, and the gateway's in the server range.
 PARSE_ERROR = -32700
@@ -50,10 +69,33 @@ CONTENT_FILTERED = -32050
 GUARD_UNAVAILABLE = -32051
 UNREADABLE_RESULT = -32052
 
-# Strings that are structure, not prose: never worth a classification.
-_STRUCTURAL = frozenset(
-    ("type", "mimeType", "uri", "blob", "data", "$schema", "$ref", "format", "role")
-)
+# Strings that are structure, not prose, when they have its shape: a type or role
+# token, a MIME type, a schema reference, an image's or blob's base64. The same key
+# holding anything else (a tool argument named `data`, sentences under `type`) is text
+# like any other, classified.
+_TOKENS = {
+    "type": re.compile(r"[A-Za-z0-9_.-]{1,32}"),
+    "role": re.compile(r"[A-Za-z0-9_.-]{1,32}"),
+    "format": re.compile(r"[A-Za-z0-9_.-]{1,32}"),
+    "mimeType": re.compile(r"[\w.+-]{1,64}/[\w.+-]{1,64}"),
+    "$schema": re.compile(r"\S{1,128}"),
+    "$ref": re.compile(r"\S{1,128}"),
+}
+_BASE64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
+_BINARY_BLOCKS = frozenset(("image", "audio"))
+
+
+def _structural(holder: dict[str, Any], key: str, value: str) -> bool:
+    token = _TOKENS.get(key)
+    if token is not None:
+        return token.fullmatch(value) is not None
+    if key == "data":  # an image or audio content block's bytes
+        binary = holder.get("type") in _BINARY_BLOCKS
+    elif key == "blob":  # a resource's bytes
+        binary = isinstance(holder.get("uri"), str)
+    else:
+        return False
+    return binary and _BASE64.fullmatch(value) is not None
 
 
 class Invalid(ValueError):
@@ -97,8 +139,8 @@ _KINDS = {
 
 
 def parse_message(raw: bytes | Any) -> Message:
-    """A client's POST body or one SSE event's data. JSON-RPC batches were removed from
-    MCP in 2025-06-18; a batch is refused, so no message in one goes unguarded."""
+    """A client's POST body. JSON-RPC batches were removed from MCP in 2025-06-18; a
+    batch is refused, so no message in one goes unguarded."""
     if isinstance(raw, (bytes, str)):
         try:
             raw = orjson.loads(raw)
@@ -106,6 +148,11 @@ def parse_message(raw: bytes | Any) -> Message:
             raise Invalid(PARSE_ERROR, "The body is not valid JSON.") from None
     if isinstance(raw, list):
         raise Invalid(INVALID_REQUEST, "JSON-RPC batches are not supported; send one message.")
+    return validate(raw)
+
+
+def validate(raw: Any) -> Message:
+    """One decoded JSON-RPC message (a server's are read one by one, batch or not)."""
     if not isinstance(raw, dict):
         raise Invalid(INVALID_REQUEST, "The body is not a JSON-RPC message.")
     try:
@@ -115,49 +162,68 @@ def parse_message(raw: bytes | Any) -> Message:
     return Message(raw, _KINDS[type(parsed)])
 
 
-def method_of(result: dict[str, Any]) -> str | None:
-    """Which guarded method a result answers, by its shape (for responses whose request
-    the gateway did not see on this connection, such as one resumed on the GET stream)."""
-    for key, method in (
-        ("serverInfo", INITIALIZE),
-        ("supportedVersions", DISCOVER),
-        ("tools", TOOLS_LIST),
-        ("contents", RESOURCES_READ),
-        ("messages", PROMPTS_GET),
-        ("content", TOOLS_CALL),
-        ("structuredContent", TOOLS_CALL),
-    ):
-        if key in result:
-            return method
-    return None
-
-
 def readable(method: str, result: Any) -> bool:
-    """Whether a result has its method's shape (per the SDK's types)."""
+    """Whether a result has its method's shape (per the SDK's types), if it has one."""
+    model = GUARDED_RESULTS.get(method)
+    if model is None:
+        return True
     try:
-        GUARDED_RESULTS[method].model_validate(result)
+        model.model_validate(result)
     except ValidationError:
         return False
     return True
 
 
-def string_slots(holder: Any, role: str = "tool") -> list[Slot]:
-    """A slot for every string in a JSON value, depth first in document order, structural
-    keys skipped. Deep nesting is walked without recursion, so a client's deeply nested
-    JSON cannot exhaust the stack."""
+# Object keys are text too (a model reads `{"<sentence>": 1}`): one that is not a short
+# name is classified with the values.
+_NAME = re.compile(r"[A-Za-z0-9_.$@:/#-]{0,24}")
+
+
+@dataclass(slots=True)
+class KeySlot(Slot):
+    """An object key classified like a value. It is not renamed in place: a redaction
+    that would rewrite it withholds the message instead (`rewritten`)."""
+
+    rewritten: bool = False
+
+    @property
+    def text(self) -> str:
+        return str(self.key)
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self.rewritten = self.rewritten or value != self.key
+
+
+def rewrites_a_key(slots: list[Slot]) -> bool:
+    """Whether a redaction would have rewritten an object key (see `KeySlot`)."""
+    return any(isinstance(slot, KeySlot) and slot.rewritten for slot in slots)
+
+
+def string_slots(holder: Any, role: str = "tool", skip: frozenset[str] = frozenset()) -> list[Slot]:
+    """A slot for every string in a JSON value, depth first in document order, structure
+    skipped, and the top-level keys in `skip` (slots point into `holder` itself, so a
+    redaction lands in the message). Deep nesting is walked without recursion, so a
+    deeply nested JSON cannot exhaust the stack."""
     found: list[Slot] = []
-    _collect(holder, role, found, 0)
+    _collect(holder, role, found, 0, skip)
     return found
 
 
-def _collect(holder: Any, role: str, found: list[Slot], depth: int) -> None:
+def _collect(
+    holder: Any, role: str, found: list[Slot], depth: int, skip: frozenset[str] = frozenset()
+) -> None:
     if depth > _MAX_RECURSION:
         found.extend(_deep_slots(holder, role))
         return
     if isinstance(holder, dict):
         for key, value in holder.items():
+            if key in skip:
+                continue
+            if not _NAME.fullmatch(key):
+                found.append(KeySlot(holder, key, role))
             if isinstance(value, str):
-                if value and key not in _STRUCTURAL:
+                if value and not _structural(holder, key, value):
                     found.append(Slot(holder, key, role))
             elif isinstance(value, (dict, list)):
                 _collect(value, role, found, depth + 1)
@@ -179,8 +245,10 @@ def _deep_slots(holder: Any, role: str) -> Iterator[Slot]:
     while stack:
         for container, key in stack[-1]:
             value = container[key]
+            if isinstance(key, str) and not _NAME.fullmatch(key):
+                yield KeySlot(container, key, role)
             if isinstance(value, str):
-                if value and key not in _STRUCTURAL:
+                if value and not (isinstance(key, str) and _structural(container, key, value)):
                     yield Slot(container, key, role)
             elif isinstance(value, (dict, list)):
                 stack.append(_children(value))
@@ -197,57 +265,64 @@ def _children(holder: Any) -> Iterator[tuple[Any, Any]]:
     return iter(())
 
 
-def argument_slots(params: Any) -> list[Slot]:
-    """The arguments a `tools/call` or `prompts/get` sends the server (all of params if
-    they are malformed)."""
-    if not isinstance(params, dict):
-        return []
-    arguments = params.get("arguments")
-    return string_slots(arguments if isinstance(arguments, (dict, list)) else params)
+# Top-level params that are not the client's text: the tool or prompt name (named in the
+# line before the text), cursors.
+_NOT_INPUT = PLUMBING | {"name"}
+
+
+# The gateway's answer to a client notification it did not send: 202, no body.
+ACCEPTED: dict[str, Any] = {}
 
 
 def input_slots(message: Message) -> tuple[list[Slot], str] | None:
     """The text a client message carries to the server, and the line saying what it is:
-    tool and prompt arguments, completion input, and the client's answers to the
-    server's own requests (sampling, elicitation). None for messages with no such text."""
-    params = message.body.get("params")
+    every request's params (tool and prompt arguments, completion input, a resource's
+    uri, ...), and the client's answers and errors to the server's own requests
+    (sampling, elicitation), notifications' params (a cancellation's reason, ...)."""
+    body = message.body
     if message.kind == "request":
+        if message.method in (INITIALIZE, DISCOVER):
+            return None  # the client software describing itself, not its model's text
         if message.method == TOOLS_CALL:
-            return argument_slots(params), f"Call to tool '{message.tool}' with arguments:\n"
-        if message.method == PROMPTS_GET:
-            return argument_slots(params), f"Arguments for prompt '{message.tool}':\n"
-        if message.method == COMPLETE and isinstance(params, dict):
-            return string_slots(params.get("argument")), "Completion input:\n"
-        return None
+            context = f"Call to tool '{message.tool}' with arguments:\n"
+        elif message.method == PROMPTS_GET:
+            context = f"Arguments for prompt '{message.tool}':\n"
+        elif message.method == COMPLETE:
+            context = "Completion input:\n"
+        else:
+            context = f"Request from the client to the tool server ({message.method}):\n"
+        return string_slots(body.get("params"), skip=_NOT_INPUT), context
     if message.kind == "response":
-        result = message.body.get("result")
-        return string_slots(result), "Answer from the client to the tool server:\n"
-    return None
+        return string_slots(body.get("result")), "Answer from the client to the tool server:\n"
+    if message.kind == "error":
+        return string_slots(body.get("error"), skip=PLUMBING), "Error from the client:\n"
+    context = f"Notification from the client ({message.method}):\n"
+    return string_slots(body.get("params"), skip=PLUMBING), context
 
 
 def result_slots(method: str, result: dict[str, Any]) -> list[Slot]:
-    """The text of a tools/call, resources/read or prompts/get result (`_meta` aside),
+    """The text of a tools/call, resources/read or prompts/get result,
     or the server's `instructions` in an initialize result."""
     if method in (INITIALIZE, DISCOVER):
         return [Slot(result, "instructions", "tool")] if result.get("instructions") else []
-    return string_slots({k: v for k, v in result.items() if k != "_meta"})
+    return string_slots(result, skip=PLUMBING)
 
 
-_TOOL_HEAD = ("name", "title", "description")
+_ITEM_HEAD = ("name", "title", "description")
+_NOT_REST = frozenset(_ITEM_HEAD)
 
 
-def tool_slots(tools: list[Any]) -> list[list[Slot]]:
-    """Per tool of a tools/list result: name, title and description first, then every
-    string of its schemas and annotations."""
-    per_tool: list[list[Slot]] = []
-    for tool in tools:
-        if not isinstance(tool, dict):
-            per_tool.append([])
+def item_slots(items: list[Any]) -> list[list[Slot]]:
+    """Per item of a listing (a tool, prompt, resource): name, title and description
+    first, then every other string (schemas, arguments, annotations, `_meta`)."""
+    per_item: list[list[Slot]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            per_item.append(string_slots([item]))
             continue
-        head = [Slot(tool, key, "tool") for key in _TOOL_HEAD if isinstance(tool.get(key), str)]
-        rest = {k: v for k, v in tool.items() if k not in _TOOL_HEAD}
-        per_tool.append([*head, *string_slots(rest)])
-    return per_tool
+        head = [Slot(item, key, "tool") for key in _ITEM_HEAD if isinstance(item.get(key), str)]
+        per_item.append([*head, *string_slots(item, skip=_NOT_REST)])
+    return per_item
 
 
 # -- the gateway's answers ---------------------------------------------------------------
@@ -288,8 +363,9 @@ def blocked_arguments(tool: str | None, policies: list[str]) -> dict[str, Any]:
 
 
 def withheld_result(tool: str | None, policies: list[str]) -> dict[str, Any]:
+    which = f"tool '{tool}'" if tool else "a tool"
     return tool_error(
-        f"The gateway withheld the result of tool '{tool}': it was flagged by "
+        f"The gateway withheld the result of {which}: it was flagged by "
         f"{named(policies)} (for example, instructions hidden in the tool's output). "
         "Do not retry the same call expecting a different result."
     )

@@ -6,7 +6,8 @@ Each message the client POSTs and each one the server answers with (`application
 or every event of a `text/event-stream`) goes through `Screen` (proxy.mcp.screen), which
 applies the route's MCP policies: this module authenticates, routes, moves the bytes and
 records what happened. `Mcp-Session-Id`, `MCP-Protocol-Version`, `Last-Event-ID`,
-`Accept` and MCP 2026-07-28's routing headers go both ways; the client's gateway key
+`Accept` and MCP 2026-07-28's routing headers go both ways (`Mcp-Param-*` only as
+the gateway checked them: proxy.mcp.params); the client's gateway key
 never reaches the server, and the server's configured headers never reach the client.
 A server that is unknown or not on the key's routes is a 404 either way (no tenant
 learns another's server names).
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ from proxy.exchange import Exchange, since
 from proxy.gateway import Gateway
 from proxy.handler import ProxyHandler, client_request_id, new_request_id
 from proxy.mcp import messages as m
+from proxy.mcp import params
 from proxy.mcp.record import McpCall
 from proxy.mcp.screen import Screen
 from proxy.openai_api import OpenAIError
@@ -47,13 +49,8 @@ _FORWARD = frozenset(
         b"mcp-session-id",
         b"mcp-protocol-version",
         b"last-event-id",
-        b"mcp-method",  # MCP 2026-07-28 routing headers, mirrored from the body
-        b"mcp-name",
     )
 )
-# MCP 2026-07-28 mirrors some tool arguments into `Mcp-Param-*` headers (the server
-# checks they match the body): forwarded as they are, dropped once arguments were redacted.
-_PARAM = b"mcp-param-"
 _RETURN = frozenset(
     (b"content-type", b"mcp-session-id", b"mcp-protocol-version", b"cache-control", b"allow")
 )
@@ -163,16 +160,22 @@ class McpHandler:
         except m.Invalid as exc:
             raise Reject(400, exc.code, str(exc)) from None
         call.take(message)
+        mirrored = params.matched(scope["headers"], message)
         answer, raw = await self.screen.client_message(ex, call, message, raw)
         if answer is not None:
             await self._answer(ex, send, answer)
             return
-        response = await self._forward(ex, call, scope, raw)
+        response = await self._forward(ex, call, scope, raw, params.rendered(mirrored, message))
         expect = message if message.kind == "request" else None
         await self._relay(ex, call, response, send, expect)
 
     async def _forward(
-        self, ex: Exchange, call: McpCall, scope: dict, raw: bytes | None
+        self,
+        ex: Exchange,
+        call: McpCall,
+        scope: dict,
+        raw: bytes | None,
+        mirrored: Sequence[tuple[bytes, bytes]] = (),
     ) -> UpstreamResponse:
         upstream, (host, port) = self._upstream(call.server)
         operation = call.method or scope["method"]
@@ -184,12 +187,9 @@ class McpHandler:
         ex.upstream_span = span
         extra: dict[str, str] = {}
         self.gw.telemetry.inject(extra, span)
-        params = ex.decision != "redact"
-        forwarded = [
-            (k, v)
-            for k, v in scope["headers"]
-            if k in _FORWARD or (params and k.startswith(_PARAM))
-        ]
+        forwarded = [(k, v) for k, v in scope["headers"] if k in _FORWARD]
+        # Mcp-Method, Mcp-Name, Mcp-Param-*: only as they mirror the body the gateway checked
+        forwarded.extend(mirrored)
         query = scope.get("query_string") or b""
         path = "?" + query.decode("latin-1") if query else ""
         ex.upstream_started = time.perf_counter()
@@ -237,12 +237,20 @@ class McpHandler:
         headers = [(k, v) for k, v in response.headers if k in _RETURN] + ex.headers()
         call.session = call.session or _value(response.headers, b"mcp-session-id")
         ex.status = response.status
-        watching = 200 <= response.status < 300 and self._output(ex).guarded
+        # Any status: a 4xx's JSON-RPC error is text the client reads as much as a result.
+        watching = self._output(ex).guarded
         if not response.is_event_stream:
             body = await response.read()
             ex.upstream_ms = since(ex.upstream_started)
             if watching and body:
-                body = await self.screen.server_message(ex, call, body, expect)
+                screened = await self.screen.server_message(ex, call, body, expect)
+                if screened is not body:  # the gateway's JSON now, whatever the server said
+                    headers = [(k, v) for k, v in headers if k != b"content-type"]
+                    headers.append((b"content-type", JSON))
+                if not screened and expect is not None:  # all withheld: the client still waits
+                    why = "The gateway withheld the MCP server's whole answer."
+                    screened = orjson.dumps(m.error_response(expect.id, m.CONTENT_FILTERED, why))
+                body = screened
             await send.whole(response.status, headers, body)
             return
         await send.start(response.status, headers)
@@ -286,7 +294,12 @@ class McpHandler:
         return ex.route.mcp.output
 
     async def _answer(self, ex: Exchange, send: Sender, body: dict[str, Any]) -> None:
-        """The gateway answers a request itself (the server never sees it)."""
+        """The gateway answers a request itself (the server never sees it); a notification
+        it did not send is accepted (202), as the server would."""
+        if body is m.ACCEPTED:
+            ex.status = 202
+            await send.whole(202, ex.headers(), b"")
+            return
         ex.status = 200
         await send.whole(200, [(b"content-type", JSON), *ex.headers()], orjson.dumps(body))
 

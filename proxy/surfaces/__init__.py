@@ -3,7 +3,8 @@ withheld answer and the filter annotations look like.
 
 An adapter is a module with `ENDPOINT`, `PROMPT_PARAM` (the `param` of a blocked prompt's
 error), and pure functions `input_pieces(body)` (raising a 400 `OpenAIError` for a body it
-cannot read), `output_pieces(body)`, `withhold(body, choices)` and
+cannot read or must refuse), `output_pieces(body, thinking)` (the model's reasoning read
+only when `thinking`), `withhold(body, choices)` and
 `annotate(body, prompt_results, per_choice_results)`, each returning new values.
 """
 

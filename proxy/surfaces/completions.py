@@ -1,6 +1,7 @@
 """Legacy Completions: text in `prompt` (a string or an array of strings) and `suffix`;
-answers in `choices[].text`. Token-id prompts cannot be read without the upstream's
-tokenizer, so a guarded route refuses them."""
+answers in `choices[].text`. Token-id prompts and prompt embeddings (vLLM's
+`prompt_embeds`, SGLang's `input_ids`/`input_embeds`) cannot be read without the upstream's
+tokenizer or model, so a guarded route refuses them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ PROMPT_PARAM = "prompt"
 annotate = chat.annotate
 
 
+UNREADABLE = ("prompt_embeds", "input_ids", "prompt_token_ids", "input_embeds")
+
+
 def input_pieces(body: dict[str, Any]) -> list[Piece]:
+    chat.refuse_unreadable(body, UNREADABLE)
     pieces = []
     prompt = body.get("prompt")
     if isinstance(prompt, str):
@@ -42,7 +47,7 @@ def _token_ids(value: Any) -> bool:
     )
 
 
-def output_pieces(body: dict[str, Any]) -> list[Piece]:
+def output_pieces(body: dict[str, Any], thinking: bool = False) -> list[Piece]:
     choices = body.get("choices")
     return [
         Piece("assistant", (Slot(("choices", i, "text"), c["text"]),), choice=i)
@@ -56,5 +61,8 @@ def withhold(body: dict[str, Any], choices: frozenset[int]) -> dict[str, Any]:
         return body
     out = dict(body, choices=list(body["choices"]))
     for index in choices:
-        out["choices"][index] = dict(out["choices"][index], text="", finish_reason="content_filter")
+        choice = out["choices"][index]
+        out["choices"][index] = dict(choice, text="", finish_reason="content_filter")
+        if choice.get("logprobs") is not None:  # its tokens are the withheld text
+            out["choices"][index]["logprobs"] = None
     return out

@@ -1,6 +1,7 @@
 """Anthropic Messages API: text in `system` (a string or text blocks), every message's
-content (a string or blocks: text, `tool_result` content, `tool_use` input, documents'
-text) and the tools' descriptions; answers per content block (text, tool_use input, and
+content (a string or blocks: text, `tool_result` content and the blocks inside it,
+`tool_use` and `server_tool_use` input, documents' and search results' text, thinking)
+and the tools' descriptions; answers per content block (text, tool_use input, and
 thinking when the route guards it), the block index standing for the choice."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from proxy.surfaces.text import (
     Slot,
     as_list,
     as_object,
+    leaves,
     texts,
     tool_defs,
     wrong_type,
@@ -23,21 +25,10 @@ PROMPT_PARAM = "messages"
 TEXT_KEYS = frozenset(("text",))
 TOOL_RESULT_KEYS = frozenset(("content", "text"))
 DOCUMENT_KEYS = frozenset(("title", "context", "source", "data", "content", "text"))
-
-
-def leaves(value: Any, path: Path) -> list[Slot]:
-    """Every string inside a JSON value (a tool call's input), in document order."""
-    out: list[Slot] = []
-    stack: list[tuple[Any, Path]] = [(value, path)]
-    while stack:
-        node, where = stack.pop()
-        if isinstance(node, str):
-            out.append(Slot(where, node))
-        elif isinstance(node, dict):
-            stack.extend(reversed([(v, (*where, k)) for k, v in node.items()]))
-        elif isinstance(node, list):
-            stack.extend(reversed([(v, (*where, i)) for i, v in enumerate(node)]))
-    return out
+SEARCH_RESULT_KEYS = frozenset(("title", "source", "content", "text"))
+THINKING_KEYS = frozenset(("thinking",))
+SERVER_RESULT_KEYS = frozenset(("content", "text", "title"))  # web search, MCP, code results
+TOOL_CALLS = frozenset(("tool_use", "server_tool_use", "mcp_tool_use"))
 
 
 def _document(block: dict[str, Any], where: Path) -> list[Slot]:
@@ -45,6 +36,42 @@ def _document(block: dict[str, Any], where: Path) -> list[Slot]:
     kind = source.get("type") if isinstance(source, dict) else None
     keys = DOCUMENT_KEYS if kind in ("text", "content") else DOCUMENT_KEYS - {"source"}
     return texts(block, where, keys, strict=False)
+
+
+def _block(block: dict[str, Any], at: Path) -> list[Slot] | None:
+    """The text of a block the model reads as content (None: not such a block). Search
+    results and documents (text or content sources) are read whole, title and source too;
+    thinking blocks sent back are read as well (a self-hosted upstream does not check
+    their signatures)."""
+    kind = block.get("type")
+    if kind == "text":
+        return texts(block, at, TEXT_KEYS)
+    if kind == "document":
+        return _document(block, at)
+    if kind == "search_result":
+        return texts(block, at, SEARCH_RESULT_KEYS, strict=False)
+    if kind == "thinking":
+        return texts(block, at, THINKING_KEYS, strict=False)
+    return None
+
+
+def _tool_result(block: dict[str, Any], at: Path) -> list[Slot]:
+    """A tool result's content: a string, or blocks (text, documents, search results)."""
+    if block.get("type") != "tool_result":  # a server tool's result (web search, MCP)
+        return texts(block, at, SERVER_RESULT_KEYS, strict=False)
+    where = (*at, "content")
+    content = block.get("content")
+    if content is None or isinstance(content, str):
+        return texts(block, at, TOOL_RESULT_KEYS)
+    if not isinstance(content, list):
+        raise wrong_type(where, content, "a string or an array")
+    slots: list[Slot] = []
+    for index, inner in enumerate(content):
+        inside = (*where, index)
+        inner = as_object(inner, inside)
+        found = _block(inner, inside)
+        slots += found if found is not None else texts(inner, inside, TOOL_RESULT_KEYS)
+    return slots
 
 
 def _content(role: str, content: Any, where: Path, names: dict[str, str]) -> list[Piece]:
@@ -60,17 +87,16 @@ def _content(role: str, content: Any, where: Path, names: dict[str, str]) -> lis
         at = (*where, index)
         block = as_object(block, at)
         kind = block.get("type")
-        if kind == "text":
-            own += texts(block, at, TEXT_KEYS)
-        elif kind == "document":
-            own += _document(block, at)
-        elif kind == "tool_use":
+        found = _block(block, at)
+        if found is not None:
+            own += found
+        elif kind in TOOL_CALLS:
             name = block.get("name") if isinstance(block.get("name"), str) else ""
             if isinstance(block.get("id"), str):
                 names[block["id"]] = name
             pieces.append(Piece(role, tuple(leaves(block.get("input"), (*at, "input"))), name))
-        elif kind == "tool_result":
-            slots = texts(block, at, TOOL_RESULT_KEYS)
+        elif isinstance(kind, str) and kind.endswith("tool_result"):
+            slots = _tool_result(block, at)
             pieces.append(Piece("tool", tuple(slots), names.get(block.get("tool_use_id"), "")))
     return [Piece(role, tuple(own)), *pieces] if own else pieces
 
@@ -102,7 +128,7 @@ def output_pieces(body: dict[str, Any], thinking: bool = False) -> list[Piece]:
         kind = block.get("type")
         if kind == "text" and isinstance(block.get("text"), str):
             pieces.append(Piece("assistant", (Slot((*at, "text"), block["text"]),), choice=index))
-        elif kind == "tool_use":
+        elif kind in TOOL_CALLS:  # a server tool's too (the model's web search query)
             name = block.get("name") if isinstance(block.get("name"), str) else ""
             slots = tuple(leaves(block.get("input"), (*at, "input")))
             pieces.append(Piece("assistant", slots, tool=name, choice=index))

@@ -117,6 +117,24 @@ def texts(node: Any, path: Path, keys: frozenset[str], strict: bool = True) -> l
     return out
 
 
+def leaves(value: Any, path: Path) -> list[Slot]:
+    """Every string inside a JSON value (a tool call's input), in document order."""
+    out: list[Slot] = []
+    stack: list[tuple[Any, Path]] = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, str):
+            out.append(Slot(where, node))
+        elif isinstance(node, dict):
+            stack.extend(reversed([(v, (*where, k)) for k, v in node.items()]))
+        elif isinstance(node, list):
+            stack.extend(reversed([(v, (*where, i)) for i, v in enumerate(node)]))
+    return out
+
+
+DESCRIPTIONS = frozenset(("description", "server_description"))  # an MCP tool's server's
+
+
 def descriptions(node: Any, path: Path) -> list[Slot]:
     """Every `description` string anywhere in a tool definition (its JSON Schema too)."""
     out: list[Slot] = []
@@ -126,7 +144,7 @@ def descriptions(node: Any, path: Path) -> list[Slot]:
         if isinstance(value, dict):
             children = []
             for k, v in value.items():
-                if k == "description" and isinstance(v, str):
+                if k in DESCRIPTIONS and isinstance(v, str):
                     out.append(Slot((*where, k), v))
                 elif isinstance(v, (dict, list)):
                     children.append((v, (*where, k)))

@@ -41,6 +41,7 @@ class Received:
     body: Any
     at: float = field(default_factory=time.monotonic)
     query: str = ""
+    raw: bytes = b""  # the body's bytes as they arrived
 
 
 def user_text(body: dict) -> str:
@@ -134,8 +135,9 @@ class FakeOpenAI:
         self.requests.clear()
 
     async def _receive(self, request: Request) -> tuple[dict, Response | None]:
-        body = orjson.loads(await request.body())
-        self.requests.append(Received(request.url.path, dict(request.headers), body))
+        raw = await request.body()
+        body = orjson.loads(raw)
+        self.requests.append(Received(request.url.path, dict(request.headers), body, raw=raw))
         model = str(body.get("model", ""))
         if model.startswith("fail-"):
             status = int(model[5:])
