@@ -17,6 +17,7 @@ import orjson
 
 from proxy.anthropic_api import error_type
 
+TERMINAL = frozenset(("message_stop", "error"))  # events that end a stream
 _DELTA_TEXT = {"text_delta": "text", "input_json_delta": "partial_json"}
 _THINKING = {**_DELTA_TEXT, "thinking_delta": "thinking"}
 
@@ -59,7 +60,7 @@ def read(data: dict[str, Any], event: Any, thinking: bool = False) -> None:
         name = block.get("name") if isinstance(block, dict) else None
         if isinstance(name, str) and block.get("type") == "tool_use":  # type: ignore[union-attr]
             event.names = {_index(data.get("index")): name}
-    elif kind in ("message_stop", "error"):
+    elif kind in TERMINAL:
         event.terminal = True
 
 

@@ -263,7 +263,7 @@ class ProxyHandler:
         await send.start(response.status, response.headers + ex.headers())
         ex.status = response.status
         try:
-            await self._pump(ex, stream.run(response.chunks()), send)
+            await self._pump(ex, stream.run(response.chunks()), send, stream)
         finally:
             response.close()
             ex.upstream_ms = since(ex.upstream_started)
@@ -282,10 +282,17 @@ class ProxyHandler:
             self.gw.metrics.exposed or ex.upstream_span.is_recording()
         )
 
-    async def _pump(self, ex: Exchange, frames: AsyncIterator[bytes], send: Sender) -> None:
+    async def _pump(
+        self,
+        ex: Exchange,
+        frames: AsyncIterator[bytes],
+        send: Sender,
+        stream: StreamGuard | Relay | None = None,
+    ) -> None:
         """Send frames until they end, the upstream fails, or the client goes away (which
-        cancels the upstream read and so closes that connection)."""
-        pumping = asyncio.ensure_future(self._drain(ex, frames, send))
+        cancels the upstream read and so closes that connection). A frame `stream` knows
+        to be the last goes out with the body's end."""
+        pumping = asyncio.ensure_future(self._drain(ex, frames, send, stream))
         gone = asyncio.ensure_future(send.disconnected())
         try:
             await asyncio.wait((pumping, gone), return_when=asyncio.FIRST_COMPLETED)
@@ -298,18 +305,34 @@ class ProxyHandler:
             await asyncio.wait((pumping,))
             return
         try:
-            pumping.result()
+            if pumping.result():
+                return  # the body ended with its last frame
         except UpstreamError as exc:
             # Headers are out: the client sees the body end early (no [DONE] for streams).
             ex.error = exc.code
             log.warning("request %s: upstream failed mid-body: %s", ex.request_id, exc.code)
         await send.end()
 
-    async def _drain(self, ex: Exchange, frames: AsyncIterator[bytes], send: Sender) -> None:
-        async for frame in frames:
+    async def _drain(
+        self,
+        ex: Exchange,
+        frames: AsyncIterator[bytes],
+        send: Sender,
+        stream: StreamGuard | Relay | None,
+    ) -> bool:
+        """Send the frames; True when the last went out with the body's end."""
+        ended = False
+        async for frame in frames:  # read to its end: the stream then lets go of its tasks
+            if ended:
+                continue  # (nothing comes after the last frame)
             if ex.ttft_ms is None:
                 ex.ttft_ms = (time.perf_counter() - ex.started) * 1000
-            await send.body(frame)
+            if stream is not None and stream.finished:
+                await send.end(frame)
+                ended = True
+            else:
+                await send.body(frame)
+        return ended
 
     # -- guarded generation ------------------------------------------------------------
 

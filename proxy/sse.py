@@ -84,14 +84,10 @@ class EventSplitter:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         data = self._pending + chunk if self._pending else chunk
-        if (
-            data.endswith(b"\n\n")
-            and data.count(b"\n\n") == 1
-            and data[-3:-2] != b"\n"
-            and (b"\r" not in data)
-        ):
-            self._pending = b""  # the common case: one whole LF-framed event per chunk
-            return [data]
+        if b"\r" not in data:  # the common case, LF line ends: cut at each blank line
+            events = data.split(b"\n\n")
+            self._pending = events.pop()
+            return [event + b"\n\n" for event in events]
         events, start = [], 0
         for match in _BOUNDARY.finditer(data):
             events.append(data[start : match.end()])
@@ -106,6 +102,7 @@ class EventSplitter:
 
 
 NOTHING: Mapping[Any, str] = MappingProxyType({})  # the shared empty (read-only) mapping
+_UNREAD: Any = object()  # an event's data not parsed yet
 
 
 class Event:
@@ -113,13 +110,14 @@ class Event:
     one shared read-only empty mapping (parsing assigns new dicts, never mutates them)."""
 
     __slots__ = (
-        "data",
+        "_data",
         "done",
         "finals",
         "finishing",
         "garbled",
         "name",
         "names",
+        "plain",
         "raw",
         "terminal",
         "texts",
@@ -128,7 +126,8 @@ class Event:
     def __init__(self, raw: bytes, name: str | None = None) -> None:
         self.raw = raw
         self.name = name  # the `event:` field (the Responses API names its events)
-        self.data: dict[str, Any] | None = None
+        self._data: dict[str, Any] | None = None
+        self.plain = False  # a text delta and nothing else (its data may be read lazily)
         self.done = False  # `data: [DONE]`
         self.texts: Mapping[Key, str] = NOTHING  # channel -> text delta
         self.finals: Mapping[Key, str] = NOTHING  # channel -> whole text restated
@@ -149,8 +148,131 @@ class Event:
         return f"Event({self.raw!r})"
 
     @property
+    def data(self) -> dict[str, Any] | None:
+        """The event's JSON object (None: no data, or not an object)."""
+        data = self._data
+        if data is _UNREAD:  # read like an event before it, but for its text (EventReader)
+            data = self._data = orjson.loads(_fields(self.raw)[1] or b"null")
+        return data
+
+    @data.setter
+    def data(self, data: dict[str, Any] | None) -> None:
+        self._data = data
+
+    @property
     def type(self) -> str | None:
-        return self.data.get("type") if self.data else None
+        data = self.data
+        return data.get("type") if data else None
+
+
+_NOT_PLAIN = re.compile(rb'["\\\x00-\x1f]')  # what a JSON string's body holds only escaped
+_ESCAPED = re.compile(rb'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*')  # a string body
+_PROBE = b"sg-probe-text-0"
+_COUNTER = re.compile(rb'"sequence_number": ?([0-9]+)')  # Responses events count themselves
+_NUMBER = re.compile(rb"0|[1-9][0-9]*")
+
+
+class EventReader:
+    """One stream's events from its bytes: cut (EventSplitter) and parsed (parse_event).
+
+    A stream's bulk is text deltas that differ only in their text (same id, model,
+    choice or block). Once one such delta is parsed, the bytes around its text are the
+    stream's shape: a later event with exactly those bytes around a JSON string body is
+    the same event with another text, read without parsing the event (its `data` is
+    parsed only if asked for). A Responses event's `sequence_number` may differ too. The
+    shape is checked once, by parsing it with a probe text (and another number)
+    in place, used only if that text comes out as the delta's text and nothing else
+    changes, and with an empty text, which must come out as no text.
+    """
+
+    def __init__(self, endpoint: str, thinking: bool = False) -> None:
+        self.endpoint, self.thinking = endpoint, thinking
+        self._splitter = EventSplitter()
+        self._head = self._tail = b""  # the shape: the bytes around a plain delta's text
+        self._after = b""  # with a counter in the head: the head's bytes after it
+        self._ends = (0, 0)  # where the text starts, and ends (from the event's end)
+        self._key: Key = 0
+        self._name: str | None = None
+        self._used = True  # the current shape matched an event since it was learned
+        self._unused = 0  # shapes learned that never matched: past 3, stop learning
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        return [self._read(raw) for raw in self._splitter.feed(chunk)]
+
+    def rest(self) -> Event | None:
+        """Whatever trailed the last blank line when the stream ended."""
+        raw = self._splitter.rest()
+        return self._read(raw) if raw else None
+
+    def _read(self, raw: bytes) -> Event:
+        if self._head and (text := self._shaped(raw)) is not None:
+            self._used = True
+            event = Event(raw, self._name)
+            event._data, event.plain = _UNREAD, True
+            if text:
+                event.texts = {self._key: text}
+            return event
+        event = parse_event(raw, self.endpoint, self.thinking)
+        if _plain(event):
+            event.plain = True
+            if self._unused < 3:
+                self._learn(event)
+        return event
+
+    def _shaped(self, raw: bytes) -> str | None:
+        """The text of an event of the stream's shape (None: not of that shape)."""
+        if not (raw.startswith(self._head) and raw.endswith(self._tail)):
+            return None
+        start, end = self._ends
+        if self._after:  # a counter, then more of the head
+            number = _NUMBER.match(raw, start)
+            if number is None or not raw.startswith(self._after, number.end()):
+                return None
+            start = number.end() + len(self._after)
+        if len(raw) + end < start:
+            return None
+        body = raw[start:end]
+        try:
+            if _NOT_PLAIN.search(body) is None:
+                return body.decode()
+            if _ESCAPED.fullmatch(body) is not None:  # escapes (a line break, a quote)
+                return orjson.loads(b'"' + body + b'"')  # type: ignore[no-any-return]
+        except (UnicodeDecodeError, orjson.JSONDecodeError):
+            pass  # not UTF-8, a lone surrogate: parsed, and found garbled
+        return None
+
+    def _learn(self, event: Event) -> None:
+        ((key, text),) = event.texts.items()
+        raw, literal = event.raw, orjson.dumps(text)
+        at = raw.find(literal)
+        if at < 0 or raw.find(literal, at + 1) >= 0 or _PROBE in raw:
+            return  # written otherwise (escaped differently), or not only once
+        head, tail, after = raw[: at + 1], raw[at + len(literal) - 1 :], b""
+        if (counter := _COUNTER.search(head)) is not None:  # it changes from event to event
+            head, after = head[: counter.start(1)], head[counter.end(1) :]
+        other = b"1" if counter is not None and counter[1] == b"0" else b"0"
+        probe = head + (other if counter else b"") + after
+        found = parse_event(probe + _PROBE + tail, self.endpoint, self.thinking)
+        if not _plain(found) or found.texts != {key: _PROBE.decode()}:
+            return
+        empty = parse_event(probe + tail, self.endpoint, self.thinking)  # an empty text: none
+        if empty.texts or empty.names or empty.finals or empty.terminal or empty.finishing:
+            return
+        if not self._used:
+            self._unused += 1
+        self._head, self._after, self._tail = head, after, tail
+        self._key, self._name, self._used = key, event.name, False
+        self._ends = (len(head), -len(tail))
+
+
+def _plain(event: Event) -> bool:
+    """One text delta and nothing else a guard or a watcher notes."""
+    return (
+        len(event.texts) == 1
+        and not (event.names or event.finals or event.terminal or event.finishing)
+        and event.data is not None
+        and usage_of(event) is None
+    )
 
 
 def choice_of(key: Key) -> int:
@@ -164,36 +286,10 @@ def _index(value: Any) -> int:
 def parse_event(raw: bytes, endpoint: str, thinking: bool = False) -> Event:
     """`thinking`: reasoning (Messages thinking deltas, Chat reasoning deltas, Responses
     reasoning events) is guardable text too."""
-    name = None
-    if raw[:7] == b"data: {" and raw.find(b"\n") == len(raw) - 2:
-        # The common case, one line of JSON: parse it straight away.
-        event = Event(raw)
-        try:
-            data = orjson.loads(raw[6:])
-        except orjson.JSONDecodeError:
-            event.garbled = True
-            return event
-        if type(data) is dict:
-            event.data = data
-            if endpoint == RESPONSES:
-                _responses(data, event, thinking)
-            elif endpoint == MESSAGES:  # a data-only Messages event: read it all the same
-                anthropic_sse.read(data, event, thinking)
-            elif not _plain_delta(data, event):
-                _choices(data, event, endpoint == COMPLETIONS, thinking)
-                event.terminal = "error" in data
-        return event
-    else:
-        data_lines = []
-        for line in raw.splitlines():
-            if line.startswith(b"data:"):
-                data_lines.append(line[5:].removeprefix(b" "))
-            elif line.startswith(b"event:"):
-                name = line[6:].strip().decode("utf-8", "replace")
-        if not data_lines:
-            return Event(raw, name)
-        payload = b"\n".join(data_lines)
+    name, payload = _fields(raw)
     event = Event(raw, name)
+    if payload is None:
+        return event
     if payload[:1] != b"{":
         if payload.strip() == b"[DONE]":
             event.done = event.terminal = True
@@ -203,16 +299,35 @@ def parse_event(raw: bytes, endpoint: str, thinking: bool = False) -> Event:
     except orjson.JSONDecodeError:
         event.garbled = True
         return event
-    if isinstance(data, dict):
-        event.data = data
-        if endpoint == MESSAGES:
-            anthropic_sse.read(data, event, thinking)
-        elif endpoint == RESPONSES:
+    if type(data) is dict:
+        event._data = data
+        if endpoint == RESPONSES:
             _responses(data, event, thinking)
-        else:
+        elif endpoint == MESSAGES:  # with or without its event: line
+            anthropic_sse.read(data, event, thinking)
+        elif not _plain_delta(data, event):
             _choices(data, event, endpoint == COMPLETIONS, thinking)
             event.terminal = "error" in data
     return event
+
+
+def _fields(raw: bytes) -> tuple[str | None, bytes | None]:
+    """An event's name (its `event:` field) and data (its `data:` lines joined; None
+    when it has none)."""
+    first, whole = raw.find(b"\n"), raw.endswith(b"\n\n")
+    if first == len(raw) - 2 and whole and raw[:6] == b"data: ":  # the bulk: one data line
+        return None, raw[6:-2]
+    if raw[:7] == b"event: " and whole and b"\r" not in raw:  # `event:`, then `data:`
+        second = raw.find(b"\n", first + 1)
+        if second == len(raw) - 2 and raw[first + 1 : first + 7] == b"data: ":
+            return raw[7:first].strip().decode("utf-8", "replace"), raw[first + 7 : -2]
+    name, lines = None, []
+    for line in raw.splitlines():
+        if line.startswith(b"data:"):
+            lines.append(line[5:].removeprefix(b" "))
+        elif line.startswith(b"event:"):
+            name = line[6:].strip().decode("utf-8", "replace")
+    return name, b"\n".join(lines) if lines else None
 
 
 def _plain_delta(data: dict[str, Any], event: Event) -> bool:

@@ -7,8 +7,16 @@ from typing import Any
 import orjson
 import pytest
 
+from proxy.anthropic_api import MESSAGES
 from proxy.openai_api import CHAT, COMPLETIONS, RESPONSES
-from proxy.sse import EventSplitter, parse_event, usage_of, with_final_text, with_texts
+from proxy.sse import (
+    EventReader,
+    EventSplitter,
+    parse_event,
+    usage_of,
+    with_final_text,
+    with_texts,
+)
 
 
 def data(payload: dict[str, Any], name: str | None = None, eol: bytes = b"\n") -> bytes:
@@ -132,6 +140,127 @@ def test_comments_and_non_json_are_kept_raw_without_data() -> None:
 def test_multi_line_data_is_joined() -> None:
     raw = b'data: {"choices": [{"index": 0,\ndata: "delta": {"content": "ok"}}]}\n\n'
     assert parse_event(raw, CHAT).texts == {0: "ok"}
+
+
+# --- EventReader: a stream's bulk read by its shape ---------------------------------------
+
+TEXTS = [  # what a model may write: escapes, line breaks, quotes, non-ASCII, nothing
+    "Hello",
+    " world",
+    "",
+    'say "hi"',
+    "back\\slash",
+    "two\nlines",
+    "tab\there",
+    "\u00e9t\u00e9",
+    "\U0001f600 emoji",
+    "\x01 control",
+    "</script>",
+    "\u2028 sep",
+    "chatcmpl-1",
+    "content",
+]
+
+
+def same(got: Any, want: Any) -> None:
+    """The reader's event is what parse_event reads from the same bytes."""
+    assert got.raw == want.raw
+    assert (got.name, got.texts, got.data) == (want.name, want.texts, want.data)
+    flags = ("done", "terminal", "finishing", "garbled", "finals", "names")
+    assert [getattr(got, f) for f in flags] == [getattr(want, f) for f in flags]
+
+
+def streams() -> list[tuple[str, list[bytes]]]:
+    chat = [data(chat_chunk(t)) for t in TEXTS]
+    chat.insert(3, data(chat_chunk("x", finish_reason="stop")))
+    chat.insert(5, data(chat_chunk("other choice", index=1)))
+    chat.insert(7, data(chat_chunk(None) | {"usage": {"total_tokens": 3}}))
+    sglang = {"role": None, "reasoning_content": None, "tool_calls": None}  # nulls beside it
+    chat += [data(chat_chunk(None, delta={"content": t} | sglang)) for t in TEXTS[:4]]
+    call = {"index": 0, "function": {"arguments": ""}}
+    chat += [
+        data(chat_chunk(None, delta={"tool_calls": [call | {"function": {"arguments": t}}]}))
+        for t in ('{"path":', ' "/tmp"}', "")
+    ]
+    completions = [data({"id": "c", "choices": [{"index": 0, "text": t}]}) for t in TEXTS]
+    responses = [  # each event numbered, as OpenAI numbers them
+        data({"type": "response.output_text.delta", "sequence_number": n} | delta_event(t),
+             "response.output_text.delta")
+        for n, t in enumerate(TEXTS, start=8)
+    ]  # fmt: skip
+    responses.insert(2, responses[2].replace(b'"sequence_number":10', b'"sequence_number":010'))
+    messages = [
+        data({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta",
+              "text": t}}, "content_block_delta")
+        for t in TEXTS
+    ]  # fmt: skip
+    return [(CHAT, chat), (COMPLETIONS, completions), (RESPONSES, responses), (MESSAGES, messages)]
+
+
+@pytest.mark.parametrize(("endpoint", "events"), streams(), ids=lambda v: str(v)[:12])
+def test_reader_reads_every_event_as_parse_event_does(endpoint: str, events: list[bytes]) -> None:
+    whole = b"".join(events)
+    for reads in ([whole], [bytes([b]) for b in whole], events):
+        reader = EventReader(endpoint)
+        got = [e for chunk in reads for e in reader.feed(chunk)]
+        assert len(got) == len(events)
+        for event, raw in zip(got, events, strict=True):
+            same(event, parse_event(raw, endpoint))
+    shaped = [not isinstance(e._data, dict) for e in EventReader(endpoint).feed(whole)]
+    assert shaped.count(True) >= len(TEXTS) - 1  # all but the first, escapes included
+
+
+def test_reader_reads_runtimes_deltas_and_tool_arguments_by_their_shape() -> None:
+    nulls = {"role": None, "reasoning_content": None, "tool_calls": None}  # as SGLang sends
+    texts = [data(chat_chunk(None, delta={"content": t} | nulls)) for t in ("a", "b", "c")]
+    call = {"index": 0, "function": {"arguments": ""}}
+    calls = [
+        data(chat_chunk(None, delta={"tool_calls": [call | {"function": {"arguments": t}}]}))
+        for t in ('{"path":', ' "/tmp', '/x"}')
+    ]
+    got = EventReader(CHAT).feed(b"".join(texts + calls))
+    assert [e.texts for e in got] == [{0: "a"}, {0: "b"}, {0: "c"}] + [
+        {(0, "tool", 0): t} for t in ('{"path":', ' "/tmp', '/x"}')
+    ]
+    assert [isinstance(e._data, dict) for e in got] == [True, False, False] * 2  # shape-read
+    escaped = [  # a lone surrogate, a bad escape: the JSON is not valid, the event garbled
+        data(chat_chunk(None, delta={"content": "x"} | nulls)).replace(b'"x"', bad)
+        for bad in (b'"\\ud800"', b'"\\q"', b'"\\u12"')
+    ]
+    for event, raw in zip(
+        EventReader(CHAT).feed(texts[0] + b"".join(escaped)), [texts[0], *escaped], strict=True
+    ):
+        same(event, parse_event(raw, CHAT))
+        assert event.garbled == (raw != texts[0])
+
+
+def test_reader_reads_a_stream_that_is_not_utf8_or_not_json_as_garbled() -> None:
+    good = data(chat_chunk("fine"))
+    bad = [good.replace(b"fine", b"\xff\xfe"), good.replace(b"fine", b'a"b'), b"data: {\n\n"]
+    reader = EventReader(CHAT)
+    got = reader.feed(good + good + b"".join(bad))
+    for event, raw in zip(got, [good, good, *bad], strict=True):
+        same(event, parse_event(raw, CHAT))
+    assert [e.garbled for e in got] == [False, False, True, True, True]
+
+
+def test_a_text_written_like_another_member_is_not_taken_for_the_stream_shape() -> None:
+    # The delta's text is "id", escaped: its JSON ("id") appears only as the key `id`. A
+    # shape taken from there would read the next event's id member as its text.
+    first = b'data: {"id":"a","choices":[{"index":0,"delta":{"content":"\\u0069d"}}]}\n\n'
+    second = b'data: {"zz":"a","choices":[{"index":0,"delta":{"content":"\\u0069d"}}]}\n\n'
+    third = b'data: {"id":"a","choices":[{"index":0,"delta":{"content":"real"}}]}\n\n'
+    reader = EventReader(CHAT)
+    got = reader.feed(first + second + third)
+    assert [e.texts for e in got] == [{0: "id"}, {0: "id"}, {0: "real"}]
+
+
+def test_a_shape_read_event_parses_its_data_only_when_asked() -> None:
+    reader = EventReader(CHAT)
+    first, second = reader.feed(data(chat_chunk("one")) + data(chat_chunk("two")))
+    assert second.plain and second._data is not None and not isinstance(second._data, dict)
+    assert second.data == chat_chunk("two")
+    assert first.data == chat_chunk("one")
 
 
 # --- rewrites ----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from proxy.guard.stream_machine import (
 from proxy.guard.window import Window
 from proxy.openai_api import CHAT, COMPLETIONS, RESPONSES
 from proxy.policies import Policy
-from proxy.sse import EventSplitter, parse_event
+from proxy.sse import EventReader, EventSplitter, parse_event
 
 HARM = Policy("harm", "policy text", "v1", action="block", category="H1")
 NOTE = Policy("note", "policy text", "v1", action="annotate")
@@ -79,6 +79,7 @@ class Transcript:
         window = Window(size, overlap, hold, detectors, first=first)
         self.machine = StreamMachine(endpoint, window, mode=mode, fail=fail, wait_s=wait_s)
         self.endpoint = endpoint
+        self.reader = EventReader(endpoint)
         self.now = 0.0
         self.actions: list[Any] = []
 
@@ -87,9 +88,11 @@ class Transcript:
         return actions
 
     def feed(self, *raws: bytes) -> list[Any]:
+        """Each event as one upstream read, read as the stream guard reads them (the bulk by
+        the stream's shape, see EventReader)."""
         out: list[Any] = []
         for raw in raws:
-            out += self.machine.event(parse_event(raw, self.endpoint), self.now)
+            out += self.machine.events(self.reader.feed(raw), self.now)
         return self.take(out)
 
     def judge(

@@ -148,7 +148,7 @@ class StreamMachine:
         self.tools: dict[Key, str] = {}
         self.received: dict[Key, list[str]] = {}  # as the upstream sent it
         self.released_parts: dict[Key, list[str]] = {}  # as the client got it
-        self.last: dict[str, Any] | None = None  # the last chunk (Responses: its creation)
+        self._last: Event | None = None  # the last chunk (Responses: its creation)
         self.choices: set[int] = set()  # every choice index seen (chat, completions)
         self.ended: End | None = None
         self._pending: deque[list[Any]] = deque()  # [seq, Sealed, Judged | None]
@@ -164,35 +164,17 @@ class StreamMachine:
         """Events that arrived together (one upstream read): windows are sealed after them
         all, so an upstream faster than the classifier makes few large windows."""
         actions: list[Action] = []
-        last = len(events) - 1
-        for i, event in enumerate(events):
-            actions += self.event(event, now, seal=i == last)
+        for event in events:
+            if self.ended is not None:
+                return actions
+            self._take(event, now, actions)
+        if self.mode != "passthrough" and self.ended is None:
+            while (more := self.window.full()) is not None:
+                self._enqueue(more, actions)
         return actions
 
-    def event(self, event: Event, now: float, seal: bool = True) -> list[Action]:
-        if self.ended is not None:
-            return []
-        if event.names or event.finals or event.terminal or self.endpoint == RESPONSES:
-            event = self._observe(event)
-        elif event.data is not None:  # the bulk: a chunk with a text delta or none
-            self.last = event.data
-        self._receive(event)
-        if self.mode == "passthrough":
-            return [Release(event.raw)]
-        if event.garbled:  # not JSON: no SDK could read it, and no guard either
-            return []
-        actions: list[Action] = []
-        if event.texts and self._since is None and self.wait_s is not None:
-            self._since = now
-            actions.append(WakeAt(now + self.wait_s))
-        self._enqueue(self.window.push(event, seal), actions)
-        while seal and (more := self.window.full()) is not None:
-            self._enqueue(more, actions)
-        if not event.texts and not self.window.waiting:
-            # No unchecked text ahead of it (a role chunk, a keep-alive comment): it goes
-            # out as soon as the windows before it do.
-            self._enqueue(self.window.flush(), actions)
-        return actions
+    def event(self, event: Event, now: float) -> list[Action]:
+        return self.events([event], now)
 
     def verdict(self, seq: int, judged: Judged | None) -> list[Action]:
         """A window's verdict arrived (None: judging it failed)."""
@@ -238,15 +220,21 @@ class StreamMachine:
         reason = self.ended.reason if self.ended else None
         return reason if reason in ENDINGS else None
 
+    @property
+    def last(self) -> dict[str, Any] | None:
+        """The last chunk's data (Responses: the response.created event's)."""
+        return self._last.data if self._last is not None else None
+
     def texts(self, parts: Mapping[Key, list[str]]) -> dict[Key, str]:
         return {key: "".join(p) for key, p in parts.items()}
 
     # -- inside --------------------------------------------------------------------------
 
     def _observe(self, event: Event) -> Event:
-        data = event.data
-        if data is not None and (self.endpoint != RESPONSES or event.type == "response.created"):
-            self.last = data
+        if event.data is not None and (
+            self.endpoint != RESPONSES or event.type == "response.created"
+        ):
+            self._last = event
         if event.terminal:
             self._terminated = True
         if event.names:
@@ -263,14 +251,36 @@ class StreamMachine:
                 event = event.with_texts({**event.texts, **extra})
         return event
 
-    def _receive(self, event: Event) -> None:
+    def _take(self, event: Event, now: float, actions: list[Action]) -> None:
+        """Note an event, then send it on (passthrough) or put it in the window."""
+        if event.plain:  # the bulk: a text delta and nothing else
+            if self.endpoint != RESPONSES:
+                self._last = event
+        elif event.names or event.finals or event.terminal or self.endpoint == RESPONSES:
+            event = self._observe(event)
+        elif event.data is not None:  # a chunk with no text
+            self._last = event
+        texts = event.texts
         received = self.received
-        for key, text in event.texts.items():
-            if key in received:
-                received[key].append(text)
+        for key, text in texts.items():
+            if (parts := received.get(key)) is not None:
+                parts.append(text)
             else:
                 received[key] = [text]
                 self.choices.add(choice_of(key))
+        if self.mode == "passthrough":
+            actions.append(Release(event.raw))
+        elif texts:
+            if self._since is None and self.wait_s is not None:
+                self._since = now
+                actions.append(WakeAt(now + self.wait_s))
+            self.window.push(event, seal=False)
+        elif not event.garbled:  # not JSON: no SDK could read it, and no guard either
+            self.window.push(event, seal=False)
+            if not self.window.waiting:
+                # No unchecked text ahead of it (a role chunk, a keep-alive comment): it
+                # goes out as soon as the windows before it do.
+                self._enqueue(self.window.flush(), actions)
 
     def _enqueue(self, sealed: Sealed | None, actions: list[Action]) -> None:
         if sealed is None:

@@ -29,7 +29,7 @@ from proxy.guard.stream_machine import (
 )
 from proxy.guard.window import Sealed, Window, hold_chars
 from proxy.policies import Policy
-from proxy.sse import EventSplitter, Key, choice_of, parse_event
+from proxy.sse import EventReader, Key, choice_of
 from proxy.stream_watch import StreamWatch, Terminator
 from proxy.upstream import UpstreamError
 
@@ -65,6 +65,7 @@ class StreamGuard:
         self.machine = machine_for(side, policies, endpoint, fail)
         self.watch = watch
         self.shadow: list[asyncio.Future[Outcome | None]] = []  # audited, never enforced
+        self.finished = False  # the frame `run` yields now is its last
 
     @property
     def outcomes(self) -> list[Outcome]:
@@ -128,19 +129,19 @@ class StreamGuard:
             apply(machine.tick(loop.time()))
 
         async def read() -> None:
-            splitter, watch, endpoint = EventSplitter(), self.watch, self.endpoint
-            thinking = self.side.thinking
+            reader, watch = EventReader(self.endpoint, self.side.thinking), self.watch
             try:
                 async for chunk in chunks:
-                    events = [parse_event(raw, endpoint, thinking) for raw in splitter.feed(chunk)]
+                    events = reader.feed(chunk)
                     if watch is not None:
-                        for event in events:
-                            watch.event(event)
+                        watch.events(events)
                     apply(machine.events(events, loop.time()))
                     if machine.ended is not None:
                         return
-                if rest := splitter.rest():
-                    apply(machine.event(parse_event(rest, endpoint, thinking), loop.time()))
+                if (rest := reader.rest()) is not None:
+                    if watch is not None:
+                        watch.event(rest)
+                    apply(machine.event(rest, loop.time()))
                 apply(machine.upstream_end())
             except UpstreamError as exc:
                 apply(machine.upstream_error(exc.code))
@@ -150,9 +151,21 @@ class StreamGuard:
             lambda task: task.cancelled() or task.exception() is None or out.put_nowait(None)
         )
         try:
-            while (data := await out.get()) is not None:
-                yield data
-            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+            while True:
+                # What is ready goes out in one piece (verdicts often arrive together).
+                frames, item = [], await out.get()
+                while item is not None:
+                    frames.append(item)
+                    if out.empty():
+                        break
+                    item = out.get_nowait()
+                failed = reader.done() and not reader.cancelled() and reader.exception()
+                self.finished = item is None and not failed  # this frame is the last
+                if frames:
+                    yield b"".join(frames) if len(frames) > 1 else frames[0]
+                if item is None:
+                    break
+            if failed:
                 raise reader.exception()  # type: ignore[misc]
         finally:
             reader.cancel()  # a block or a gone client stops the upstream read
@@ -228,6 +241,7 @@ class Relay:
     def __init__(self, endpoint: str, watch: StreamWatch | None = None) -> None:
         self.endpoint, self.watch = endpoint, watch
         self.failure: str | None = None
+        self.finished = False  # never known before the upstream's end
 
     async def run(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         ends, watch = Terminator(self.endpoint), self.watch

@@ -16,13 +16,6 @@ from proxy.guard.detectors import MAX_SPAN_CHARS, find_spans
 from proxy.sse import Event, Key
 
 
-def _chars(event: Event) -> int:
-    texts = event.texts
-    if not texts:
-        return 0
-    return sum(map(len, texts.values()))
-
-
 @dataclass(slots=True)
 class Sealed:
     events: list[Event]
@@ -44,15 +37,18 @@ class Window:
         self.size, self.overlap, self.hold, self.detectors = size, overlap, hold, detectors
         self._next = size if size is None or not first else min(first, size)
         self._events: list[Event] = []
+        self._sizes: list[int] = []  # each event's characters
         self._chars = 0
         self._tail: dict[Key, str] = {}
 
     def push(self, event: Event, seal: bool = True) -> Sealed | None:
         """Add an event; with `seal`, seal a window if one is full."""
+        size = 0
+        for text in event.texts.values():
+            size += len(text)
         self._events.append(event)
-        if event.texts:
-            for text in event.texts.values():
-                self._chars += len(text)
+        self._sizes.append(size)
+        self._chars += size
         return self.full() if seal else None
 
     def full(self) -> Sealed | None:
@@ -81,14 +77,15 @@ class Window:
     def _cut(self, limit: int | None = None) -> int:
         """Index of the first event kept back: `hold` chars, and no match cut in two; with
         `limit`, the events after the first `limit` characters too."""
-        cut, kept = len(self._events), 0
+        sizes = self._sizes
+        cut, kept = len(sizes), 0
         while self.hold and cut > 0 and kept < self.hold:
             cut -= 1
-            kept += _chars(self._events[cut])
+            kept += sizes[cut]
         if limit is not None and self._chars - kept > limit:
             total = 0
-            for i, event in enumerate(self._events[:cut]):
-                total += _chars(event)
+            for i in range(cut):
+                total += sizes[i]
                 if total >= limit:
                     # a limit that would cut a match in two: the match goes whole
                     return self._whole_matches(i + 1) or self._whole_matches(cut)
@@ -122,11 +119,15 @@ class Window:
         if cut == 0:
             return None
         events, self._events = self._events[:cut], self._events[cut:]
-        self._chars = sum(map(_chars, self._events)) if self._events else 0
+        self._chars -= sum(self._sizes[:cut])
+        del self._sizes[:cut]
         parts: dict[Key, list[str]] = {}
         for event in events:
             for key, text in event.texts.items():
-                parts.setdefault(key, []).append(text)
+                if (part := parts.get(key)) is not None:
+                    part.append(text)
+                else:
+                    parts[key] = [text]
         texts = {key: "".join(p) for key, p in parts.items()}
         if texts and self._next is not None and self.size is not None:
             self._next = min(self._next * 2, self.size)
