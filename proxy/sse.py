@@ -168,6 +168,7 @@ class Event:
 _NOT_PLAIN = re.compile(rb'["\\\x00-\x1f]')  # what a JSON string's body holds only escaped
 _ESCAPED = re.compile(rb'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*')  # a string body
 _PROBE = b"sg-probe-text-0"
+_BOM = b"\xef\xbb\xbf"
 _COUNTER = re.compile(rb'"sequence_number": ?([0-9]+)')  # Responses events count themselves
 _NUMBER = re.compile(rb"0|[1-9][0-9]*")
 
@@ -195,8 +196,15 @@ class EventReader:
         self._name: str | None = None
         self._used = True  # the current shape matched an event since it was learned
         self._unused = 0  # shapes learned that never matched: past 3, stop learning
+        self._start: bytes | None = b""  # the stream's first bytes, until past a BOM
 
     def feed(self, chunk: bytes) -> list[Event]:
+        if self._start is not None:  # clients drop a stream's leading BOM (as SSE says)
+            chunk = self._start + chunk
+            if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
+                self._start = chunk
+                return []
+            self._start, chunk = None, chunk.removeprefix(_BOM)
         return [self._read(raw) for raw in self._splitter.feed(chunk)]
 
     def rest(self) -> Event | None:
@@ -288,12 +296,19 @@ def parse_event(raw: bytes, endpoint: str, thinking: bool = False) -> Event:
     reasoning events) is guardable text too."""
     name, payload = _fields(raw)
     event = Event(raw, name)
+    if _hides_lines(raw):
+        event.garbled = True
+        return event
     if payload is None:
         return event
-    if payload[:1] != b"{":
-        if payload.strip() == b"[DONE]":
-            event.done = event.terminal = True
-        return event
+    if payload[:1] != b"{":  # a client's JSON parser skips leading whitespace: so do we
+        payload = payload.lstrip(b" \t\r\n")
+        if payload[:1] != b"{":
+            if payload.rstrip() == b"[DONE]":
+                event.done = event.terminal = True
+            else:  # no object, hence no text the guard reads: never sent on
+                event.garbled = bool(payload)
+            return event
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -309,6 +324,23 @@ def parse_event(raw: bytes, endpoint: str, thinking: bool = False) -> Event:
             _choices(data, event, endpoint == COMPLETIONS, thinking)
             event.terminal = "error" in data
     return event
+
+
+# Line breaks of str.splitlines() that SSE does not know (VT, FF, FS-RS, NEL, LS, PS):
+# a client that splits lines at them would read a `data:` line hidden in an `event:`
+# line or a comment, which the gateway never reads; inside data they only break the JSON.
+_ODD_BREAKS = re.compile(rb"[\x0b\x0c\x1c-\x1e]|\xc2\x85|\xe2\x80[\xa8\xa9]")
+
+
+def _hides_lines(raw: bytes) -> bool:
+    """A line besides the data lines holds a line break some clients split at."""
+    if raw[:6] == b"data: " and raw.find(b"\n") == len(raw) - 2:  # the bulk: one data line
+        return False
+    if _ODD_BREAKS.search(raw) is None:
+        return False
+    return any(
+        _ODD_BREAKS.search(line) for line in raw.splitlines() if not line.startswith(b"data:")
+    )
 
 
 def _fields(raw: bytes) -> tuple[str | None, bytes | None]:
