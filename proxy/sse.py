@@ -401,11 +401,15 @@ def _choices(data: dict[str, Any], event: Event, completions: bool, thinking: bo
             text = choice.get("text")
             if text and type(text) is str:
                 texts[i] = text
+            elif _not_text(text):
+                event.garbled = True
             continue
         delta = choice.get("delta")
         if type(delta) is not dict:
             continue
         text = delta.get("content")
+        if _not_text(text) or _not_text(delta.get("refusal")):
+            event.garbled = True  # parts or numbers where a delta has text: no API sends it
         if text and type(text) is str:
             texts[i] = text
         if len(delta) == 1 and text is not None:
@@ -427,6 +431,11 @@ def _choices(data: dict[str, Any], event: Event, completions: bool, thinking: bo
                 _call_piece(event, (i, "tool", _index(tool.get("index"))), tool[kind], texts)
     if texts:
         event.texts = texts
+
+
+def _not_text(value: Any) -> bool:
+    """Something other than text where a stream sends text (a client shows it anyway)."""
+    return value is not None and type(value) is not str
 
 
 def _reasoning(delta: dict[str, Any]) -> str:
@@ -472,6 +481,8 @@ def _responses(data: dict[str, Any], event: Event, thinking: bool = False) -> No
     event.terminal = kind in RESPONSES_TERMINAL or event.name == "error"
     event.finishing = kind == "response.completed"
     i = _index(data.get("output_index"))
+    if _not_text(data.get("delta")):
+        event.garbled = True  # a delta is text in every Responses event that has one
     if kind in _RESPONSES_DELTAS:
         if isinstance(data.get("delta"), str) and data["delta"]:
             event.texts = {i: data["delta"]}

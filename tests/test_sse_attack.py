@@ -524,3 +524,17 @@ def test_terminator_split_at_every_byte() -> None:  # passes
         b"\n"
     )
     assert all(terminated(RESPONSES, stream, n) for n in range(1, 40))
+
+
+def test_parts_where_a_delta_has_text_are_never_sent() -> None:
+    # openai-python does not validate a chunk: `delta.content` as a list of parts would
+    # reach the app as it is, so a guard that reads only strings must not send it on
+    parts = [{"type": "text", "text": "EVIL-UNCLASSIFIED"}]
+    chat_parts = {"choices": [{"index": 0, "delta": {"content": parts}}]}
+    completion = {"choices": [{"index": 0, "text": parts}]}
+    responses = {"type": "response.output_text.delta", "output_index": 0, "delta": parts}
+    for endpoint, data in ((CHAT, chat_parts), (COMPLETIONS, completion), (RESPONSES, responses)):
+        g = Guarded(endpoint)
+        g.feed(b"data: " + orjson.dumps(data) + b"\n\n")
+        g.end()
+        assert b"EVIL" not in g.sent, endpoint
