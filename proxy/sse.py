@@ -77,27 +77,46 @@ _CHAT_REASONING = ("reasoning_content", "reasoning")
 
 
 class EventSplitter:
-    """Cuts a byte stream into whole events (each with its terminating blank line)."""
+    """Cuts a byte stream into whole events (each with its terminating blank line).
+
+    An event longer than one read is kept as a list of reads, and only the new read (with
+    the three bytes before it) is searched for its end: linear in the event's size, where
+    joining and rescanning on every read made a 4 MB event cost seconds of CPU.
+    """
 
     def __init__(self) -> None:
-        self._pending = b""
+        self._held: list[bytes] = []  # the reads of an event not ended yet
+        self._edge = b""  # the last three bytes held (an end may straddle two reads)
+        self.pending_bytes = 0
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        data = self._pending + chunk if self._pending else chunk
+        if self._held:
+            if _BOUNDARY.search(self._edge + chunk) is None:  # the event goes on
+                self._held.append(chunk)
+                self._edge = chunk[-3:] if len(chunk) >= 3 else (self._edge + chunk)[-3:]
+                self.pending_bytes += len(chunk)
+                return []
+            data = b"".join(self._held) + chunk
+        else:
+            data = chunk
         if b"\r" not in data:  # the common case, LF line ends: cut at each blank line
             events = data.split(b"\n\n")
-            self._pending = events.pop()
+            self._hold(events.pop())
             return [event + b"\n\n" for event in events]
         events, start = [], 0
         for match in _BOUNDARY.finditer(data):
             events.append(data[start : match.end()])
             start = match.end()
-        self._pending = data[start:]
+        self._hold(data[start:])
         return events
+
+    def _hold(self, rest: bytes) -> None:
+        self._held, self._edge, self.pending_bytes = ([rest] if rest else []), rest[-3:], len(rest)
 
     def rest(self) -> bytes:
         """Whatever trailed the last blank line when the stream ended."""
-        rest, self._pending = self._pending, b""
+        rest = b"".join(self._held)
+        self._hold(b"")
         return rest
 
 
@@ -206,6 +225,11 @@ class EventReader:
                 return []
             self._start, chunk = None, chunk.removeprefix(_BOM)
         return [self._read(raw) for raw in self._splitter.feed(chunk)]
+
+    @property
+    def held(self) -> int:
+        """Bytes of an event not ended yet."""
+        return self._splitter.pending_bytes
 
     def rest(self) -> Event | None:
         """Whatever trailed the last blank line when the stream ended."""

@@ -371,3 +371,28 @@ def test_usage_of_response_completed() -> None:
 def test_usage_of_events_without_data() -> None:
     assert usage_of(parse_event(b"data: [DONE]\n\n", CHAT)) is None
     assert usage_of(parse_event(b": ping\n\n", CHAT)) is None
+
+
+def test_splitter_cuts_the_same_events_whatever_the_reads() -> None:
+    stream = (
+        b"data: a\n\n" + b"data: " + b"x" * 5000 + b"\n\n"
+        b"event: e\r\ndata: b\r\n\r\n" + b"data: c\r\r" + b"data: d\n\n"
+    )
+    whole = EventSplitter()
+    expected = [*whole.feed(stream), whole.rest()]
+    for size in (1, 2, 3, 4, 7, 64, 4096):
+        splitter, got = EventSplitter(), []
+        for at in range(0, len(stream), size):
+            got += splitter.feed(stream[at : at + size])
+        assert [*got, splitter.rest()] == expected, size
+
+
+def test_a_long_event_is_held_until_it_ends_and_counted() -> None:
+    reader = EventReader(CHAT)
+    head = b'data: {"choices":[{"index":0,"delta":{"content":"'
+    assert reader.feed(head) == [] and reader.held == len(head)
+    for _ in range(100):
+        assert reader.feed(b"y" * 1000) == []
+    assert reader.held == len(head) + 100_000
+    (event,) = reader.feed(b'"}}]}\n\n')
+    assert event.texts == {0: "y" * 100_000} and reader.held == 0

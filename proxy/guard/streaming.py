@@ -33,6 +33,8 @@ from proxy.sse import EventReader, Key, choice_of
 from proxy.stream_watch import StreamWatch, Terminator
 from proxy.upstream import UpstreamError
 
+MAX_EVENT_BYTES = 16 << 20  # one upstream event (text deltas are bytes; answers, kilobytes)
+
 __all__ = ["Relay", "Sealed", "StreamGuard", "Window", "end_frames", "error_frame", "hold_chars"]
 
 
@@ -133,6 +135,8 @@ class StreamGuard:
             try:
                 async for chunk in chunks:
                     events = reader.feed(chunk)
+                    if reader.held > MAX_EVENT_BYTES:  # no window could hold it anyway
+                        raise UpstreamError(502, "upstream_dropped", "An event never ended.")
                     if watch is not None:
                         watch.events(events)
                     apply(machine.events(events, loop.time()))
