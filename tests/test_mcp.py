@@ -224,7 +224,7 @@ async def test_batches_and_bad_bodies_get_json_rpc_errors(mcp_gateway, mcp_serve
         bad = await http.post("/mcp/docs", content=b"{nope", headers=headers)
         assert bad.status_code == 400 and bad.json()["error"]["code"] == -32700
         put = await http.put("/mcp/docs", json=INIT, headers=headers)
-        assert put.status_code == 405
+        assert put.status_code == 405 and put.headers["allow"] == "GET, POST, DELETE"
         big = await http.post("/mcp/docs", content=b" " * (4 * 1024 * 1024 + 1), headers=headers)
         assert big.status_code == 413 and big.json()["error"]["code"] == -32600
         deep = b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo",'

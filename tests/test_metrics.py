@@ -266,7 +266,8 @@ async def test_asgi_endpoint_serves_prometheus_text():
         assert response.status_code == 200
         assert response.headers["content-type"] == CONTENT_TYPE
         assert "safeguard_requests_total" in parse(response.text)
-        assert (await client.post("/metrics")).status_code == 405
+        post = await client.post("/metrics")
+        assert post.status_code == 405 and post.headers["allow"] == "GET, HEAD"
         head = await client.head("/metrics")
         assert head.status_code == 200 and head.content == b""
     off = Metrics(TelemetryConfig(metrics="none"))

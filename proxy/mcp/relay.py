@@ -310,7 +310,10 @@ class McpHandler:
             log.warning("MCP request %s failed after the response started", ex.request_id)
             return
         body = orjson.dumps(m.error_response(exc.rpc_id, exc.code, exc.message))
-        await send.whole(exc.status, [(b"content-type", JSON), *ex.headers()], body)
+        headers = [(b"content-type", JSON), *ex.headers()]
+        if exc.status == 405:
+            headers.append((b"allow", b"GET, POST, DELETE"))
+        await send.whole(exc.status, headers, body)
 
     def _finish(self, ex: Exchange, call: McpCall, span: Any) -> None:
         total_s = time.perf_counter() - ex.started
