@@ -181,17 +181,12 @@ def test_a_payload_led_by_whitespace_is_classified_after_shape_learned() -> None
     assert unclassified(CHAT, ROLE, *learned, attack, *learned, DONE) == []
 
 
-def test_a_payload_led_by_whitespace_is_classified_responses() -> None:
-    def ev(kind: str, data: dict, pre: bytes = b"data: ") -> bytes:
-        return (
-            b"event: "
-            + kind.encode()
-            + b"\n"
-            + pre
-            + orjson.dumps({"type": kind, **data})
-            + b"\n\n"
-        )
+def ev(kind: str, data: dict[str, Any], pre: bytes = b"data: ") -> bytes:
+    """A named event (Responses, Messages) whose data line starts with `pre`."""
+    return b"event: " + kind.encode() + b"\n" + pre + orjson.dumps({"type": kind, **data}) + b"\n\n"
 
+
+def test_a_payload_led_by_whitespace_is_classified_responses() -> None:
     d = {"item_id": "m1", "output_index": 0, "content_index": 0}
     stream = [
         ev(
@@ -213,16 +208,6 @@ def test_a_payload_led_by_whitespace_is_classified_responses() -> None:
 
 
 def test_a_payload_led_by_whitespace_is_classified_messages() -> None:
-    def ev(kind: str, data: dict, pre: bytes = b"data: ") -> bytes:
-        return (
-            b"event: "
-            + kind.encode()
-            + b"\n"
-            + pre
-            + orjson.dumps({"type": kind, **data})
-            + b"\n\n"
-        )
-
     stream = [
         ev(
             "message_start",
