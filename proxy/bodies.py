@@ -18,6 +18,7 @@ refused (400) if any key repeats.
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import Iterable
 from typing import Any
@@ -101,11 +102,15 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
+# A key written with a \u escape (`"mod\u0065l"` is `model` to every parser).
+_ESCAPED_KEY = re.compile(rb'"(?:[^"\\]|\\.)*?\\u(?:[^"\\]|\\.)*"\s*:')
+
+
 def refuse_repeated_model(raw: bytes) -> None:
     """400 when a body that may name `model` twice repeats any key (it would be routed by
     its last `model` and served by its first on some upstreams). Free unless `"model"`
-    occurs twice in the bytes."""
-    if raw.count(b'"model"') >= 2:
+    occurs twice in the bytes or a key is written with an escape."""
+    if raw.count(b'"model"') >= 2 or (b"\\u" in raw and _ESCAPED_KEY.search(raw)):
         refuse_repeated(raw)
 
 

@@ -167,8 +167,8 @@ class ProxyHandler:
             )
         ex.route = route
         tenant = ex.tenant
-        if len(tenant.routes) > (0 if tenant.route else 1):  # the model picks among routes:
-            refuse_repeated_model(raw)  # a repeated `model` must not pick one
+        if tenant.routes:  # the model picks the route (or is refused): a repeated
+            refuse_repeated_model(raw)  # `model` must not pick one and be served another
         anthropic = ex.endpoint in anthropic_api.ENDPOINTS
         if (self.gw.config.upstreams[route.upstream].api == "anthropic") != anthropic:
             if anthropic:

@@ -96,6 +96,8 @@ def test_pass_through_bodies_keep_their_bytes(make_gateway, upstream) -> None:
     [
         b'{"model": "a", "messages": [{"model": 1, "x": 2, "x": 3}]}',
         b'{"model": "a", "stream": true, "model": "b"}',
+        b'{"model": "a", "mod\\u0065l": "b", "messages": []}',  # the same key, escaped
+        b'{"m\\u006fdel": "a", "model": "b"}',
     ],
 )
 def test_any_repeated_key_is_refused_when_model_appears_twice(raw: bytes) -> None:
@@ -106,6 +108,7 @@ def test_any_repeated_key_is_refused_when_model_appears_twice(raw: bytes) -> Non
 
 def test_a_body_without_two_models_is_not_parsed_again() -> None:
     refuse_repeated_model(b'{"model": "a", "x": 1, "x": 2}')  # routing is not ambiguous
+    refuse_repeated_model(b'{"model": "a", "x": "caf\\u00e9", "x": "\\u00e9"}')  # escaped values
 
 
 def test_too_deep_to_rewrite_goes_as_sent_unless_a_key_repeats() -> None:
