@@ -103,8 +103,8 @@ def per_choice(outcomes: list[Outcome]) -> dict[int, dict[str, Any]]:
     worst: dict[int, dict[str, Outcome]] = {}
     for outcome in outcomes:
         choice = outcome.choice
-        if choice is None or outcome.verdict.error:
-            continue
+        if choice is None or (outcome.verdict.error and not outcome.redacted):
+            continue  # (a detector's redaction stands when the classifier failed open)
         mine = worst.get(choice)
         if mine is None:
             mine = worst[choice] = {}

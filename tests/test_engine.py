@@ -337,3 +337,33 @@ async def test_shadow_detector_triage_is_marked_shadow() -> None:
     assert shadow is not None
     assert (shadow.verdict.shadow, shadow.verdict.source) == (True, "detector")
     assert result.outcomes == []
+
+
+async def test_a_detector_redaction_drops_logprobs_when_the_classifier_fails_open() -> None:
+    from proxy.decision import on_response
+
+    class Down:
+        model = "m"
+
+        async def classify(self, policy: Policy, content: str) -> Verdict:
+            raise ClassifierError("timeout", "classifier timed out")
+
+    pii = Policy("pii", "t", "v1", action="redact", detectors=("email",))
+    token = {"token": "bob@example.com", "logprob": -0.1}
+    body = {
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "mail bob@example.com now"},
+                "logprobs": {"content": [token]},
+                "finish_reason": "stop",
+            }
+        ]
+    }
+    chat = surface_for(CHAT)
+    guard = Guard(Down(), VerdictCache(ttl_s=60, size=10))
+    outputs = await guard.check_response(
+        Side(policies=(PolicyRef("pii"),)), {"pii": pii}, chat.output_pieces(body)
+    )
+    answer = on_response(chat, "open", body, SideResult(), outputs)
+    assert b"bob@example.com" not in answer.body  # neither the text nor its tokens
