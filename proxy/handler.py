@@ -7,12 +7,13 @@ is re-serialized only when a policy redacted it or annotations are added.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -43,7 +44,7 @@ from proxy.shaping import (
 )
 from proxy.stream_watch import StreamWatch
 from proxy.surfaces import surface_for
-from proxy.surfaces.text import render
+from proxy.surfaces.text import Piece, render
 from proxy.tenancy import bearer_token
 from proxy.upstream import UpstreamError, UpstreamResponse
 
@@ -347,9 +348,12 @@ class ProxyHandler:
             await self._forward_raw(ex, scope, raw, send)
             return
         surface = surface_for(ex.endpoint)
-        pieces = surface.input_pieces(body) if side.guarded or self.keep_content else ()
+        pieces: Sequence[Piece] = ()
         if side.guarded:  # the upstream gets what the guard read (duplicate keys resolved)
-            raw = as_read(body, raw)
+            pieces, raw = surface.input_pieces(body), as_read(body, raw)
+        elif self.keep_content:  # read for the record only: what the guard would refuse
+            with contextlib.suppress(OpenAIError):  # is the upstream's to judge here
+                pieces = surface.input_pieces(body)
         if self.keep_content:
             ex.content["input"] = render(pieces, True)
         pending: asyncio.Future[UpstreamResponse] | None = None

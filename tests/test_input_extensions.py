@@ -188,3 +188,15 @@ def test_anthropic_server_tool_queries_in_answers_are_read() -> None:
         (0, "web_search", "where to buy an aimbot"),
         (1, None, "Here is what I found."),
     ]
+
+
+def test_a_route_guarding_only_answers_lets_the_upstream_judge_them(make_gateway, upstream) -> None:
+    # The audit log reads the prompt too, but only a guarded input refuses what it can't read
+    watched = {"upstream": "main", "output": {"policies": ["cheating"]}}
+    gw = make_gateway(watched=watched, policies=POLICIES)
+    extra = {"chat_template": "{{ x }}", "prompt_token_ids": [1, 2]}
+    reply = client(gw).chat.completions.create(
+        model="watched-1", messages=[SAFE_USER], extra_body=extra
+    )
+    assert reply.choices[0].message.content
+    assert upstream[0].requests[-1].body["chat_template"] == "{{ x }}"
