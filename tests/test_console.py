@@ -336,21 +336,48 @@ def test_failed_sign_ins_are_limited_per_address_and_per_key_prefix(make_gateway
     monkeypatch.setenv("SAFEGUARD_CONSOLE_COOKIE_SECURE", "0")  # "remote" clients on http
     gw = start(make_gateway)
     with httpx.Client(base_url=gw.url, timeout=10) as client:
+        # ten failures from one address, each at a different key prefix
         for i in range(10):
-            assert _login_attempt(client, f"sk-guess-{i}").status_code == 401
+            assert _login_attempt(client, f"sk-{i}-guess").status_code == 401
         limited = _login_attempt(client, ADMIN_KEY)  # even the right key, from there
         assert limited.status_code == 429
         assert 1 <= int(limited.headers["retry-after"]) <= 60
         assert "sg_console=" not in limited.headers.get("set-cookie", "")
+        assert _login_attempt(client, "sk-other-prefix").status_code == 429
         # another address (through the loopback proxy uvicorn trusts) is not limited...
         elsewhere = {"x-forwarded-for": "198.51.100.7"}
         assert _login_attempt(client, ADMIN_KEY, **elsewhere).status_code == 303
-        # ...but ten addresses guessing at one key prefix are
+        # ...ten addresses failing at one key prefix have their wrong keys refused...
         for i in range(10):
             spread = {"x-forwarded-for": f"198.51.100.{20 + i}"}
             assert _login_attempt(client, f"sk-admin{i}", **spread).status_code == 401
         again = _login_attempt(client, "sk-admin-x", **{"x-forwarded-for": "198.51.100.99"})
         assert again.status_code == 429 and int(again.headers["retry-after"]) >= 1
+
+
+def test_failures_at_the_admin_prefix_do_not_lock_the_admins_out(make_gateway, monkeypatch):
+    monkeypatch.setenv("SAFEGUARD_CONSOLE_COOKIE_SECURE", "0")
+    gw = start(make_gateway)
+    assert ADMIN_KEY.startswith("sk-admin")
+    with httpx.Client(base_url=gw.url, timeout=10) as attacker:
+        for i in range(10):
+            spread = {"x-forwarded-for": f"203.0.113.{10 + i}"}
+            assert _login_attempt(attacker, f"sk-admin-wrong-{i}", **spread).status_code == 401
+        wrong = _login_attempt(attacker, "sk-admin-nope", **{"x-forwarded-for": "203.0.113.50"})
+        assert wrong.status_code == 429  # the prefix is over the limit for wrong keys
+    with httpx.Client(base_url=gw.url, timeout=10) as admin:
+        real = _login_attempt(admin, ADMIN_KEY, **{"x-forwarded-for": "203.0.113.77"})
+        assert real.status_code == 303 and "sg_console=" in real.headers["set-cookie"]
+        assert admin.get("/console/decisions").status_code == 200
+    with httpx.Client(base_url=gw.url, timeout=10) as guesser:
+        # the per-address limit still holds: an address that failed ten times (at
+        # different prefixes) is refused before its key is checked, even the right one
+        there = {"x-forwarded-for": "203.0.113.88"}
+        for i in range(10):
+            assert _login_attempt(guesser, f"sk-{i}-guess", **there).status_code == 401
+        out = _login_attempt(guesser, ADMIN_KEY, **there)
+        assert out.status_code == 429 and 1 <= int(out.headers["retry-after"]) <= 60
+        assert "sg_console=" not in out.headers.get("set-cookie", "")
 
 
 def test_sign_in_limit_window_slides():
@@ -361,7 +388,9 @@ def test_sign_in_limit_window_slides():
         assert limit.retry_after("10.0.0.1", "sk-x", now=t) == 0
         limit.failed("10.0.0.1", "sk-x", now=t)
     assert limit.retry_after("10.0.0.1", "sk-other", now=30) == 30  # the address is out
+    assert limit.retry_after("10.0.0.1", now=30) == 30  # before any key is read, too
     assert limit.retry_after("10.0.0.2", "sk-x", now=30) == 30  # so is the key prefix
+    assert limit.retry_after("10.0.0.2", now=30) == 0  # but not that address on its own
     assert limit.retry_after("10.0.0.2", "sk-other", now=30) == 0
     assert limit.retry_after("10.0.0.1", "sk-x", now=60.5) == 0  # the first one has left
     limit.failed("10.0.0.1", "sk-x", now=60.5)

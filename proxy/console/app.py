@@ -227,15 +227,11 @@ class Console:
             nonce = request.cookies.get(LOGIN_COOKIE)
             client = request.client.host if request.client else None
             key = form.get("key", "")
-            if wait := self.limit.retry_after(client, key):
-                response = self.page(
-                    request,
-                    "error.html",
-                    429,
-                    message=f"Too many failed sign-ins: try again in {wait} s.",
-                )
-                response.headers["retry-after"] = str(wait)
-                return response
+            # A limited address is refused before its key is checked; a limited key
+            # prefix only refuses wrong keys (below), so others' failures at the admins'
+            # prefix cannot lock the admins out.
+            if wait := self.limit.retry_after(client):
+                return self._too_many(request, wait)
             if not self.sessions.check_login_token(nonce, form.get("csrf")):
                 error = "The sign-in form expired; try again."
                 if nonce is None and self._secure(request) and request.url.scheme == "http":
@@ -248,6 +244,8 @@ class Console:
                 self._cookie(request, response, COOKIE, cookie, self.sessions.max_age_s)
                 self._drop_cookie(request, response, LOGIN_COOKIE)
                 return response
+            elif wait := self.limit.retry_after(client, key):
+                return self._too_many(request, wait)
             else:
                 self.limit.failed(client, key)
                 error = "That key is not an admin or reviewer key."
@@ -261,6 +259,16 @@ class Console:
             csrf=self.sessions.login_token(nonce),
         )
         self._cookie(request, response, LOGIN_COOKIE, nonce, 3600)
+        return response
+
+    def _too_many(self, request: Request, wait: int) -> Response:
+        response = self.page(
+            request,
+            "error.html",
+            429,
+            message=f"Too many failed sign-ins: try again in {wait} s.",
+        )
+        response.headers["retry-after"] = str(wait)
         return response
 
     def _path(self, request: Request) -> str:
