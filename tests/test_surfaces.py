@@ -455,3 +455,28 @@ def test_chat_output_reads_audio_always_and_reasoning_when_asked() -> None:
     ]
     withheld = chat.withhold(body, frozenset({0}))["choices"][0]["message"]
     assert withheld == {"role": "assistant", "content": None}
+
+
+def test_messages_server_tool_results_are_read_both_ways() -> None:
+    messages = surface_for("/v1/messages")
+    fetched = {"type": "document", "title": "page",
+               "source": {"type": "text", "media_type": "text/plain", "data": "FETCHED TEXT"}}
+    pdf = {"type": "document", "source": {"type": "base64", "data": "JVBERi0x"}}
+    history = [
+        {"type": "web_fetch_tool_result", "tool_use_id": "s1",
+         "content": {"type": "web_fetch_result", "url": "https://x", "content": fetched}},
+        {"type": "web_fetch_tool_result", "tool_use_id": "s2",
+         "content": {"type": "web_fetch_result", "url": "https://y", "content": pdf}},
+        {"type": "bash_code_execution_tool_result", "tool_use_id": "s3",
+         "content": {"type": "bash_code_execution_result", "stdout": "STDOUT", "stderr": "ERR"}},
+    ]  # fmt: skip
+    body = {"messages": [{"role": "assistant", "content": history}]}
+    read = [s.text for p in messages.input_pieces(body) for s in p.slots]
+    assert {"FETCHED TEXT", "STDOUT", "ERR"} <= set(read) and "JVBERi0x" not in read
+    answer = {"content": [
+        {"type": "text", "text": "hi"},
+        {"type": "mcp_tool_result", "tool_use_id": "m1",
+         "content": [{"type": "text", "text": "MCP OUTPUT"}]},
+    ]}  # fmt: skip
+    (_, result) = messages.output_pieces(answer)
+    assert (result.choice, result.text()) == (1, "MCP OUTPUT")

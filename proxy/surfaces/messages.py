@@ -1,8 +1,8 @@
 """Anthropic Messages API: text in `system` (a string or text blocks), every message's
 content (a string or blocks: text, `tool_result` content and the blocks inside it,
 `tool_use` and `server_tool_use` input, documents' and search results' text, thinking)
-and the tools' descriptions; answers per content block (text, tool_use input, and
-thinking when the route guards it), the block index standing for the choice."""
+and the tools' descriptions; answers per content block (text, tool_use input, server
+tools' results, and thinking when the route guards it), the block index standing for the choice."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ TOOL_RESULT_KEYS = frozenset(("content", "text"))
 DOCUMENT_KEYS = frozenset(("title", "context", "source", "data", "content", "text"))
 SEARCH_RESULT_KEYS = frozenset(("title", "source", "content", "text"))
 THINKING_KEYS = frozenset(("thinking",))
-SERVER_RESULT_KEYS = frozenset(("content", "text", "title"))  # web search, MCP, code results
+# Server tools' results (web search and fetch, code execution, MCP): where their text is.
+SERVER_RESULT_KEYS = frozenset(("content", "text", "title", "stdout", "stderr"))
 TOOL_CALLS = frozenset(("tool_use", "server_tool_use", "mcp_tool_use"))
 
 
@@ -55,10 +56,30 @@ def _block(block: dict[str, Any], at: Path) -> list[Slot] | None:
     return None
 
 
+def _server_result(block: dict[str, Any], at: Path) -> list[Slot]:
+    """A server tool's result: its text and output, documents in it read as documents (a
+    fetched page's text source; a PDF's base64 is not text)."""
+    slots: list[Slot] = []
+    stack: list[tuple[Any, Path]] = [(block, at)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            slots.append(Slot(where, value))
+        elif isinstance(value, list):
+            stack.extend(reversed([(v, (*where, i)) for i, v in enumerate(value)]))
+        elif isinstance(value, dict):
+            if value.get("type") == "document":
+                slots += _document(value, where)
+                continue
+            keys = SERVER_RESULT_KEYS
+            stack.extend(reversed([(v, (*where, k)) for k, v in value.items() if k in keys]))
+    return slots
+
+
 def _tool_result(block: dict[str, Any], at: Path) -> list[Slot]:
     """A tool result's content: a string, or blocks (text, documents, search results)."""
-    if block.get("type") != "tool_result":  # a server tool's result (web search, MCP)
-        return texts(block, at, SERVER_RESULT_KEYS, strict=False)
+    if block.get("type") != "tool_result":  # a server tool's (web search and fetch, MCP...)
+        return _server_result(block, at)
     where = (*at, "content")
     content = block.get("content")
     if content is None or isinstance(content, str):
@@ -132,6 +153,8 @@ def output_pieces(body: dict[str, Any], thinking: bool = False) -> list[Piece]:
             name = block.get("name") if isinstance(block.get("name"), str) else ""
             slots = tuple(leaves(block.get("input"), (*at, "input")))
             pieces.append(Piece("assistant", slots, tool=name, choice=index))
+        elif isinstance(kind, str) and kind.endswith("tool_result"):  # a server tool ran
+            pieces.append(Piece("tool", tuple(_server_result(block, at)), choice=index))
         elif kind == "thinking" and thinking and isinstance(block.get("thinking"), str):
             slot = Slot((*at, "thinking"), block["thinking"])
             pieces.append(Piece("assistant", (slot,), choice=index))
