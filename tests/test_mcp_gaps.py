@@ -5,6 +5,7 @@ server's own requests), and `Mcp-Param-*` headers reach the server only as check
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +39,7 @@ class Scripted:
             b"{}",
         )
         self.received: list[tuple[str, dict[bytes, bytes], Any]] = []
+        self.bodies: list[bytes] = []  # the raw bytes of each POST, as sent
         self.status = 200
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -47,12 +49,18 @@ class Scripted:
         while more:
             event = await receive()
             body, more = body + event.get("body", b""), event.get("more_body", False)
+        self.bodies.append(body)
         message = orjson.loads(body) if body else None
         self.received.append((scope["method"], dict(scope["headers"]), message))
         content_type, payload = self.answer(message)
         headers = [(b"content-type", content_type), (b"mcp-session-id", b"s-1")]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+        chunks = payload if isinstance(payload, list) else [payload]  # a list: one send each
+        for i, chunk in enumerate(chunks):
+            more = i < len(chunks) - 1
+            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+            if more:
+                await asyncio.sleep(0.05)
 
     def json(self, body: Any) -> None:
         raw = body if isinstance(body, bytes) else orjson.dumps(body)
@@ -79,6 +87,7 @@ def scripted() -> Iterator[tuple[Scripted, str]]:
 def evil(make_gateway, scripted):
     server, url = scripted
     server.received.clear()
+    server.bodies.clear()
     server.status = 200
     route = {
         "upstream": "main",
@@ -404,3 +413,72 @@ def test_meta_is_read_too(evil):
     server.json(result(1, {"content": [], "_meta": meta}))
     response = post(gw, CALL)
     assert INJECTION.encode() not in response.content
+
+
+# -- 5. bytes the client reads differently from the gateway ---------------------------
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_an_sse_stream_opening_with_a_bom_is_still_screened(evil, split):
+    """Clients drop a stream's leading BOM (as SSE says), so its first event counts."""
+    gw, server = evil
+    event = b"data: " + orjson.dumps(result(1, {"content": [{"type": "text", "text": INJECTION}]}))
+    stream = b"\xef\xbb\xbf" + event + b"\n\n"
+    chunks = [stream[:1], stream[1:2], stream[2:]] if split else stream
+    server.answer = lambda _: (b"text/event-stream", chunks)
+    response = post(gw, CALL)
+    assert INJECTION.encode() not in response.content
+    (answer,) = events(response)
+    assert answer["id"] == 1 and answer["result"]["isError"] is True
+
+
+def test_a_servers_duplicate_key_reaches_the_client_only_as_classified(evil):
+    gw, server = evil
+    evil_text = orjson.dumps([{"type": "text", "text": INJECTION}])
+    fine = b'[{"type":"text","text":"fine"}]'
+    raw = b'{"jsonrpc":"2.0","id":1,"result":{"content":%s,"content":%s}}' % (evil_text, fine)
+    server.json(raw)
+    response = post(gw, CALL)
+    assert INJECTION.encode() not in response.content
+    assert response.json()["result"] == {"content": [{"type": "text", "text": "fine"}]}
+    server.sse(raw)
+    streamed = post(gw, CALL)
+    assert INJECTION.encode() not in streamed.content
+    (answer,) = events(streamed)
+    assert answer["result"] == {"content": [{"type": "text", "text": "fine"}]}
+
+
+def test_a_clients_duplicate_key_reaches_the_server_only_as_classified(evil):
+    gw, server = evil
+    server.json(result(1, {"content": [{"type": "text", "text": "ok"}]}))
+    raw = (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo",'
+        b'"arguments":{"text":"best aimbot configs"},"arguments":{"text":"hello"}}}'
+    )
+    headers = HEADERS | {"content-type": "application/json"}
+    httpx.post(gw.url + "/mcp/evil", content=raw, headers=headers, timeout=10)
+    (sent,) = server.bodies  # the server may read the first copy: only "hello" is sent
+    assert b"aimbot" not in sent
+    assert orjson.loads(sent)["params"]["arguments"] == {"text": "hello"}
+
+
+def test_a_param_header_with_a_non_ascii_sentinel_is_dropped_not_a_500(evil):
+    gw, server = evil
+    server.json(result(1, {"content": [{"type": "text", "text": "ok"}]}))
+    call = CALL | {"params": {"name": "echo", "arguments": {"text": "hello"}}}
+    response = httpx.post(
+        gw.url + "/mcp/evil",
+        json=call,
+        headers=[*HEADERS.items(), ("mcp-param-text", b"=?base64?\xe9?=")],
+        timeout=10,
+    )
+    assert response.status_code == 200
+    assert b"mcp-param-text" not in _sent_headers(server)
+
+
+def test_a_name_param_is_input_except_as_a_tool_or_prompt_name(evil):
+    gw, server = evil
+    custom = {"jsonrpc": "2.0", "id": 1, "method": "x/custom"}
+    answer = post(gw, custom | {"params": {"name": "best aimbot configs"}}).json()
+    assert answer["error"]["code"] == -32050 and "'cheating'" in answer["error"]["message"]
+    assert server.received == []

@@ -266,7 +266,7 @@ def _children(holder: Any) -> Iterator[tuple[Any, Any]]:
 
 
 # Top-level params that are not the client's text: the tool or prompt name (named in the
-# line before the text), cursors.
+# line before the text, so only for tools/call and prompts/get), cursors.
 _NOT_INPUT = PLUMBING | {"name"}
 
 
@@ -291,7 +291,8 @@ def input_slots(message: Message) -> tuple[list[Slot], str] | None:
             context = "Completion input:\n"
         else:
             context = f"Request from the client to the tool server ({message.method}):\n"
-        return string_slots(body.get("params"), skip=_NOT_INPUT), context
+        named = message.method in (TOOLS_CALL, PROMPTS_GET)
+        return string_slots(body.get("params"), skip=_NOT_INPUT if named else PLUMBING), context
     if message.kind == "response":
         return string_slots(body.get("result")), "Answer from the client to the tool server:\n"
     if message.kind == "error":

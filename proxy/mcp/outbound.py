@@ -63,11 +63,11 @@ class Outbound:
                 if screened is not None:
                     kept.append(screened)
             if not changed:
-                return data
+                return _classified(data, decoded)
             return orjson.dumps(kept) if kept else b""
         screened = await self.message(ex, call, decoded, expect)
         if screened is decoded:
-            return data
+            return _classified(data, decoded)
         return b"" if screened is None else orjson.dumps(screened)
 
     async def message(
@@ -259,3 +259,11 @@ def _withheld(
         f"The gateway withheld this {what}: flagged by {m.named(check.flagged)}.",
         {"policies": check.flagged},
     )
+
+
+def _classified(data: bytes, decoded: Any) -> bytes:
+    """A passing body as it was classified: `data` itself when it re-encodes the same,
+    else the re-encoding (a duplicate key: a first-wins client must not read the copy
+    orjson's last-wins parse dropped)."""
+    encoded = orjson.dumps(decoded)
+    return data if encoded == data else encoded

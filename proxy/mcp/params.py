@@ -14,7 +14,6 @@ headers `Mcp-Method` and `Mcp-Name` are held to the body the same way.
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -111,7 +110,7 @@ def _decode(value: str) -> str | None:
         return value
     try:
         return base64.b64decode(found["payload"], validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, a non-ASCII payload
         return None
 
 

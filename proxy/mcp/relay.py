@@ -33,7 +33,7 @@ from proxy.mcp.record import McpCall
 from proxy.mcp.screen import Screen
 from proxy.openai_api import OpenAIError
 from proxy.shaping import JSON, ClientDisconnected, Sender
-from proxy.sse import EventSplitter
+from proxy.sse import _BOM, EventSplitter
 from proxy.tenancy import bearer_token
 from proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 
@@ -265,7 +265,14 @@ class McpHandler:
         self, ex: Exchange, call: McpCall, response: UpstreamResponse, expect: m.Message | None
     ) -> AsyncIterator[bytes]:
         splitter = EventSplitter()
+        start: bytes | None = b""  # the stream's first bytes, until past a BOM
         async for chunk in response.chunks():
+            if start is not None:  # clients drop a stream's leading BOM (as SSE says)
+                chunk = start + chunk
+                if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
+                    start = chunk
+                    continue
+                start, chunk = None, chunk.removeprefix(_BOM)
             for event in splitter.feed(chunk):
                 if out := await self.screen.event(ex, call, event, expect):
                     yield out

@@ -88,7 +88,10 @@ class Screen:
             if self.keep_content:
                 ex.content["input_redacted"] = render(slots, "last_user")
             return None, orjson.dumps(message.body)
-        return None, raw
+        # What was classified, not the raw bytes: with a duplicate key, the server might
+        # read the copy orjson's last-wins parse did not.
+        encoded = orjson.dumps(message.body)
+        return None, raw if encoded == raw else encoded
 
     async def server_message(
         self, ex: Exchange, call: McpCall, data: bytes, expect: m.Message | None
