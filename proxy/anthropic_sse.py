@@ -27,7 +27,14 @@ def _index(value: Any) -> int:
 
 
 def _field(data: dict[str, Any], thinking: bool) -> tuple[int, dict[str, Any], str] | None:
-    if data.get("type") != "content_block_delta":
+    kind = data.get("type")
+    if kind == "content_block_start":  # a text block may start with text (the SDK keeps it)
+        block = data.get("content_block")
+        if isinstance(block, dict) and block.get("type") == "text" and "text" in block:
+            text_block = _index(data.get("index")), block, "text"
+            return text_block if type(block["text"]) is str else None
+        return None
+    if kind != "content_block_delta":
         return None
     delta = data.get("delta")
     if not isinstance(delta, dict):
@@ -56,6 +63,8 @@ def read(data: dict[str, Any], event: Any, thinking: bool = False) -> None:
         if found:
             event.texts = found
     elif kind == "content_block_start":
+        if found := texts(data, thinking):
+            event.texts = found
         block = data.get("content_block")
         name = block.get("name") if isinstance(block, dict) else None
         if isinstance(name, str) and block.get("type") == "tool_use":  # type: ignore[union-attr]

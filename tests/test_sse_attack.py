@@ -523,3 +523,18 @@ def test_parts_where_a_delta_has_text_are_never_sent() -> None:
         g.feed(b"data: " + orjson.dumps(data) + b"\n\n")
         g.end()
         assert b"EVIL" not in g.sent, endpoint
+
+
+def test_text_a_messages_block_starts_with_is_classified() -> None:
+    # the anthropic SDK keeps a text block's initial text in the final message
+    start = {"index": 0, "content_block": {"type": "text", "text": "EVIL-UNCLASSIFIED"}}
+    stream = [
+        ev("content_block_start", start),
+        ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": " ok"}}),
+        ev("content_block_stop", {"index": 0}),
+        ev("message_stop", {}),
+    ]
+    g = Guarded(MESSAGES)
+    g.feed(*stream)
+    g.end()
+    assert "EVIL-UNCLASSIFIED" in "".join(g.classified) and b"EVIL" in g.sent
