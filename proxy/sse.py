@@ -26,6 +26,7 @@ import orjson
 from proxy import anthropic_sse
 from proxy.anthropic_api import MESSAGES
 from proxy.openai_api import COMPLETIONS, RESPONSES
+from proxy.surfaces.chat import call_kind
 
 Key = Union[int, tuple[int, str, int]]  # noqa: UP007 (a runtime alias)
 Channel = Union[tuple[str, int], None]  # noqa: UP007 (an item's own text, or another of its)
@@ -450,7 +451,7 @@ def _choices(data: dict[str, Any], event: Event, completions: bool, thinking: bo
         if isinstance(call, dict):
             _call_piece(event, (i, "function", 0), call, texts)
         for tool in delta.get("tool_calls") or ():
-            kind = _tool_kind(tool)
+            kind = call_kind(tool)
             if kind is not None:
                 _call_piece(event, (i, "tool", _index(tool.get("index"))), tool[kind], texts)
     if texts:
@@ -481,15 +482,6 @@ def _details(delta: dict[str, Any]) -> list[tuple[dict[str, Any], str, str]]:
         for key in ("text", "summary")
         if isinstance(part.get(key), str) and part[key]
     ]
-
-
-def _tool_kind(tool: Any) -> str | None:
-    """Which member of a streamed tool call carries it: a function, or a custom tool."""
-    if isinstance(tool, dict):
-        for kind in ("function", "custom"):
-            if isinstance(tool.get(kind), dict):
-                return kind
-    return None
 
 
 def _call_piece(event: Event, key: Key, function: dict[str, Any], texts: dict[Key, str]) -> None:
@@ -663,7 +655,7 @@ def with_texts(event: Event, endpoint: str, texts: dict[Key, str]) -> bytes:
             delta["function_call"]["arguments"] = texts[(i, "function", 0)]
         for tool in delta.get("tool_calls") or ():
             key = (i, "tool", _index(tool.get("index")))
-            if key in texts and (kind := _tool_kind(tool)) is not None:
+            if key in texts and (kind := call_kind(tool)) is not None:
                 tool[kind]["arguments" if kind == "function" else "input"] = texts[key]
     return serialize(data, event.name)
 

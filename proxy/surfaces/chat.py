@@ -142,7 +142,7 @@ def output_pieces(body: dict[str, Any], thinking: bool = False) -> list[Piece]:
             if reasoning:
                 pieces.append(Piece("assistant", reasoning, choice=index))
         for n, call in enumerate(calls if isinstance(calls, list) else ()):
-            kind = _call_kind(call)  # a function call, or a custom tool's free-form input
+            kind = call_kind(call)
             if kind is not None:
                 pieces.append(_call(call[kind], (*where, "tool_calls", n, kind), index))
         if isinstance(message.get("function_call"), dict):
@@ -150,7 +150,9 @@ def output_pieces(body: dict[str, Any], thinking: bool = False) -> list[Piece]:
     return pieces
 
 
-def _call_kind(call: Any) -> str | None:
+def call_kind(call: Any) -> str | None:
+    """Which member of a tool call (whole or streamed) carries it: a function, or a custom
+    tool's free-form input."""
     if isinstance(call, dict):
         for kind in ("function", "custom"):
             if isinstance(call.get(kind), dict):

@@ -59,21 +59,11 @@ def _block(block: dict[str, Any], at: Path) -> list[Slot] | None:
 def _server_result(block: dict[str, Any], at: Path) -> list[Slot]:
     """A server tool's result: its text and output, documents in it read as documents (a
     fetched page's text source; a PDF's base64 is not text)."""
-    slots: list[Slot] = []
-    stack: list[tuple[Any, Path]] = [(block, at)]
-    while stack:
-        value, where = stack.pop()
-        if isinstance(value, str):
-            slots.append(Slot(where, value))
-        elif isinstance(value, list):
-            stack.extend(reversed([(v, (*where, i)) for i, v in enumerate(value)]))
-        elif isinstance(value, dict):
-            if value.get("type") == "document":
-                slots += _document(value, where)
-                continue
-            keys = SERVER_RESULT_KEYS
-            stack.extend(reversed([(v, (*where, k)) for k, v in value.items() if k in keys]))
-    return slots
+    return texts(block, at, SERVER_RESULT_KEYS, strict=False, read=_inner_document)
+
+
+def _inner_document(node: dict[str, Any], where: Path) -> list[Slot] | None:
+    return _document(node, where) if node.get("type") == "document" else None
 
 
 def _tool_result(block: dict[str, Any], at: Path) -> list[Slot]:

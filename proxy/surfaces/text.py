@@ -8,7 +8,7 @@ parsed body is never mutated.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from proxy.openai_api import OpenAIError, bad_request
@@ -92,10 +92,17 @@ def as_object(value: Any, path: Path) -> dict[str, Any]:
     raise wrong_type(path, value, "an object")
 
 
-def texts(node: Any, path: Path, keys: frozenset[str], strict: bool = True) -> list[Slot]:
-    """Every string under `keys` of `node`, descending through lists and through objects
-    under those keys, in document order. Iterative: nesting depth cannot overflow the
-    stack. A number or boolean where text belongs is a 400 (`strict`) or skipped."""
+def texts(
+    node: Any,
+    path: Path,
+    keys: frozenset[str] | None,
+    strict: bool = True,
+    read: Callable[[dict[str, Any], Path], list[Slot] | None] | None = None,
+) -> list[Slot]:
+    """Every string in `node`, in document order, descending through lists and through
+    objects' members (only those under `keys`, unless None). `read` may take an object
+    whole (its slots), else None to descend into it. A number or boolean where text
+    belongs is a 400 (`strict`) or skipped. Iterative: nesting depth cannot overflow."""
     out: list[Slot] = []
     stack: list[tuple[Any, Path]] = [(node, path)]
     while stack:
@@ -104,32 +111,24 @@ def texts(node: Any, path: Path, keys: frozenset[str], strict: bool = True) -> l
             out.append(Slot(where, value))
             continue
         if isinstance(value, dict):
-            children = [(v, (*where, k)) for k, v in value.items() if k in keys]
+            if read is not None and (found := read(value, where)) is not None:
+                out += found
+                continue
+            items = value.items()
+            children = [(v, (*where, k)) for k, v in items if keys is None or k in keys]
         elif isinstance(value, list):
             children = [(v, (*where, i)) for i, v in enumerate(value)]
-        elif value is None:
+        elif value is None or not strict:
             continue
-        elif strict:
-            raise wrong_type(where, value, "a string, an array or an object")
         else:
-            continue
+            raise wrong_type(where, value, "a string, an array or an object")
         stack.extend(reversed(children))
     return out
 
 
 def leaves(value: Any, path: Path) -> list[Slot]:
     """Every string inside a JSON value (a tool call's input), in document order."""
-    out: list[Slot] = []
-    stack: list[tuple[Any, Path]] = [(value, path)]
-    while stack:
-        node, where = stack.pop()
-        if isinstance(node, str):
-            out.append(Slot(where, node))
-        elif isinstance(node, dict):
-            stack.extend(reversed([(v, (*where, k)) for k, v in node.items()]))
-        elif isinstance(node, list):
-            stack.extend(reversed([(v, (*where, i)) for i, v in enumerate(node)]))
-    return out
+    return texts(value, path, None, strict=False)
 
 
 DESCRIPTIONS = frozenset(("description", "server_description"))  # an MCP tool's server's
