@@ -45,6 +45,13 @@ def _field(data: dict[str, Any], thinking: bool) -> tuple[int, dict[str, Any], s
     return _index(data.get("index")), delta, key
 
 
+def _not_text(delta: Any) -> bool:
+    if not isinstance(delta, dict):
+        return False
+    key = _THINKING.get(str(delta.get("type")))
+    return key is not None and key in delta and type(delta[key]) is not str
+
+
 def texts(data: dict[str, Any], thinking: bool = False) -> dict[int, str]:
     """Block index -> the text this event adds (thinking only when the route guards it)."""
     found = _field(data, thinking)
@@ -62,6 +69,8 @@ def read(data: dict[str, Any], event: Any, thinking: bool = False) -> None:
         found = texts(data, thinking)
         if found:
             event.texts = found
+        elif _not_text(data.get("delta")):
+            event.garbled = True  # parts or numbers where a delta has text: never sent
     elif kind == "content_block_start":
         if found := texts(data, thinking):
             event.texts = found

@@ -518,7 +518,11 @@ def test_parts_where_a_delta_has_text_are_never_sent() -> None:
     chat_parts = {"choices": [{"index": 0, "delta": {"content": parts}}]}
     completion = {"choices": [{"index": 0, "text": parts}]}
     responses = {"type": "response.output_text.delta", "output_index": 0, "delta": parts}
-    for endpoint, data in ((CHAT, chat_parts), (COMPLETIONS, completion), (RESPONSES, responses)):
+    messages = {"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": parts}}  # fmt: skip
+    for endpoint, data in (
+        (CHAT, chat_parts), (COMPLETIONS, completion), (RESPONSES, responses), (MESSAGES, messages)
+    ):  # fmt: skip
         g = Guarded(endpoint)
         g.feed(b"data: " + orjson.dumps(data) + b"\n\n")
         g.end()
