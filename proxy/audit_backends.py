@@ -31,12 +31,13 @@ class SqliteWriter:
         insert_rows(self.conn, rows)
 
     def purge(self, before: float) -> int:
-        """Delete records that started before `before` (unix seconds), verdicts first."""
+        """Delete records that started before `before` (unix seconds), their verdicts and
+        reviews first (ids are reused once every record is gone: a review left behind would
+        mark a new request)."""
         with self.conn:
-            self.conn.execute(
-                "DELETE FROM verdicts WHERE request IN (SELECT id FROM requests WHERE time < ?)",
-                (before,),
-            )
+            old = "SELECT id FROM requests WHERE time < ?"
+            for table in ("reviews", "verdicts"):
+                self.conn.execute(f"DELETE FROM {table} WHERE request IN ({old})", (before,))
             return self.conn.execute("DELETE FROM requests WHERE time < ?", (before,)).rowcount
 
     def close(self) -> None:

@@ -107,8 +107,13 @@ class PgWriter:
 
     def purge(self, before: float) -> int:
         """Delete records that started before `before` (unix seconds); their verdicts go
-        with them (ON DELETE CASCADE)."""
+        with them (ON DELETE CASCADE), their reviews first (ids are reused once every record
+        is gone: a review left behind would mark a new request)."""
         with self.conn.transaction():
+            self.conn.execute(
+                "DELETE FROM reviews WHERE request IN (SELECT id FROM requests WHERE time < %s)",
+                (before,),
+            )
             cur = self.conn.execute("DELETE FROM requests WHERE time < %s", (before,))
             return cur.rowcount
 

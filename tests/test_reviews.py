@@ -160,3 +160,14 @@ def test_a_config_of_sha256_keys_is_not_enough_to_forge_a_console_session():
     forged = f"{payload}.{mac(b'cookie', payload.encode()).hex()}"
     assert sessions.session(forged) is None
     assert sessions.session(sessions.sign_in("the admin key")).admin  # the real key still works
+
+
+def test_retention_takes_a_records_reviews_with_it(conn, tmp_path: Path):
+    from proxy.audit_backends import SqliteWriter
+
+    save(conn, 1, 0, "correct", "", "admin:1")
+    conn.commit()
+    writer = SqliteWriter(tmp_path / "audit.db")
+    assert writer.purge(before=2.0) == 4  # every record of the fixture is older
+    writer.close()
+    assert conn.execute("SELECT count(*) FROM reviews").fetchone()[0] == 0
