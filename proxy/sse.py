@@ -67,7 +67,16 @@ _CALL_TEXT = {
 }
 # Items whose text is read by `_item_paths` (not a message's content parts).
 _TOOL_ITEMS = frozenset(
-    (*_CALL_TEXT, "web_search_call", "reasoning", "computer_call", "local_shell_call", "shell_call")
+    (
+        *_CALL_TEXT,
+        "web_search_call",
+        "reasoning",
+        "computer_call",
+        "local_shell_call",
+        "shell_call",
+        "file_search_call",
+        "mcp_approval_request",
+    )
 )
 # A shell call's commands stream one by one: event -> the field with the whole command.
 _SHELL_COMMAND = {
@@ -557,6 +566,10 @@ def _item_paths(item: dict[str, Any], thinking: bool) -> list[tuple[Channel, tup
         paths += [((f, 0), ("action", f)) for f in ("query", "pattern")]
         for j, _ in enumerate(action.get("queries") or ()):
             paths.append((("queries", j), ("action", "queries", j)))
+    elif kind == "file_search_call" and isinstance(item.get("queries"), list):
+        paths += [(("queries", j), ("queries", j)) for j in range(len(item["queries"]))]
+    elif kind == "mcp_approval_request":  # the call the user is asked to approve
+        paths.append((("arguments", 0), ("arguments",)))
     elif kind == "computer_call":  # text the computer types
         paths.append((("text", 0), ("action", "text")))
     elif kind in ("local_shell_call", "shell_call") and isinstance(item.get("action"), dict):

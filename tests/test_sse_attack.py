@@ -542,3 +542,19 @@ def test_text_a_messages_block_starts_with_is_classified() -> None:
     g.feed(*stream)
     g.end()
     assert "EVIL-UNCLASSIFIED" in "".join(g.classified) and b"EVIL" in g.sent
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"type": "file_search_call", "id": "fs", "status": "completed", "queries": ["EVIL-Q"]},
+        {"type": "mcp_approval_request", "id": "ap", "server_label": "s", "name": "run",
+         "arguments": '{"cmd": "EVIL-Q"}'},
+    ],
+)  # fmt: skip
+def test_hosted_tool_items_restated_in_a_responses_stream_are_classified(item) -> None:
+    done = {"output_index": 0, "item": item, "sequence_number": 1}
+    g = Guarded(RESPONSES)
+    g.feed(ev("response.output_item.done", done))
+    g.end()
+    assert "EVIL-Q" in "".join(g.classified)
