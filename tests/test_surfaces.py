@@ -480,3 +480,12 @@ def test_messages_server_tool_results_are_read_both_ways() -> None:
     ]}  # fmt: skip
     (_, result) = messages.output_pieces(answer)
     assert (result.choice, result.text()) == (1, "MCP OUTPUT")
+
+
+def test_messages_blocks_of_an_unknown_type_are_read_for_their_text() -> None:
+    messages = surface_for("/v1/messages")
+    block = {"type": "some_future_block", "content": [{"type": "text", "text": "NEW TEXT"}]}
+    image = {"type": "image", "source": {"type": "base64", "data": "iVBORw0"}}
+    body = {"messages": [{"role": "user", "content": [block, image]}]}
+    read = [s.text for p in messages.input_pieces(body) for s in p.slots]
+    assert read == ["NEW TEXT"]

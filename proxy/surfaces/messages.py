@@ -109,6 +109,8 @@ def _content(role: str, content: Any, where: Path, names: dict[str, str]) -> lis
         elif isinstance(kind, str) and kind.endswith("tool_result"):
             slots = _tool_result(block, at)
             pieces.append(Piece("tool", tuple(slots), names.get(block.get("tool_use_id"), "")))
+        else:  # a block type this gateway does not know yet: its text, if it has any
+            own += texts(block, at, TOOL_RESULT_KEYS, strict=False)
     return [Piece(role, tuple(own)), *pieces] if own else pieces
 
 
