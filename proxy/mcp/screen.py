@@ -59,8 +59,10 @@ class Screen:
                     f"({why}); it cannot be called."
                 )
                 return m.result_response(message.id, result, call.version), raw
+        if not route.mcp.input.guarded:
+            return None, raw
         found = m.input_slots(message)
-        if found is None or not route.mcp.input.guarded:
+        if found is None:
             return None, raw
         slots, context = found
         if self.keep_content:
